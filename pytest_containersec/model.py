@@ -1,0 +1,157 @@
+"""Facts: the public, frozen, JSON-able data model of what is in effect in a container."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MapEntry = tuple[int, int, int]  # inside, outside (host), count
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int  # as the container sees it
+    gid: int
+    host_uid: int  # as the host sees it (after the user-namespace map)
+    host_gid: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    effective: tuple[str, ...] = ()
+    permitted: tuple[str, ...] = ()
+    bounding: tuple[str, ...] = ()
+    ambient: tuple[str, ...] = ()
+    inheritable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lsm:
+    name: str | None  # "apparmor", "selinux", "smack" or None when none is active
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Cgroup:
+    version: int  # 1 or 2
+    path: str  # the container's cgroup path (of the memory controller on v1)
+    memory_max: int | None  # bytes; None = unlimited
+    pids_max: int | None  # None = unlimited
+    cpu_max: float | None  # cores; None = unlimited
+
+
+@dataclass(frozen=True)
+class Mount:
+    mountpoint: str
+    fstype: str
+    source: str
+    root: str  # the path inside the source file system that is mounted here
+    read_only: bool
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccessResult:
+    allowed: bool
+    errno: str | None = None  # "EACCES", "EPERM", "EROFS", "ENOSYS", ... when denied
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    field: str
+    expected: Any  # declared by the engine, or seen from the host
+    observed: Any  # observed from the host, or claimed from inside
+    source: str  # "declared" (engine config vs host) or "inside" (container's claim vs host)
+
+
+@dataclass(frozen=True)
+class Facts:
+    runtime: str
+    engine_rootless: bool
+    host_pid: int
+    user: User
+    uid_map: tuple[MapEntry, ...]
+    gid_map: tuple[MapEntry, ...]
+    capabilities: Capabilities
+    seccomp: str  # "disabled" | "strict" | "filter"
+    no_new_privs: bool
+    lsm: Lsm
+    cgroup: Cgroup
+    rootfs_read_only: bool
+    mounts: tuple[Mount, ...]
+    access: dict[str, AccessResult] = field(default_factory=dict)
+    operations: dict[str, AccessResult] = field(default_factory=dict)
+    namespaces: dict[str, str] = field(default_factory=dict)  # ns -> "private" | "host"
+    engine_sockets: tuple[str, ...] = ()
+    host_root_mounts: tuple[str, ...] = ()
+    declared: dict[str, Any] = field(default_factory=dict)
+    mismatches: tuple[Mismatch, ...] = ()
+
+    # -- derived views ---------------------------------------------------------------
+
+    def host_uid_of(self, inside: int) -> int | None:
+        """The host uid that container uid ``inside`` is, or None if unmapped."""
+        return map_id(self.uid_map, inside)
+
+    # -- JSON --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["uid_map"] = [list(m) for m in self.uid_map]
+        d["gid_map"] = [list(m) for m in self.gid_map]
+        for name in ("mounts", "engine_sockets", "host_root_mounts", "mismatches"):
+            d[name] = list(d[name])
+        for m in d["mounts"]:
+            m["options"] = list(m["options"])
+        for k, v in d["capabilities"].items():
+            d["capabilities"][k] = list(v)
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Facts:
+        return cls(
+            runtime=d["runtime"],
+            engine_rootless=bool(d["engine_rootless"]),
+            host_pid=int(d["host_pid"]),
+            user=User(**d["user"]),
+            uid_map=tuple((int(a), int(b), int(c)) for a, b, c in d["uid_map"]),
+            gid_map=tuple((int(a), int(b), int(c)) for a, b, c in d["gid_map"]),
+            capabilities=Capabilities(**{k: tuple(v) for k, v in d["capabilities"].items()}),
+            seccomp=d["seccomp"],
+            no_new_privs=bool(d["no_new_privs"]),
+            lsm=Lsm(**d["lsm"]),
+            cgroup=Cgroup(**d["cgroup"]),
+            rootfs_read_only=bool(d["rootfs_read_only"]),
+            mounts=tuple(Mount(**{**m, "options": tuple(m["options"])}) for m in d["mounts"]),
+            access={k: AccessResult(**v) for k, v in d.get("access", {}).items()},
+            operations={k: AccessResult(**v) for k, v in d.get("operations", {}).items()},
+            namespaces=dict(d.get("namespaces", {})),
+            engine_sockets=tuple(d.get("engine_sockets", ())),
+            host_root_mounts=tuple(d.get("host_root_mounts", ())),
+            declared=dict(d.get("declared", {})),
+            mismatches=tuple(Mismatch(**m) for m in d.get("mismatches", ())),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Facts:
+        return cls.from_dict(json.loads(text))
+
+
+def map_id(idmap: tuple[MapEntry, ...], inside: int) -> int | None:
+    """Translate an id through a uid_map/gid_map (inside -> outside)."""
+    for start, outside, count in idmap:
+        if start <= inside < start + count:
+            return outside + (inside - start)
+    return None
+
+
+def unmap_id(idmap: tuple[MapEntry, ...], outside: int) -> int | None:
+    """Translate an id back (outside -> inside)."""
+    for start, out, count in idmap:
+        if out <= outside < out + count:
+            return start + (outside - out)
+    return None

@@ -1,0 +1,59 @@
+"""Runtime registry: names -> adapters (one instance per process, created on first use)."""
+
+from __future__ import annotations
+
+import threading
+
+from ..errors import ContainerSecError
+from .base import Availability, Container, ExecResult, Runtime
+
+RUNTIME_NAMES: tuple[str, ...] = ("docker", "podman", "podman-rootless", "nspawn")
+
+_instances: dict[str, Runtime] = {}
+_lock = threading.Lock()
+
+
+def _create(name: str) -> Runtime:
+    if name == "docker":
+        from .docker import DockerRuntime
+
+        return DockerRuntime()
+    if name in ("podman", "podman-rootless"):
+        from .podman import PodmanRuntime
+
+        return PodmanRuntime(rootless=name == "podman-rootless")
+    if name == "nspawn":
+        from .nspawn import NspawnRuntime
+
+        return NspawnRuntime()
+    raise ContainerSecError(
+        f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}"
+    )
+
+
+def get_runtime(name: str) -> Runtime:
+    """The process-wide adapter for ``name`` (cheap: engines are contacted lazily)."""
+    with _lock:
+        if name not in _instances:
+            _instances[name] = _create(name)
+        return _instances[name]
+
+
+def close_all() -> None:
+    """Stop every container and service this process started, on every runtime used."""
+    with _lock:
+        runtimes = list(_instances.values())
+        _instances.clear()
+    for rt in runtimes:
+        rt.close()
+
+
+__all__ = [
+    "RUNTIME_NAMES",
+    "Availability",
+    "Container",
+    "ExecResult",
+    "Runtime",
+    "close_all",
+    "get_runtime",
+]

@@ -1,0 +1,138 @@
+"""The contract every runtime adapter fulfils: a Runtime starts Containers."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..spec import ContainerSpec
+
+if TYPE_CHECKING:
+    from ..facts import AccessResult, Facts
+
+# Where the host's static busybox is bind-mounted read-only in every container: the probe
+# never depends on the image's own shell or tools (distroless, scratch, faked /bin/sh).
+PROBE_DIR = "/.containersec"
+PROBE_BUSYBOX = f"{PROBE_DIR}/busybox"
+DEFAULT_EXEC_TIMEOUT = 30.0
+MAX_OUTPUT = 8 * 1024 * 1024  # bytes kept of an exec's stdout and of its stderr
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+@dataclass(frozen=True)
+class Availability:
+    runtime: str
+    available: bool
+    version: str = ""
+    reason: str = ""
+    hint: str = ""
+    rootless: bool = False
+
+    def line(self) -> str:
+        if self.available:
+            return f"{self.runtime}: available, {self.version}" + (
+                " (rootless)" if self.rootless else ""
+            )
+        return f"{self.runtime}: unavailable: {self.reason}" + (
+            f" (fix: {self.hint})" if self.hint else ""
+        )
+
+
+class Container(abc.ABC):
+    """A live container. Use as a context manager, or call :meth:`stop`."""
+
+    runtime: str
+    id: str
+    name: str
+    host_pid: int
+    spec: ContainerSpec
+    engine_rootless: bool
+
+    @abc.abstractmethod
+    def exec(
+        self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT
+    ) -> ExecResult:
+        """Run ``argv`` inside as the container's user, with its confinement; never a shell."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Remove the container and everything made for it. Idempotent."""
+
+    @abc.abstractmethod
+    def declared(self) -> dict[str, Any]:
+        """What the engine says it configured (inspect output, nspawn argv), normalized."""
+
+    @abc.abstractmethod
+    def logs(self) -> str:
+        """The main process's output so far (bounded)."""
+
+    def probe_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """Run an applet of the bind-mounted static busybox (``argv[0]`` is the applet)."""
+        return self.exec([PROBE_BUSYBOX, *argv], timeout=timeout)
+
+    def facts(self, access: tuple[str, ...] | list[str] = ()) -> Facts:
+        """A snapshot of what is in effect: host-side /proc + cgroup files, one exec inside."""
+        from ..facts import collect
+
+        return collect(self, access=tuple(access))
+
+    def probe_access(self, path: str, mode: str = "r") -> AccessResult:
+        """Attempt one access as the container's user; returns allowed and the errno name."""
+        key = f"{path}:{mode}"
+        return self.facts(access=(key,)).access[key]
+
+    @property
+    def testinfra(self) -> Any:
+        """A testinfra ``Host`` whose commands run through :meth:`exec`."""
+        from ..testinfra_backend import host_for
+
+        return host_for(self)
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.runtime} {self.name} pid={self.host_pid}>"
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """One engine. Instances are per process and cheap until used."""
+
+    name: str
+
+    def availability(self) -> Availability:
+        """Whether the engine can run containers here, its version, and the fix if not."""
+        ...
+
+    def start(self, spec: ContainerSpec) -> Container:
+        """Start ``spec``; raise ImageNotFound, UnsupportedSpec or ContainerStartError."""
+        ...
+
+    def reap(self) -> int:
+        """Remove containers (and their leftovers) of sessions whose process is dead."""
+        ...
+
+    def close(self) -> None:
+        """Stop this session's containers and any service this process started."""
+        ...

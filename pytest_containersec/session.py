@@ -1,0 +1,63 @@
+"""Identity of this process's session, so a later run can reap what a killed run left."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+LABEL_SESSION = "io.containersec.session"
+LABEL_OWNER = "io.containersec.owner"
+NAME_PREFIX = "containersec"
+STATE_DIR = Path(os.environ.get("CONTAINERSEC_STATE", "/var/lib/containersec"))
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) counts after the ")" that closes the command name.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_token(pid: int | None = None) -> str:
+    """``PID.STARTTIME`` of a process: unique even when the PID is reused."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid) or '0'}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process that wrote ``token`` still runs (same PID and start time)."""
+    pid_s, _, start = token.partition(".")
+    if not pid_s.isdigit():
+        return False
+    return _start_time(int(pid_s)) == start
+
+
+class Session:
+    """One per process (pytest worker, CLI run): a short id and the owner token."""
+
+    def __init__(self) -> None:
+        self.owner = owner_token()
+        self.id = f"{os.getpid()}{secrets.token_hex(3)}"
+        self._counter = 0
+
+    def next_name(self, runtime: str) -> str:
+        self._counter += 1
+        return f"{NAME_PREFIX}-{self.id}-{runtime}-{self._counter}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LABEL_SESSION: self.id, LABEL_OWNER: self.owner}
+
+
+_current: Session | None = None
+
+
+def current() -> Session:
+    global _current
+    if _current is None or not owner_alive(_current.owner):  # forked child: new session
+        _current = Session()
+    return _current

@@ -1,0 +1,195 @@
+"""ContainerSpec: what to run, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import caps
+from .errors import SpecError
+
+DEFAULT_IMAGE = "containersec/probe"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_MAP = re.compile(r"^\d+:\d+:\d+$")
+USERNS_KEYWORDS = ("host", "auto", "keep-id")
+SECCOMP_KEYWORDS = ("default", "unconfined")
+NETWORKS = ("none", "host")
+
+
+def parse_size(value: str | int, field_name: str = "memory") -> int:
+    """``"64m"`` -> 67108864 (docker's binary units; a bare number is bytes)."""
+    if isinstance(value, bool):
+        raise SpecError(field_name, value, "expected a size like 64m or a byte count")
+    if isinstance(value, int):
+        if value <= 0:
+            raise SpecError(field_name, value, "must be positive")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise SpecError(field_name, value, "expected a size like 64m, 1g or a byte count")
+    number = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if number < 1 or number != int(number):
+        raise SpecError(field_name, value, "must be a positive whole number of bytes")
+    return int(number)
+
+
+def _tuple_of_str(field_name: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise SpecError(field_name, value, "expected a list of strings")
+
+
+def _caps(field_name: str, value: object) -> tuple[str, ...]:
+    names = _tuple_of_str(field_name, value)
+    try:
+        return tuple(sorted({caps.normalize(n) for n in names}))
+    except ValueError as exc:
+        raise SpecError(field_name, value, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A bind mount ``src:dst[:ro]``."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise SpecError("volumes", text, "expected SRC:DST or SRC:DST:ro")
+        if not parts[0].startswith("/") or not parts[1].startswith("/"):
+            raise SpecError("volumes", text, "source and target must be absolute paths")
+        ro = False
+        if len(parts) == 3:
+            if parts[2] not in ("ro", "rw"):
+                raise SpecError("volumes", text, "the option must be ro or rw")
+            ro = parts[2] == "ro"
+        return cls(parts[0], parts[1], ro)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}{':ro' if self.read_only else ''}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run. Frozen, hashable (equal specs share a container), validated."""
+
+    image: str = DEFAULT_IMAGE
+    command: tuple[str, ...] = ()
+    user: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    seccomp: str = "default"
+    no_new_privileges: bool = False
+    read_only: bool = False
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    userns: str | None = None
+    volumes: tuple[Volume, ...] = ()
+    network: str = "none"
+    env: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        if not isinstance(self.image, str) or not self.image.strip():
+            raise SpecError("image", self.image, "an image name is required")
+        s(self, "command", _tuple_of_str("command", self.command))
+        if self.user is not None:
+            user = str(self.user)
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", user):
+                raise SpecError("user", self.user, "expected NAME, UID or UID:GID")
+            s(self, "user", user)
+        s(self, "cap_add", _caps("cap_add", self.cap_add))
+        s(self, "cap_drop", _caps("cap_drop", self.cap_drop))
+        for flag in ("privileged", "no_new_privileges", "read_only"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SpecError(flag, getattr(self, flag), "expected true or false")
+        if self.seccomp not in SECCOMP_KEYWORDS and not str(self.seccomp).startswith("/"):
+            raise SpecError(
+                "seccomp", self.seccomp, "expected default, unconfined or an absolute profile path"
+            )
+        if self.memory is not None:
+            s(self, "memory", parse_size(self.memory))
+        if self.cpus is not None:
+            try:
+                cpus = float(self.cpus)
+            except (TypeError, ValueError):
+                raise SpecError("cpus", self.cpus, "expected a number of cores") from None
+            if not cpus > 0 or cpus > 4096:
+                raise SpecError("cpus", self.cpus, "must be a positive number of cores")
+            s(self, "cpus", cpus)
+        if self.pids_limit is not None:
+            if isinstance(self.pids_limit, bool) or not isinstance(self.pids_limit, int):
+                raise SpecError("pids_limit", self.pids_limit, "expected a whole number")
+            if self.pids_limit <= 0:
+                raise SpecError("pids_limit", self.pids_limit, "must be positive")
+        if self.userns is not None:
+            maps = [m.strip() for m in str(self.userns).split(",")]
+            if self.userns not in USERNS_KEYWORDS and not all(_MAP.match(m) for m in maps):
+                raise SpecError(
+                    "userns",
+                    self.userns,
+                    "expected host, auto, keep-id or INSIDE:OUTSIDE:COUNT[,...]",
+                )
+        vols = self.volumes
+        if isinstance(vols, str):
+            vols = (vols,)
+        s(self, "volumes", tuple(v if isinstance(v, Volume) else Volume.parse(v) for v in vols))
+        if self.network not in NETWORKS:
+            raise SpecError("network", self.network, "expected none or host")
+        env = self.env
+        if isinstance(env, Mapping):
+            env = tuple(sorted((str(k), str(v)) for k, v in env.items()))
+        else:
+            env = tuple((str(k), str(v)) for k, v in env)
+        s(self, "env", env)
+
+    # -- helpers shared by the adapters ------------------------------------------------
+
+    @property
+    def uid_maps(self) -> tuple[tuple[int, int, int], ...]:
+        """The explicit ``INSIDE:OUTSIDE:COUNT`` maps of ``userns`` (empty for keywords)."""
+        if self.userns is None or self.userns in USERNS_KEYWORDS:
+            return ()
+        out = []
+        for m in self.userns.split(","):
+            a, b, c = (int(x) for x in m.strip().split(":"))
+            out.append((a, b, c))
+        return tuple(out)
+
+    def non_default_fields(self) -> dict[str, Any]:
+        """Fields that differ from their defaults (what an adapter must map)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out[f.name] = value
+        return out
+
+    def replace(self, **changes: Any) -> ContainerSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["volumes"] = [str(v) for v in self.volumes]
+        d["command"] = list(self.command)
+        d["cap_add"] = list(self.cap_add)
+        d["cap_drop"] = list(self.cap_drop)
+        d["env"] = dict(self.env)
+        return d
+
+
+SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ContainerSpec))
