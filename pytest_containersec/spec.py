@@ -109,7 +109,9 @@ class ContainerSpec:
         s(self, "command", _tuple_of_str("command", self.command))
         if self.user is not None:
             user = str(self.user)
-            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", user):
+            if not re.fullmatch(
+                r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", user
+            ):
                 raise SpecError("user", self.user, "expected NAME, UID or UID:GID")
             s(self, "user", user)
         s(self, "cap_add", _caps("cap_add", self.cap_add))

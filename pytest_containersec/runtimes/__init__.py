@@ -26,9 +26,7 @@ def _create(name: str) -> Runtime:
         from .nspawn import NspawnRuntime
 
         return NspawnRuntime()
-    raise ContainerSecError(
-        f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}"
-    )
+    raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
 
 
 def get_runtime(name: str) -> Runtime:

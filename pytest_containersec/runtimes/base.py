@@ -61,9 +61,7 @@ class Container(abc.ABC):
     engine_rootless: bool
 
     @abc.abstractmethod
-    def exec(
-        self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT
-    ) -> ExecResult:
+    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """Run ``argv`` inside as the container's user, with its confinement; never a shell."""
 
     @abc.abstractmethod

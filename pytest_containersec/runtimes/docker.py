@@ -1,0 +1,298 @@
+"""Docker adapter: the docker SDK against a daemon socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container as SdkContainer
+
+from .. import hostinfo, session
+from ..errors import (
+    ContainerStartError,
+    ImageNotFound,
+    RuntimeUnavailable,
+    UnsupportedSpec,
+)
+from ..spec import ContainerSpec
+from . import oci
+from .base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
+
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+API_TIMEOUT = 60
+
+
+def _hint(base_url: str) -> str:
+    if base_url == DEFAULT_SOCKET:
+        return "run the project setup (make setup), or start dockerd"
+    return f"start the daemon that serves {base_url} (make setup)"
+
+
+def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
+    """docker-py ``containers.create`` keyword arguments for ``spec`` (pure)."""
+    kw: dict[str, Any] = {}
+    entrypoint, command = oci.entrypoint_and_command(spec)
+    if entrypoint is not None:
+        kw["entrypoint"] = entrypoint
+    kw["command"] = command
+    if spec.user is not None:
+        kw["user"] = spec.user
+    if spec.cap_add:
+        kw["cap_add"] = ["ALL"] if len(spec.cap_add) >= 41 else list(spec.cap_add)
+    if spec.cap_drop:
+        kw["cap_drop"] = ["ALL"] if len(spec.cap_drop) >= 41 else list(spec.cap_drop)
+    kw["privileged"] = spec.privileged
+    security_opt: list[str] = []
+    if spec.seccomp == "unconfined":
+        security_opt.append("seccomp=unconfined")
+    elif spec.seccomp != "default":
+        try:
+            profile = Path(spec.seccomp).read_text()
+            json.loads(profile)
+        except (OSError, ValueError) as exc:
+            raise UnsupportedSpec("seccomp", runtime, f"cannot read profile: {exc}") from None
+        security_opt.append(f"seccomp={profile}")
+    if spec.no_new_privileges:
+        security_opt.append("no-new-privileges:true")
+    if security_opt:
+        kw["security_opt"] = security_opt
+    kw["read_only"] = spec.read_only
+    if spec.memory is not None:
+        kw["mem_limit"] = spec.memory
+    if spec.cpus is not None:
+        kw["nano_cpus"] = round(spec.cpus * 1e9)
+    if spec.pids_limit is not None:
+        kw["pids_limit"] = spec.pids_limit
+    if spec.userns == "host":
+        kw["userns_mode"] = "host"
+    elif spec.userns is not None:
+        raise UnsupportedSpec(
+            "userns",
+            runtime,
+            f"{spec.userns!r}: Docker maps users per daemon (dockerd --userns-remap), "
+            "not per container; use the docker-userns runtime or podman",
+        )
+    binds = [f"{hostinfo.static_busybox()}:{PROBE_BUSYBOX}:ro"]
+    binds += [str(v) for v in spec.volumes]
+    kw["volumes"] = binds
+    kw["network_mode"] = spec.network
+    if spec.env:
+        kw["environment"] = dict(spec.env)
+    return kw
+
+
+class DockerContainer(Container):
+    def __init__(self, runtime: DockerRuntime, sdk: SdkContainer, spec: ContainerSpec) -> None:
+        self._rt = runtime
+        self._sdk = sdk
+        self.runtime = runtime.name
+        self.id = sdk.id or ""
+        self.name = sdk.name or ""
+        self.spec = spec
+        self.engine_rootless = runtime.rootless
+        self.host_pid = int(sdk.attrs["State"]["Pid"])
+        self._stopped = False
+
+    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        api = self._rt.client.api
+        wrapped = oci.wrap_with_timeout(list(argv), timeout)
+        exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True)["Id"]
+
+        def stream() -> Iterable[tuple[bytes | None, bytes | None]]:
+            return api.exec_start(exec_id, stream=True, demux=True)  # type: ignore[no-any-return]
+
+        def exit_code() -> int | None:
+            info = api.exec_inspect(exec_id)
+            return None if info.get("Running") else info.get("ExitCode")
+
+        def kill() -> None:
+            pid = api.exec_inspect(exec_id).get("Pid")
+            if pid and not self.engine_rootless:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+
+        return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill)
+
+    def declared(self) -> dict[str, Any]:
+        self._sdk.reload()
+        return declared_from_inspect(self._sdk.attrs, self._rt.security_options)
+
+    def logs(self) -> str:
+        try:
+            data = self._sdk.logs(tail=200)
+        except docker.errors.APIError as exc:
+            return f"(logs unavailable: {exc})"
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._sdk.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        finally:
+            self._rt.forget(self)
+
+
+def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]) -> dict[str, Any]:
+    """Normalize ``docker inspect`` into the fields the Facts compare against (pure)."""
+    hc = attrs.get("HostConfig") or {}
+    cfg = attrs.get("Config") or {}
+    sec = list(hc.get("SecurityOpt") or [])
+    seccomp = "default"
+    for opt in sec:
+        if opt.startswith("seccomp="):
+            seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
+    if hc.get("Privileged"):
+        seccomp = "unconfined"
+    nano = hc.get("NanoCpus") or 0
+    quota, period = hc.get("CpuQuota") or 0, hc.get("CpuPeriod") or 0
+    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else None)
+    pids = hc.get("PidsLimit")
+    return {
+        "engine": "docker",
+        "user": cfg.get("User") or None,
+        "cap_add": sorted(hc.get("CapAdd") or []),
+        "cap_drop": sorted(hc.get("CapDrop") or []),
+        "privileged": bool(hc.get("Privileged")),
+        "seccomp": seccomp,
+        "no_new_privileges": any(
+            o in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true")
+            for o in sec
+        ),
+        "read_only": bool(hc.get("ReadonlyRootfs")),
+        "memory": hc.get("Memory") or None,
+        "cpus": cpus,
+        "pids_limit": pids if pids and pids > 0 else None,
+        "userns_mode": hc.get("UsernsMode")
+        or ("remap" if any(o.startswith("name=userns") for o in daemon_options) else None),
+        "network_mode": hc.get("NetworkMode"),
+        "binds": [b for b in (hc.get("Binds") or []) if PROBE_BUSYBOX not in b],
+        "apparmor_profile": attrs.get("AppArmorProfile") or None,
+        "daemon_security_options": list(daemon_options),
+    }
+
+
+class DockerRuntime:
+    """The ``docker`` runtime (and, with another socket, docker-userns/docker-rootless)."""
+
+    def __init__(self, name: str = "docker", base_url: str | None = None) -> None:
+        self.name = name
+        self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+        self._client: docker.DockerClient | None = None
+        self._live: dict[str, DockerContainer] = {}
+        self._lock = threading.Lock()
+        self.security_options: tuple[str, ...] = ()
+        self.rootless = False
+        self.version = ""
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                client = docker.DockerClient(base_url=self.base_url, timeout=API_TIMEOUT)
+                info = client.info()
+                self.version = str(client.version().get("Version", "?"))
+            except docker.errors.DockerException as exc:
+                raise RuntimeUnavailable(
+                    self.name, f"no daemon answers at {self.base_url}: {exc}", _hint(self.base_url)
+                ) from None
+            self.security_options = tuple(info.get("SecurityOptions") or ())
+            self.rootless = any(o.startswith("name=rootless") for o in self.security_options)
+            self._client = client
+        return self._client
+
+    def availability(self) -> Availability:
+        try:
+            self.client  # noqa: B018 - connects and reads the version
+            hostinfo.static_busybox()
+        except RuntimeUnavailable as exc:
+            return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
+        return Availability(self.name, True, f"Docker {self.version}", rootless=self.rootless)
+
+    def start(self, spec: ContainerSpec) -> Container:
+        client = self.client
+        try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise ImageNotFound(self.name, spec.image) from None
+        kw = host_config(spec, self.name)
+        sess = session.current()
+        name = sess.next_name(self.name)
+        argv = [f"{k}={v!r}" for k, v in kw.items()]
+        try:
+            sdk = client.containers.create(
+                spec.image, name=name, labels=sess.labels, detach=True, **kw
+            )
+        except docker.errors.APIError as exc:
+            raise ContainerStartError(self.name, argv, None, str(exc.explanation or exc)) from None
+        try:
+            sdk.start()
+            sdk.reload()
+            oci.check_running(self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk))
+        except BaseException as exc:
+            try:
+                sdk.remove(force=True)
+            except docker.errors.APIError:
+                pass
+            if isinstance(exc, docker.errors.APIError):
+                raise ContainerStartError(
+                    self.name, argv, None, str(exc.explanation or exc)
+                ) from None
+            raise
+        c = DockerContainer(self, sdk, spec)
+        with self._lock:
+            self._live[c.id] = c
+        return c
+
+    @staticmethod
+    def _status(sdk: SdkContainer) -> tuple[bool, int | None]:
+        sdk.reload()
+        state = sdk.attrs["State"]
+        return bool(state.get("Running")), state.get("ExitCode")
+
+    def forget(self, c: DockerContainer) -> None:
+        with self._lock:
+            self._live.pop(c.id, None)
+
+    def reap(self) -> int:
+        if self._client is None and not self.availability().available:
+            return 0
+        n = 0
+        for sdk in self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER}):
+            owner = (sdk.labels or {}).get(session.LABEL_OWNER, "")
+            if not session.owner_alive(owner):
+                try:
+                    sdk.remove(force=True)
+                    n += 1
+                except docker.errors.APIError:
+                    pass
+        return n
+
+    def close(self) -> None:
+        with self._lock:
+            live = list(self._live.values())
+        for c in live:
+            c.stop()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _logs(sdk: SdkContainer) -> str:
+    try:
+        data = sdk.logs(tail=100)
+    except docker.errors.APIError as exc:
+        return f"(logs unavailable: {exc})"
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
