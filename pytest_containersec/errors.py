@@ -62,8 +62,9 @@ class ContainerStartError(ContainerSecError):
         self.exit_status = exit_status
         self.stderr = stderr
         tail = stderr.strip()[-2000:]
+        status = "refused by the engine" if exit_status is None else f"exit status {exit_status}"
         super().__init__(
-            f"{runtime}: container failed to start (exit status {exit_status}): "
+            f"{runtime}: container failed to start ({status}): "
             f"{tail or '(no output)'}\n  command/spec: {' '.join(self.argv)}"
         )
 

@@ -49,6 +49,9 @@ class Mount:
     root: str  # the path inside the source file system that is mounted here
     read_only: bool
     options: tuple[str, ...] = ()
+    # The host path this mount shows, when its file system is also mounted on the host
+    # (a bind mount of a host directory, file or socket); None for the container's own.
+    host_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Facts:
     host_root_mounts: tuple[str, ...] = ()
     declared: dict[str, Any] = field(default_factory=dict)
     mismatches: tuple[Mismatch, ...] = ()
+    # The observer's own bounding set: the most any engine on this host could grant.
+    host_capabilities: tuple[str, ...] = ()
 
     # -- derived views ---------------------------------------------------------------
 
@@ -100,7 +105,13 @@ class Facts:
         d = asdict(self)
         d["uid_map"] = [list(m) for m in self.uid_map]
         d["gid_map"] = [list(m) for m in self.gid_map]
-        for name in ("mounts", "engine_sockets", "host_root_mounts", "mismatches"):
+        for name in (
+            "mounts",
+            "engine_sockets",
+            "host_root_mounts",
+            "mismatches",
+            "host_capabilities",
+        ):
             d[name] = list(d[name])
         for m in d["mounts"]:
             m["options"] = list(m["options"])
@@ -134,6 +145,7 @@ class Facts:
             host_root_mounts=tuple(d.get("host_root_mounts", ())),
             declared=dict(d.get("declared", {})),
             mismatches=tuple(Mismatch(**m) for m in d.get("mismatches", ())),
+            host_capabilities=tuple(d.get("host_capabilities", ())),
         )
 
     @classmethod

@@ -21,11 +21,13 @@ def _create(name: str) -> Runtime:
     if name in ("podman", "podman-rootless"):
         from .podman import PodmanRuntime
 
-        return PodmanRuntime(rootless=name == "podman-rootless")
+        podman: Runtime = PodmanRuntime(rootless=name == "podman-rootless")
+        return podman
     if name == "nspawn":
         from .nspawn import NspawnRuntime
 
-        return NspawnRuntime()
+        nspawn: Runtime = NspawnRuntime()
+        return nspawn
     raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
 
 

@@ -80,11 +80,25 @@ class Container(abc.ABC):
         """Run an applet of the bind-mounted static busybox (``argv[0]`` is the applet)."""
         return self.exec([PROBE_BUSYBOX, *argv], timeout=timeout)
 
-    def facts(self, access: tuple[str, ...] | list[str] = ()) -> Facts:
-        """A snapshot of what is in effect: host-side /proc + cgroup files, one exec inside."""
+    _facts_cache: Facts | None = None
+
+    def facts(self, access: tuple[str, ...] | list[str] = (), refresh: bool = False) -> Facts:
+        """A snapshot of what is in effect: host-side /proc + cgroup files, one exec inside.
+
+        Taken once and cached: every check on this container reads the same snapshot.
+        A new snapshot is taken with ``refresh=True`` or when ``access`` names a path not
+        probed yet (it then includes every path probed before).
+        """
         from ..facts import collect
 
-        return collect(self, access=tuple(access))
+        cached = self._facts_cache
+        keys = tuple(access)
+        if cached is not None and not refresh and all(k in cached.access for k in keys):
+            return cached
+        if cached is not None:
+            keys = tuple(dict.fromkeys((*cached.access, *keys)))
+        self._facts_cache = collect(self, access=keys)
+        return self._facts_cache
 
     def probe_access(self, path: str, mode: str = "r") -> AccessResult:
         """Attempt one access as the container's user; returns allowed and the errno name."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,14 @@ from ..errors import (
 )
 from ..spec import ContainerSpec
 from . import oci
-from .base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
+from .base import (
+    DEFAULT_EXEC_TIMEOUT,
+    PROBE_BUSYBOX,
+    PROBE_DIR,
+    Availability,
+    Container,
+    ExecResult,
+)
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 API_TIMEOUT = 60
@@ -79,7 +87,7 @@ def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
             f"{spec.userns!r}: Docker maps users per daemon (dockerd --userns-remap), "
             "not per container; use the docker-userns runtime or podman",
         )
-    binds = [f"{hostinfo.static_busybox()}:{PROBE_BUSYBOX}:ro"]
+    binds = [f"{hostinfo.probe_dir()}:{PROBE_DIR}:ro"]
     binds += [str(v) for v in spec.volumes]
     kw["volumes"] = binds
     kw["network_mode"] = spec.network
@@ -106,7 +114,7 @@ class DockerContainer(Container):
         exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True)["Id"]
 
         def stream() -> Iterable[tuple[bytes | None, bytes | None]]:
-            return api.exec_start(exec_id, stream=True, demux=True)  # type: ignore[no-any-return]
+            return api.exec_start(exec_id, stream=True, demux=True)
 
         def exit_code() -> int | None:
             info = api.exec_inspect(exec_id)
@@ -115,10 +123,8 @@ class DockerContainer(Container):
         def kill() -> None:
             pid = api.exec_inspect(exec_id).get("Pid")
             if pid and not self.engine_rootless:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
 
         return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill)
 
@@ -242,10 +248,8 @@ class DockerRuntime:
             sdk.reload()
             oci.check_running(self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk))
         except BaseException as exc:
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 sdk.remove(force=True)
-            except docker.errors.APIError:
-                pass
             if isinstance(exc, docker.errors.APIError):
                 raise ContainerStartError(
                     self.name, argv, None, str(exc.explanation or exc)

@@ -1,0 +1,142 @@
+"""The ``containersec`` command: runtimes, facts, reap (compare and check build on these)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import (
+    ContainerSecError,
+    ImageNotFound,
+    RuntimeUnavailable,
+    SpecError,
+    UnsupportedSpec,
+)
+from .spec import DEFAULT_IMAGE, ContainerSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    """The run-spec flags, spelled as docker spells them."""
+    p.add_argument("--user", "-u", help="NAME, UID or UID:GID")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--seccomp", default="default", help="default, unconfined or a profile path")
+    p.add_argument("--no-new-privileges", action="store_true")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--memory", "-m", help="e.g. 64m")
+    p.add_argument("--cpus", type=float)
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("--userns", help="host, auto, keep-id or INSIDE:OUTSIDE:COUNT[,...]")
+    p.add_argument("--volume", "-v", action="append", default=[], metavar="SRC:DST[:ro]")
+    p.add_argument("--network", default="none", choices=["none", "host"])
+    p.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--probe-access",
+        action="append",
+        default=[],
+        metavar="PATH:MODE",
+        help="also attempt this access (mode r, w or x); repeatable",
+    )
+    p.add_argument("image", nargs="?", default=DEFAULT_IMAGE)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the main process (default: idle)")
+
+
+def spec_from_args(a: argparse.Namespace) -> ContainerSpec:
+    env = []
+    for item in a.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError("env", item, "expected KEY=VALUE")
+        env.append((key, value))
+    return ContainerSpec(
+        image=a.image,
+        command=tuple(a.command),
+        user=a.user,
+        cap_add=tuple(a.cap_add),
+        cap_drop=tuple(a.cap_drop),
+        privileged=a.privileged,
+        seccomp=a.seccomp,
+        no_new_privileges=a.no_new_privileges,
+        read_only=a.read_only,
+        memory=a.memory,
+        cpus=a.cpus,
+        pids_limit=a.pids_limit,
+        userns=a.userns,
+        volumes=tuple(a.volume),
+        network=a.network,
+        env=tuple(env),
+    )
+
+
+def cmd_runtimes(a: argparse.Namespace) -> int:
+    from .runtimes import RUNTIME_NAMES, get_runtime
+
+    for name in RUNTIME_NAMES:
+        print(get_runtime(name).availability().line())
+    return EXIT_OK
+
+
+def cmd_facts(a: argparse.Namespace) -> int:
+    from .probe import validate_access
+    from .runtimes import get_runtime
+
+    spec = spec_from_args(a)
+    access = tuple(validate_access(k) for k in a.probe_access)
+    runtime = get_runtime(a.runtime)
+    with runtime.start(spec) as c:
+        print(c.facts(access=access).to_json())
+    return EXIT_OK
+
+
+def cmd_reap(a: argparse.Namespace) -> int:
+    from .runtimes import RUNTIME_NAMES, get_runtime
+
+    for name in RUNTIME_NAMES:
+        rt = get_runtime(name)
+        if rt.availability().available:
+            print(f"{name}: removed {rt.reap()} leftover(s) of dead sessions")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="containersec",
+        description="Observe what container confinement is really in effect.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("runtimes", help="which runtimes work here, and the fix when not")
+    f = sub.add_parser("facts", help="start IMAGE, print its observed Facts as JSON, remove it")
+    f.add_argument("--runtime", default="docker")
+    add_spec_flags(f)
+    sub.add_parser("reap", help="remove what killed sessions left behind")
+    return p
+
+
+COMMANDS = {"runtimes": cmd_runtimes, "facts": cmd_facts, "reap": cmd_reap}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except (SpecError, UnsupportedSpec, ImageNotFound) as exc:
+        print(f"containersec: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeUnavailable as exc:
+        print(f"containersec: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ContainerSecError as exc:
+        print(f"containersec: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        from .runtimes import close_all
+
+        close_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

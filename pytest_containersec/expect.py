@@ -1,0 +1,134 @@
+"""Assertions on what is in effect. Each takes a Container (its cached snapshot is used,
+taken on first use) or a Facts, and raises AssertionError naming runtime, expected,
+observed and a hint. Thin wrappers over :mod:`pytest_containersec.checks`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Union
+
+from . import checks
+from .checks import Violation
+from .model import Facts, MapEntry
+
+if TYPE_CHECKING:
+    from .runtimes.base import Container
+
+Target = Union["Container", Facts]
+
+
+def facts_of(target: Target, access: tuple[str, ...] = ()) -> Facts:
+    if isinstance(target, Facts):
+        return target
+    return target.facts(access=access)
+
+
+def _raise(violations: list[Violation]) -> None:
+    __tracebackhide__ = True
+    if violations:
+        raise AssertionError("\n".join(str(v) for v in violations))
+
+
+def root_unprivileged(target: Target) -> None:
+    """Container uid 0 is not host uid 0."""
+    __tracebackhide__ = True
+    _raise(checks.root_unprivileged(facts_of(target)))
+
+
+def uid_map(target: Target, expected: Iterable[MapEntry]) -> None:
+    """The uid_map is exactly ``expected`` (``[(inside, outside, count), ...]``)."""
+    __tracebackhide__ = True
+    _raise(checks.uid_map(facts_of(target), expected))
+
+
+def user(target: Target, uid: int | None = None, gid: int | None = None) -> None:
+    """The main process runs as this uid/gid (as the container sees them)."""
+    __tracebackhide__ = True
+    _raise(checks.user(facts_of(target), uid, gid))
+
+
+def denied(target: Target, path: str, mode: str = "r", errno: str | None = None) -> None:
+    """Opening ``path`` for ``mode`` (r, w, x) fails for the container's user; with
+    ``errno`` ("EACCES", "EPERM", "EROFS", "ENOSYS", ...) it fails with exactly that."""
+    __tracebackhide__ = True
+    _raise(checks.denied(facts_of(target, (f"{path}:{mode}",)), path, mode, errno))
+
+
+def allowed(target: Target, path: str, mode: str = "r") -> None:
+    """Opening ``path`` for ``mode`` succeeds for the container's user."""
+    __tracebackhide__ = True
+    _raise(checks.allowed(facts_of(target, (f"{path}:{mode}",)), path, mode))
+
+
+def operation_denied(target: Target, name: str) -> None:
+    """An escape-surface operation fails: mount_tmpfs, mknod_device, unshare_user,
+    load_module or write_sysfs."""
+    __tracebackhide__ = True
+    _raise(checks.operation_denied(facts_of(target), name))
+
+
+def capabilities(
+    target: Target,
+    effective: Iterable[str] | None = None,
+    at_most: Iterable[str] | None = None,
+    absent: Iterable[str] | None = None,
+) -> None:
+    """``effective``: exactly this set; ``at_most``: a subset of it; ``absent``: in no
+    capability set at all (not even the bounding set). Names with or without CAP_."""
+    __tracebackhide__ = True
+    _raise(checks.capabilities(facts_of(target), effective, at_most, absent))
+
+
+def seccomp(target: Target, mode: str) -> None:
+    """Seccomp mode of the main process: "disabled", "strict" or "filter"."""
+    __tracebackhide__ = True
+    _raise(checks.seccomp(facts_of(target), mode))
+
+
+def no_new_privs(target: Target, expected: bool = True) -> None:
+    __tracebackhide__ = True
+    _raise(checks.no_new_privs(facts_of(target), expected))
+
+
+def lsm(target: Target, label: str | None = None, confined: bool = True) -> None:
+    """An AppArmor/SELinux label confines the process (and equals ``label`` if given)."""
+    __tracebackhide__ = True
+    _raise(checks.lsm(facts_of(target), label, confined))
+
+
+def cgroup(
+    target: Target,
+    memory: str | int | None = None,
+    pids: int | None = None,
+    cpus: float | None = None,
+) -> None:
+    """Each limit given is in effect (read from the host's cgroup files, parents
+    included) and no looser than asked: memory as "64m" or bytes, pids, cpus in cores."""
+    __tracebackhide__ = True
+    _raise(checks.cgroup(facts_of(target), memory, pids, cpus))
+
+
+def read_only_rootfs(target: Target) -> None:
+    __tracebackhide__ = True
+    _raise(checks.read_only_rootfs(facts_of(target)))
+
+
+def not_privileged(target: Target) -> None:
+    """No sign of privileged mode: full capabilities, seccomp off, writable /sys or
+    /proc/sys, host devices."""
+    __tracebackhide__ = True
+    _raise(checks.not_privileged(facts_of(target)))
+
+
+def no_sensitive_mounts(target: Target) -> None:
+    """No host root, engine API socket (docker.sock, podman.sock, ...) or sensitive host
+    folder is mounted into the container."""
+    __tracebackhide__ = True
+    _raise(checks.no_sensitive_mounts(facts_of(target)))
+
+
+def no_mismatches(target: Target) -> None:
+    """What the engine declares equals what is observed, and the container's own view
+    agrees with the host's."""
+    __tracebackhide__ = True
+    _raise(checks.no_mismatches(facts_of(target)))

@@ -1,0 +1,269 @@
+"""Collect Facts: the main process read from the host's /proc, plus one probe exec inside."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import cgroups, probe, procfs
+from .errors import ContainerSecError, ProbeError
+from .model import (
+    AccessResult,
+    Capabilities,
+    Facts,
+    Lsm,
+    Mismatch,
+    Mount,
+    User,
+    unmap_id,
+)
+from .runtimes.base import PROBE_DIR
+
+if TYPE_CHECKING:
+    from .runtimes.base import Container
+
+__all__ = ["AccessResult", "Facts", "collect", "compose", "declared_mismatches"]
+
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
+PROBE_TIMEOUT = 30.0
+ENGINE_SOCKET_NAMES = (
+    "docker.sock",
+    "podman.sock",
+    "containerd.sock",
+    "crio.sock",
+    "buildkitd.sock",
+    "dockershim.sock",
+)
+
+
+def _read(pid: int, name: str, proc: Path) -> str:
+    try:
+        return (proc / str(pid) / name).read_text()
+    except FileNotFoundError:
+        raise ProbeError("host", f"process {pid} is gone (the container exited?)") from None
+    except OSError as exc:
+        raise ProbeError("host", f"cannot read /proc/{pid}/{name}: {exc}") from None
+
+
+def _namespaces(pid: int, proc: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ns in NAMESPACES:
+        try:
+            theirs = os.readlink(proc / str(pid) / "ns" / ns)
+            ours = os.readlink(proc / "self" / "ns" / ns)
+        except OSError:
+            continue
+        out[ns] = "host" if theirs == ours else "private"
+    return out
+
+
+def host_paths(
+    mounts: tuple[procfs.MountInfo, ...], host_mounts: tuple[procfs.MountInfo, ...]
+) -> list[str | None]:
+    """For each container mount, the host path it exposes when its file system is
+    mounted on the host too (bind mounts of host files, folders and sockets)."""
+    by_dev: dict[tuple[int, int], list[procfs.MountInfo]] = {}
+    for hm in host_mounts:
+        by_dev.setdefault((hm.major, hm.minor), []).append(hm)
+    out: list[str | None] = []
+    for m in mounts:
+        best: str | None = None
+        best_len = -1
+        for hm in by_dev.get((m.major, m.minor), []):
+            root = hm.root.rstrip("/")
+            inside = m.root == hm.root or m.root.startswith(root + "/") or hm.root == "/"
+            if inside and len(root) > best_len:
+                rel = m.root[len(root) :].rstrip("/")
+                best = (hm.mountpoint.rstrip("/") + rel) or "/"
+                best_len = len(root)
+        out.append(best)
+    return out
+
+
+def _engine_sockets(mounts: tuple[Mount, ...], inside: dict[str, bool]) -> tuple[str, ...]:
+    found = set(inside)
+    for m in mounts:
+        for path in (m.mountpoint, m.host_path or ""):
+            if path.rsplit("/", 1)[-1] in ENGINE_SOCKET_NAMES:
+                found.add(m.mountpoint)
+    return tuple(sorted(found))
+
+
+def _host_root_mounts(mounts: tuple[Mount, ...]) -> tuple[str, ...]:
+    return tuple(m.mountpoint for m in mounts if m.host_path == "/")
+
+
+def collect(
+    container: Container, access: tuple[str, ...] = (), proc: Path = Path("/proc")
+) -> Facts:
+    """A snapshot of ``container``: host-side /proc and cgroup files, and one probe exec."""
+    pid = container.host_pid
+    runtime = container.runtime
+    keys = tuple(dict.fromkeys(probe.DEFAULT_ACCESS + tuple(access)))
+    try:
+        host_status = procfs.parse_status(_read(pid, "status", proc))
+        uid_map = procfs.parse_id_map(_read(pid, "uid_map", proc))
+        gid_map = procfs.parse_id_map(_read(pid, "gid_map", proc))
+        mountinfo = procfs.parse_mountinfo(_read(pid, "mountinfo", proc))
+        host_mountinfo = procfs.parse_mountinfo(_read(os.getpid(), "mountinfo", proc))
+        label = procfs.parse_attr_current(_read_optional(proc / str(pid) / "attr" / "current"))
+        cgroup = cgroups.read_limits(pid, proc_root=proc)
+        namespaces = _namespaces(pid, proc)
+    except ProbeError as exc:
+        raise ProbeError(runtime, f"{exc.reason}; logs:\n{container.logs()[-2000:]}") from None
+    result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+    if result.rc != 0:
+        raise ProbeError(
+            runtime,
+            f"the probe exec failed with status {result.rc}: {result.stderr.strip()[-1000:]}",
+        )
+    try:
+        out = probe.parse(result.stdout, keys)
+        inside_status = procfs.parse_status(out.status_text)
+    except ContainerSecError as exc:
+        raise ProbeError(runtime, str(exc)) from None
+    declared = container.declared()
+    return compose(
+        runtime=runtime,
+        engine_rootless=container.engine_rootless,
+        pid=pid,
+        status=host_status,
+        uid_map=uid_map,
+        gid_map=gid_map,
+        mountinfo=mountinfo,
+        host_mountinfo=host_mountinfo,
+        lsm=Lsm(procfs.read_host_lsm(), label),
+        host_capabilities=procfs.parse_status(_read(os.getpid(), "status", proc)).cap_bounding,
+        cgroup=cgroup,
+        namespaces=namespaces,
+        probe_out=out,
+        inside_status=inside_status,
+        declared=declared,
+    )
+
+
+def _read_optional(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def compose(
+    *,
+    runtime: str,
+    engine_rootless: bool,
+    pid: int,
+    status: procfs.Status,
+    uid_map: tuple[tuple[int, int, int], ...],
+    gid_map: tuple[tuple[int, int, int], ...],
+    mountinfo: tuple[procfs.MountInfo, ...],
+    host_mountinfo: tuple[procfs.MountInfo, ...],
+    lsm: Lsm,
+    cgroup: Any,
+    namespaces: dict[str, str],
+    probe_out: probe.ProbeOutput,
+    inside_status: procfs.Status,
+    declared: dict[str, Any],
+    host_capabilities: tuple[str, ...] = (),
+) -> Facts:
+    """Assemble Facts from parsed parts (pure: tested on recorded samples)."""
+    hp = host_paths(mountinfo, host_mountinfo)
+    mounts = tuple(
+        replace(procfs.to_mount(mi), host_path=path)
+        for mi, path in zip(mountinfo, hp, strict=True)
+        if not (mi.mountpoint == PROBE_DIR or mi.mountpoint.startswith(PROBE_DIR + "/"))
+    )
+    root_mounts = [m for m in mounts if m.mountpoint == "/"]
+    host_uid, host_gid = status.uid[1], status.gid[1]
+    uid = unmap_id(uid_map, host_uid)
+    gid = unmap_id(gid_map, host_gid)
+    facts = Facts(
+        runtime=runtime,
+        engine_rootless=engine_rootless,
+        host_pid=pid,
+        user=User(
+            uid=65534 if uid is None else uid,
+            gid=65534 if gid is None else gid,
+            host_uid=host_uid,
+            host_gid=host_gid,
+        ),
+        uid_map=uid_map,
+        gid_map=gid_map,
+        capabilities=Capabilities(
+            effective=status.cap_effective,
+            permitted=status.cap_permitted,
+            bounding=status.cap_bounding,
+            ambient=status.cap_ambient,
+            inheritable=status.cap_inheritable,
+        ),
+        seccomp=status.seccomp,
+        no_new_privs=status.no_new_privs,
+        lsm=lsm,
+        cgroup=cgroup,
+        rootfs_read_only=bool(root_mounts) and root_mounts[-1].read_only,
+        mounts=mounts,
+        access=probe_out.access,
+        operations=probe_out.operations,
+        namespaces=namespaces,
+        engine_sockets=_engine_sockets(mounts, probe_out.sockets),
+        host_root_mounts=_host_root_mounts(mounts),
+        declared=declared,
+        host_capabilities=host_capabilities,
+    )
+    mismatches = declared_mismatches(facts) + inside_mismatches(facts, inside_status)
+    return replace(facts, mismatches=tuple(mismatches))
+
+
+def inside_mismatches(facts: Facts, inside: procfs.Status) -> list[Mismatch]:
+    """Where the probe's own view (an exec with the container's settings) differs from
+    the host's view of the main process: an exec that escapes confinement, or a main
+    process that changed its own state."""
+    out: list[Mismatch] = []
+    pairs: list[tuple[str, Any, Any]] = [
+        ("capabilities.bounding", facts.capabilities.bounding, inside.cap_bounding),
+        ("seccomp", facts.seccomp, inside.seccomp),
+        ("no_new_privs", facts.no_new_privs, inside.no_new_privs),
+        ("user.uid", facts.user.uid, inside.uid[1]),
+    ]
+    for name, host, claimed in pairs:
+        if host != claimed:
+            out.append(Mismatch(name, host, claimed, "inside"))
+    return out
+
+
+def declared_mismatches(facts: Facts) -> list[Mismatch]:
+    """Where what the engine says it configured differs from what is in effect."""
+    d = facts.declared
+    out: list[Mismatch] = []
+
+    def check(name: str, declared: Any, observed: Any) -> None:
+        if declared != observed:
+            out.append(Mismatch(name, declared, observed, "declared"))
+
+    if "read_only" in d:
+        check("rootfs_read_only", bool(d["read_only"]), facts.rootfs_read_only)
+    if d.get("memory"):
+        check("cgroup.memory_max", d["memory"], facts.cgroup.memory_max)
+    if d.get("pids_limit"):
+        check("cgroup.pids_max", d["pids_limit"], facts.cgroup.pids_max)
+    if d.get("cpus"):
+        observed = facts.cgroup.cpu_max
+        if observed is None or abs(observed - float(d["cpus"])) > 0.01:
+            out.append(Mismatch("cgroup.cpu_max", d["cpus"], observed, "declared"))
+    if d.get("no_new_privileges"):
+        check("no_new_privs", True, facts.no_new_privs)
+    seccomp = d.get("seccomp")
+    if seccomp == "unconfined" and facts.seccomp != "disabled":
+        out.append(Mismatch("seccomp", "disabled", facts.seccomp, "declared"))
+    if seccomp in ("default", "custom") and facts.seccomp != "filter":
+        out.append(Mismatch("seccomp", "filter", facts.seccomp, "declared"))
+    drops = [c.upper() for c in d.get("cap_drop") or []]
+    if ("ALL" in drops or "CAP_ALL" in drops) and not d.get("cap_add") and not d.get("privileged"):
+        check("capabilities.bounding", (), facts.capabilities.bounding)
+    user = d.get("user")
+    if isinstance(user, str) and user.split(":")[0].isdigit():
+        check("user.uid", int(user.split(":")[0]), facts.user.uid)
+    return out
