@@ -1,0 +1,72 @@
+"""ContainerSpec validation and normalization."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_containersec.errors import SpecError
+from pytest_containersec.spec import ContainerSpec, Volume, parse_size
+
+
+def test_normalizes_fields() -> None:
+    s = ContainerSpec(
+        image="x", cap_add=["sys_admin", "CAP_NET_RAW"], cap_drop="ALL", memory="64m",
+        cpus=1, volumes=["/a:/b:ro"], env={"B": "2", "A": "1"}, command=["sleep", "1"],
+    )  # fmt: skip
+    assert s.cap_add == ("CAP_NET_RAW", "CAP_SYS_ADMIN")
+    assert s.cap_drop == ("ALL",)
+    assert s.memory == 64 * 1024**2
+    assert s.cpus == 1.0
+    assert s.volumes == (Volume("/a", "/b", True),)
+    assert s.env == (("A", "1"), ("B", "2"))
+    assert s.command == ("sleep", "1")
+    assert hash(s) == hash(ContainerSpec(**{**s.__dict__}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("image", ""),
+        ("user", "root; rm -rf /"),
+        ("cap_add", ["CAP_FLY"]),
+        ("privileged", "yes"),
+        ("seccomp", "strict"),
+        ("memory", "64x"),
+        ("memory", 0),
+        ("cpus", -1),
+        ("cpus", "many"),
+        ("pids_limit", 0),
+        ("pids_limit", True),
+        ("userns", "private"),
+        ("userns", "0:100000"),
+        ("volumes", ["relative:/x"]),
+        ("volumes", ["/a:/b:rx"]),
+        ("network", "bridge"),
+    ],
+)
+def test_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(SpecError) as info:
+        ContainerSpec(**{field: value})  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64m", 64 * 1024**2), ("1g", 1024**3), ("512k", 524288), ("1000", 1000), ("1.5g", 1610612736),
+     ("128MiB", 128 * 1024**2), (4096, 4096)],
+)
+def test_parse_size(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_userns_maps() -> None:
+    s = ContainerSpec(userns="0:100000:5000,5000:200000:10")
+    assert s.uid_maps == ((0, 100000, 5000), (5000, 200000, 10))
+    assert ContainerSpec(userns="auto").uid_maps == ()
+
+
+def test_to_dict_and_non_defaults() -> None:
+    s = ContainerSpec(user="1000", read_only=True)
+    assert s.non_default_fields() == {"user": "1000", "read_only": True}
+    assert s.to_dict()["volumes"] == []
