@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,22 +85,24 @@ class Volume:
 class ContainerSpec:
     """What to run. Frozen, hashable (equal specs share a container), validated."""
 
+    # Inputs may be lists, a dict (env) or "64m" (memory); they are stored normalized:
+    # tuples, sorted CAP_* names, Volume objects, bytes.
     image: str = DEFAULT_IMAGE
-    command: tuple[str, ...] = ()
+    command: Sequence[str] = ()
     user: str | None = None
-    cap_add: tuple[str, ...] = ()
-    cap_drop: tuple[str, ...] = ()
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
     privileged: bool = False
     seccomp: str = "default"
     no_new_privileges: bool = False
     read_only: bool = False
-    memory: int | None = None
+    memory: int | str | None = None
     cpus: float | None = None
     pids_limit: int | None = None
     userns: str | None = None
-    volumes: tuple[Volume, ...] = ()
+    volumes: Sequence[Volume | str] = ()
     network: str = "none"
-    env: tuple[tuple[str, str], ...] = field(default=())
+    env: Mapping[str, str] | Sequence[tuple[str, str]] = field(default=())
 
     def __post_init__(self) -> None:
         s = object.__setattr__

@@ -35,11 +35,20 @@ def facts(**changes: Any) -> Facts:
         cgroup=Cgroup(1, "/docker/abc", None, None, None),
         rootfs_read_only=False,
         mounts=(
-            Mount("/", "overlay", "overlay", "/", False, ("rw",), "/var/lib/docker/overlay2/x/merged"),
+            Mount(
+                "/", "overlay", "overlay", "/", False, ("rw",), "/var/lib/docker/overlay2/x/merged"
+            ),
             Mount("/proc", "proc", "proc", "/", False, ("rw",)),
             Mount("/sys", "sysfs", "sysfs", "/", True, ("ro",)),
-            Mount("/etc/hosts", "ext4", "/dev/vda", "/var/lib/docker/containers/abc/hosts",
-                  False, ("rw",), "/var/lib/docker/containers/abc/hosts"),
+            Mount(
+                "/etc/hosts",
+                "ext4",
+                "/dev/vda",
+                "/var/lib/docker/containers/abc/hosts",
+                False,
+                ("rw",),
+                "/var/lib/docker/containers/abc/hosts",
+            ),
         ),
         access={
             "/etc/shadow:r": AccessResult(True),

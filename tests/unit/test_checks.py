@@ -54,7 +54,8 @@ def test_capabilities_effective_at_most_absent() -> None:
     assert "extra {CAP_AUDIT_WRITE" in v.observed
     assert checks.capabilities(d, at_most=["ALL"]) == []
     [v] = checks.capabilities(d, at_most=["CHOWN"])
-    assert "CAP_NET_RAW" in v.observed and "CAP_CHOWN" not in v.observed
+    assert "CAP_NET_RAW" in v.observed
+    assert "CAP_CHOWN" not in v.observed
     [v] = checks.capabilities(d, absent=["cap_net_raw", "SYS_ADMIN"])
     assert v.observed.startswith("effective {CAP_NET_RAW}")
     assert "bounding {CAP_NET_RAW}" in v.observed
@@ -76,7 +77,8 @@ def test_unknown_capability_name_is_an_error() -> None:
 def test_seccomp_and_no_new_privs() -> None:
     assert checks.seccomp(facts(), "filter") == []
     [v] = checks.seccomp(privileged(), "filter")
-    assert v.observed == "disabled" and "unconfined" in v.hint
+    assert v.observed == "disabled"
+    assert "unconfined" in v.hint
     with pytest.raises(ValueError):
         checks.seccomp(facts(), "on")
     assert checks.no_new_privs(facts(no_new_privs=True)) == []
@@ -91,7 +93,8 @@ def test_cgroup_limits_no_looser_than_asked() -> None:
     assert [v.check for v in vs] == ["cgroup"] * 3
     assert vs[0].observed == "memory limit 64 MiB (67108864 bytes)"
     [v] = checks.cgroup(facts(), memory="64m")
-    assert v.observed == "memory limit unlimited" and v.hint == ""
+    assert v.observed == "memory limit unlimited"
+    assert v.hint == ""
 
 
 def test_cgroup_hint_for_rootless_on_v1() -> None:
@@ -109,12 +112,16 @@ def test_read_only_rootfs() -> None:
 def test_not_privileged() -> None:
     assert checks.not_privileged(facts()) == []
     [v] = checks.not_privileged(privileged())
-    for sign in ("every capability the host has", "seccomp is disabled", "/sys is writable",
-                 "/proc/sys/kernel/core_pattern is writable"):
+    for sign in (
+        "every capability the host has",
+        "seccomp is disabled",
+        "/sys is writable",
+        "/proc/sys/kernel/core_pattern is writable",
+    ):
         assert sign in v.observed
-    assert "user namespace" in checks.not_privileged(
-        privileged(uid_map=((0, 100000, 65536),))
-    )[0].hint
+    assert (
+        "user namespace" in checks.not_privileged(privileged(uid_map=((0, 100000, 65536),)))[0].hint
+    )
 
 
 def test_privileged_without_host_caps_falls_back_to_the_dangerous_set() -> None:

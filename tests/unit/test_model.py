@@ -10,14 +10,30 @@ from .factories import privileged, rootless
 
 
 def test_json_round_trip() -> None:
-    for f in (rootless(), privileged(mismatches=(Mismatch("seccomp", "filter", "disabled", "declared"),))):
+    for f in (
+        rootless(),
+        privileged(mismatches=(Mismatch("seccomp", "filter", "disabled", "declared"),)),
+    ):
         text = f.to_json()
         assert Facts.from_json(text) == f
         d = json.loads(text)
         assert d["uid_map"] == [list(m) for m in f.uid_map]
-        assert set(d) >= {"runtime", "engine_rootless", "user", "uid_map", "gid_map",
-                          "capabilities", "seccomp", "no_new_privs", "lsm", "cgroup",
-                          "rootfs_read_only", "mounts", "access", "declared"}
+        assert set(d) >= {
+            "runtime",
+            "engine_rootless",
+            "user",
+            "uid_map",
+            "gid_map",
+            "capabilities",
+            "seccomp",
+            "no_new_privs",
+            "lsm",
+            "cgroup",
+            "rootfs_read_only",
+            "mounts",
+            "access",
+            "declared",
+        }
 
 
 def test_map_and_unmap() -> None:

@@ -84,7 +84,10 @@ def test_unknown_message_is_denied_not_allowed() -> None:
         (lambda t: "\n".join(ln for ln in t.split("\n") if "mount_tmpfs" not in ln), "no result"),
         (lambda t: t.replace("R\tA\t/etc/shadow:r\t0", "R\tA\t/etc/shadow:r\tx"), "malformed"),
         (lambda t: t + "R\tA\t/etc/shadow:r\t0\t\n", "END trailer"),
-        (lambda t: t.replace("CSPROBE1 END", "R\tA\t/etc/shadow:r\t0\t\nCSPROBE1 END"), "unexpected"),
+        (
+            lambda t: t.replace("CSPROBE1 END", "R\tA\t/etc/shadow:r\t0\t\nCSPROBE1 END"),
+            "unexpected",
+        ),
         (lambda t: t + "x" * probe.MAX_PROBE_OUTPUT, "exceeds"),
     ],
 )

@@ -53,8 +53,15 @@ def test_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("64m", 64 * 1024**2), ("1g", 1024**3), ("512k", 524288), ("1000", 1000), ("1.5g", 1610612736),
-     ("128MiB", 128 * 1024**2), (4096, 4096)],
+    [
+        ("64m", 64 * 1024**2),
+        ("1g", 1024**3),
+        ("512k", 524288),
+        ("1000", 1000),
+        ("1.5g", 1610612736),
+        ("128MiB", 128 * 1024**2),
+        (4096, 4096),
+    ],
 )
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size
