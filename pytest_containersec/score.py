@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checks import privileged_signs
+from .checks import privileged_caps, sensitive_mounts
 from .model import Facts, map_id
 
 # capability -> weight when effective (half when only in the bounding set: a setuid or
@@ -81,8 +81,6 @@ def _allowed(f: Facts, key: str, operation: bool = False) -> bool:
 
 def items(f: Facts) -> dict[str, float]:
     """Exposure 0..1 of every weighted item."""
-    from .checks import sensitive_mounts
-
     host_root = map_id(f.uid_map, 0) == 0
     userns_factor = 1.0 if host_root else 0.5
     eff, bnd = set(f.capabilities.effective), set(f.capabilities.bounding)
@@ -132,8 +130,7 @@ def score(f: Facts) -> Score:
         return Score(10.0, band(10.0), nonzero, "an engine API socket is reachable")
     if writable_root:
         return Score(10.0, band(10.0), nonzero, "the host's root file system is mounted writable")
-    signs = privileged_signs(f)
-    privileged = any("capabilit" in s for s in signs) and f.seccomp == "disabled"
+    privileged = privileged_caps(f) is not None and f.seccomp == "disabled"
     if privileged and host_root:
         return Score(10.0, band(10.0), nonzero, "privileged mode without a user namespace")
     weight = {name: w for name, w, _ in WEIGHTS}

@@ -124,6 +124,10 @@ def test_not_privileged() -> None:
     )
 
 
+def test_seccomp_off_alone_is_not_privileged_mode() -> None:
+    assert checks.not_privileged(facts(seccomp="disabled")) == []
+
+
 def test_privileged_without_host_caps_falls_back_to_the_dangerous_set() -> None:
     f = replace(privileged(), host_capabilities=())
     assert "bounding set holds" in checks.not_privileged(f)[0].observed
