@@ -290,7 +290,7 @@ def lsm(f: Facts, label: str | None = None, confined: bool = True) -> list[Viola
     out = []
     if label is not None and f.lsm.label != label:
         out.append(Violation("lsm", f.runtime, f"label {label!r}", f"label {f.lsm.label!r}"))
-    if confined and (f.lsm.name is None or f.lsm.label in (None, "unconfined")):
+    if confined and (f.lsm.name is None or f.lsm.label is None or "unconfined" in f.lsm.label):
         out.append(
             Violation(
                 "lsm",
@@ -464,3 +464,64 @@ def no_mismatches(f: Facts) -> list[Violation]:
         )
         for m in f.mismatches
     ]
+
+
+def namespaces_private(
+    f: Facts, names: Iterable[str] = ("net", "pid", "ipc", "uts")
+) -> list[Violation]:
+    """These namespaces are the container's own, not the host's."""
+    shared = [n for n in names if f.namespaces.get(n) == "host"]
+    unknown = [n for n in names if n not in f.namespaces]
+    out = []
+    if shared:
+        out.append(
+            Violation(
+                "namespaces",
+                f.runtime,
+                f"private {', '.join(names)}",
+                f"shares the host's {', '.join(shared)}",
+            )
+        )
+    if unknown:
+        out.append(
+            Violation("namespaces", f.runtime, f"private {', '.join(unknown)}", "not observed")
+        )
+    return out
+
+
+def non_root(f: Facts) -> list[Violation]:
+    """The main process does not run as uid 0 (as the container sees it)."""
+    if f.user.uid != 0:
+        return []
+    return [
+        Violation("non_root", f.runtime, "a non-root uid", "uid 0", "set user (e.g. user='1000')")
+    ]
+
+
+def limits_set(
+    f: Facts, memory: bool = False, pids: bool = False, cpus: bool = False
+) -> list[Violation]:
+    """Some limit is in effect for each resource asked (any value)."""
+    hint = (
+        CGROUP_V1_ROOTLESS_HINT.format(runtime=f.runtime)
+        if (f.engine_rootless and f.cgroup.version == 1)
+        else ""
+    )
+    out = []
+    for wanted, name, value in (
+        (memory, "memory", f.cgroup.memory_max),
+        (pids, "pids", f.cgroup.pids_max),
+        (cpus, "cpu", f.cgroup.cpu_max),
+    ):
+        if wanted and value is None:
+            out.append(Violation("cgroup", f.runtime, f"a {name} limit", "unlimited", hint))
+    return out
+
+
+def lsm_not_unconfined(f: Facts) -> list[Violation]:
+    """Where an LSM is active, the process is not running unconfined under it."""
+    if f.lsm.name is not None and (f.lsm.label is None or "unconfined" in f.lsm.label):
+        return [
+            Violation("lsm", f.runtime, f"a confining {f.lsm.name} label", f"label {f.lsm.label!r}")
+        ]
+    return []

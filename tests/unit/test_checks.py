@@ -165,3 +165,26 @@ def test_expect_raises_with_runtime_expected_observed() -> None:
         expect.operation_denied(facts(), "mknod_device")
     expect.operation_denied(facts(), "mount_tmpfs")
     expect.allowed(replace(facts(), access={"/x:r": AccessResult(True)}), "/x")
+
+
+def test_namespaces_non_root_limits_lsm() -> None:
+    f = facts(namespaces={"net": "host", "pid": "private", "ipc": "private", "uts": "private"})
+    [v] = checks.namespaces_private(f, ["net", "pid"])
+    assert v.observed == "shares the host's net"
+    assert checks.namespaces_private(f, ["pid"]) == []
+    assert checks.namespaces_private(facts(), ["pid"])[0].observed == "not observed"
+    assert checks.non_root(facts())[0].observed == "uid 0"
+    assert checks.non_root(facts(user=User(1000, 1000, 1000, 1000))) == []
+    assert [v.expected for v in checks.limits_set(facts(), memory=True, pids=True)] == [
+        "a memory limit",
+        "a pids limit",
+    ]
+    assert (
+        checks.limits_set(facts(cgroup=Cgroup(1, "/x", 1, 2, None)), memory=True, pids=True) == []
+    )
+    assert checks.lsm_not_unconfined(facts()) == []  # no LSM on the host: nothing to judge
+    from pytest_containersec.model import Lsm
+
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "unconfined")))
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("selinux", "system_u:system_r:unconfined_t:s0")))
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "docker-default (enforce)"))) == []
