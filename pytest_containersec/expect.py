@@ -23,10 +23,19 @@ def facts_of(target: Target, access: tuple[str, ...] = ()) -> Facts:
     return target.facts(access=access)
 
 
+class CheckFailed(AssertionError):
+    """An expectation did not hold; ``violations`` carries runtime, check, expected,
+    observed and hint of each finding (reports and SARIF read them)."""
+
+    def __init__(self, violations: list[Violation]) -> None:
+        self.violations = violations
+        super().__init__("\n".join(str(v) for v in violations))
+
+
 def _raise(violations: list[Violation]) -> None:
     __tracebackhide__ = True
     if violations:
-        raise AssertionError("\n".join(str(v) for v in violations))
+        raise CheckFailed(violations)
 
 
 def root_unprivileged(target: Target) -> None:

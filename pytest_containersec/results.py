@@ -1,0 +1,20 @@
+"""One outcome of one check on one runtime: what reports, SARIF and exit codes are made of."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str  # test id or policy expectation
+    family: str  # check family ("capabilities", "seccomp", ...) or "test"
+    runtime: str
+    outcome: str  # "passed" | "failed" | "skipped" | "error"
+    message: str = ""
+    path: str = ""  # the test or policy file
+    line: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
