@@ -92,6 +92,39 @@ def cmd_facts(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from . import report, runner
+    from .probe import validate_access
+
+    spec = spec_from_args(a)
+    access = tuple(validate_access(k) for k in a.probe_access)
+    names = [n for item in a.runtime or [] for n in item.split(",") if n]
+    observations = runner.observe(spec, runner.select(names or None), access)
+    facts = {o.runtime: o.facts for o in observations if o.facts is not None}
+    notes = {o.runtime: str(o.error) for o in observations if o.error is not None}
+    matrix = report.from_facts(f"{spec.image} side by side", facts, (), notes)
+    if a.format == "html":
+        text = report.to_html([matrix])
+    elif a.format == "md":
+        text = report.to_markdown(matrix)
+    elif a.format == "json":
+        text = report.to_json(matrix)
+    else:
+        text = report.to_text(matrix)
+    if a.output:
+        with open(a.output, "w") as fh:
+            fh.write(text)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return EXIT_OK if facts else EXIT_FAILED
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .checkcmd import run
+
+    return run(a)
+
+
 def cmd_reap(a: argparse.Namespace) -> int:
     from .runtimes import RUNTIME_NAMES, get_runtime
 
@@ -112,11 +145,25 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("facts", help="start IMAGE, print its observed Facts as JSON, remove it")
     f.add_argument("--runtime", default="docker")
     add_spec_flags(f)
+    c = sub.add_parser("compare", help="the side-by-side matrix of one spec across runtimes")
+    c.add_argument("--runtime", action="append", help="runtimes (repeat or comma-separate)")
+    c.add_argument("--format", choices=["table", "md", "json", "html"], default="table")
+    c.add_argument("--output", "-o")
+    add_spec_flags(c)
+    from .checkcmd import add_parser as add_check
+
+    add_check(sub)
     sub.add_parser("reap", help="remove what killed sessions left behind")
     return p
 
 
-COMMANDS = {"runtimes": cmd_runtimes, "facts": cmd_facts, "reap": cmd_reap}
+COMMANDS = {
+    "runtimes": cmd_runtimes,
+    "facts": cmd_facts,
+    "compare": cmd_compare,
+    "check": cmd_check,
+    "reap": cmd_reap,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
