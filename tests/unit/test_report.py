@@ -17,7 +17,7 @@ from .factories import facts, privileged, rootless
 def matrix() -> report.Matrix:
     d = facts(mismatches=(Mismatch("cgroup.memory_max", 67108864, None, "declared"),))
     r = rootless()
-    checks_rows = [
+    checks_rows: list[tuple[str, dict[str, list[checks.Violation] | None]]] = [
         ("seccomp[filter]", {"docker": checks.seccomp(d, "filter"), "podman-rootless": None}),
         ("root_unprivileged", {"docker": checks.root_unprivileged(d),
                                "podman-rootless": checks.root_unprivileged(r)}),
@@ -68,7 +68,9 @@ def test_html_is_self_contained_and_parses() -> None:
     assert "http" not in page
 
     class Cells(HTMLParser):
-        tds: list[str] = []
+        def __init__(self) -> None:
+            super().__init__()
+            self.tds: list[str] = []
 
         def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
             if tag == "td":
