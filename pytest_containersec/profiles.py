@@ -67,9 +67,9 @@ RESTRICTED: tuple[Control, ...] = (
     Control("PSS-R Privilege Escalation / CIS 5.25", "no privilege escalation",
             "no_new_privs", True),
     Control("PSS-R Running as Non-root", "runs as a non-root user", "non_root"),
-    Control("PSS-R Running as Non-root user", "container root is not host root",
-            "root_unprivileged", note="stricter than PSS (runAsUser != 0): a user "
-            "namespace is required, or the process must not be host root"),
+    Control("PSS-R Running as Non-root user", "runAsUser is not 0", "non_root",
+            note="runAsNonRoot and runAsUser are both observed as the process uid; "
+            "whether container root is host root is the separate root_unprivileged check"),
     Control("PSS-R Seccomp", "a seccomp filter is in effect", "seccomp", "filter"),
     Control("PSS-R Capabilities", "drop ALL; only NET_BIND_SERVICE may stay", "capabilities",
             {"absent": sorted(ALL_CAPS - {"CAP_NET_BIND_SERVICE"})}),
