@@ -107,7 +107,8 @@ def probe_dir() -> str:
     """A host directory bind-mounted read-only at /.containersec in every container.
 
     It holds a copy of the static busybox, an empty ``mnt`` (the probe's tmpfs mount
-    point) and ``notamodule.ko`` (bytes the kernel must reject as a module). It lives in
+    point), ``notamodule.ko`` (bytes the kernel must reject as a module) and the empty
+    mount points ``run`` and ``tools`` (nspawn binds its agent folders there). It lives in
     the state folder, world-readable so rootless engines can mount it too, and is named
     after the busybox's content, so concurrent sessions share it safely.
     """
@@ -118,7 +119,7 @@ def probe_dir() -> str:
     data = src.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     base = Path(os.environ.get("CONTAINERSEC_STATE", "/var/lib/containersec")) / "probe"
-    target = base / digest
+    target = base / f"{digest}-2"  # -2: the layout's version
     if (target / "busybox").is_file():
         return str(target)
     base.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,8 @@ def probe_dir() -> str:
         with contextlib.suppress(OSError):
             p.chmod(0o755)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
-    (tmp / "mnt").mkdir()
+    for sub in ("mnt", "run", "tools"):
+        (tmp / sub).mkdir()
     (tmp / "busybox").write_bytes(data)
     (tmp / "busybox").chmod(0o755)
     (tmp / "notamodule.ko").write_bytes(b"\x7fELF containersec: not a kernel module\n")

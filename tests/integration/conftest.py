@@ -4,21 +4,23 @@ these tests is that they run, so an unavailable runtime must break the build."""
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 
 import pytest
 
 from pytest_containersec.runtimes import RUNTIME_NAMES, Runtime, get_runtime
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if os.environ.get("CI") and report.skipped and "integration" in item.nodeid:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"integration test skipped in CI (CI=true): {reason}"
+    return report
 
 
 def runtime_or_skip(name: str) -> Runtime:
@@ -30,6 +32,6 @@ def runtime_or_skip(name: str) -> Runtime:
 
 
 @pytest.fixture(scope="module", params=RUNTIME_NAMES)
-def any_runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
+def any_runtime(request: pytest.FixtureRequest) -> Runtime:
     """Each of the four runtimes in turn (skipped, outside CI, when unavailable)."""
-    yield runtime_or_skip(str(request.param))
+    return runtime_or_skip(str(request.param))

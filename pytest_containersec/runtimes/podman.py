@@ -1,0 +1,404 @@
+"""Podman adapters (``podman``, ``podman-rootless``): podman-py against a service socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from podman import PodmanClient
+from podman.api import stream_frames
+from podman.domain.containers import Container as SdkContainer
+from podman.errors import ImageNotFound as SdkImageNotFound
+from podman.errors import NotFound, PodmanError
+from requests import RequestException
+
+from .. import hostinfo, session
+from ..errors import ContainerStartError, ImageNotFound, RuntimeUnavailable, UnsupportedSpec
+from ..spec import ContainerSpec, Volume
+from . import oci
+from .base import DEFAULT_EXEC_TIMEOUT, PROBE_DIR, Availability, Container, ExecResult
+from .podman_service import PodmanService, RootlessIds, check_host, reap_services, version_line
+
+API_TIMEOUT = 60
+CPU_PERIOD = 100_000  # microseconds; cpus -> quota (podman-py silently drops nano_cpus)
+SECCOMP_ANNOTATION = "io.podman.annotations.seccomp"  # set like the podman CLI does
+ALL_CAPS = 41
+# What talking to the service can raise: podman-py errors and (APIError) HTTP errors.
+ENGINE_ERRORS = (PodmanError, RequestException)
+
+
+def _to_ns(host: int, count: int, own: int, sub: tuple[int, int]) -> int | None:
+    """A host id range as an id of the rootless user's namespace (0 = the user itself)."""
+    if host == own and count == 1:
+        return 0
+    start, n = sub
+    if start <= host and host + count <= start + n:
+        return 1 + host - start
+    return None
+
+
+def _idmaps(spec: ContainerSpec, runtime: str, ids: RootlessIds | None) -> dict[str, Any]:
+    """``INSIDE:HOST:COUNT`` maps -> libpod IDMappingOptions (rootless: relative ids)."""
+    out: dict[str, Any] = {"HostUIDMapping": False, "HostGIDMapping": False}
+    for key, kind, own, sub in (
+        ("UIDMap", "uid", ids.uid if ids else 0, ids.subuid if ids else (0, 0)),
+        ("GIDMap", "gid", ids.gid if ids else 0, ids.subgid if ids else (0, 0)),
+    ):
+        entries = []
+        for inside, host, count in spec.uid_maps:
+            outside: int | None = host
+            if ids is not None:
+                outside = _to_ns(host, count, own, sub)
+                if outside is None:
+                    raise UnsupportedSpec(
+                        "userns",
+                        runtime,
+                        f"host {kind}s {host}-{host + count - 1} are neither the rootless "
+                        f"user's own {kind} {own} nor inside its sub{kind} range "
+                        f"{sub[0]}-{sum(sub) - 1}",
+                    )
+            entries.append({"container_id": inside, "host_id": outside, "size": count})
+        out[key] = entries
+    return out
+
+
+def create_kwargs(
+    spec: ContainerSpec, runtime: str, rootless: RootlessIds | None = None
+) -> dict[str, Any]:
+    """podman-py ``containers.create`` keyword arguments for ``spec`` (pure).
+
+    ``rootless``: the user's ids when the engine is rootless (explicit userns maps name
+    host ids; rootless Podman wants ids of the user's namespace, so they are translated).
+    """
+    kw: dict[str, Any] = {}
+    entrypoint, command = oci.entrypoint_and_command(spec)
+    if entrypoint is not None:
+        kw["entrypoint"] = entrypoint
+    kw["command"] = command
+    if spec.user is not None:
+        kw["user"] = spec.user
+    if spec.cap_add:
+        kw["cap_add"] = ["ALL"] if len(spec.cap_add) >= ALL_CAPS else list(spec.cap_add)
+    if spec.cap_drop:
+        kw["cap_drop"] = ["ALL"] if len(spec.cap_drop) >= ALL_CAPS else list(spec.cap_drop)
+    kw["privileged"] = spec.privileged
+    if spec.seccomp != "default":
+        if spec.seccomp != "unconfined":
+            try:
+                json.loads(Path(spec.seccomp).read_text())
+            except (OSError, ValueError) as exc:
+                raise UnsupportedSpec("seccomp", runtime, f"cannot read profile: {exc}") from None
+        kw["seccomp_profile_path"] = spec.seccomp
+        kw["annotations"] = {SECCOMP_ANNOTATION: spec.seccomp}
+    if spec.no_new_privileges:
+        kw["no_new_privileges"] = True
+    kw["read_only"] = spec.read_only
+    if spec.memory is not None:
+        kw["mem_limit"] = spec.memory
+    if spec.cpus is not None:
+        kw["cpu_period"] = CPU_PERIOD
+        kw["cpu_quota"] = round(spec.cpus * CPU_PERIOD)
+    if spec.pids_limit is not None:
+        kw["pids_limit"] = spec.pids_limit
+    if spec.userns == "host":
+        kw["userns_mode"] = "host"
+    elif spec.userns == "auto":  # the API ignores nsmode auto without AutoUserNs
+        kw["userns_mode"] = "auto"
+        kw["idmappings"] = {"AutoUserNs": True}
+    elif spec.userns == "keep-id":
+        if rootless is None:
+            raise UnsupportedSpec(
+                "userns", runtime, "keep-id maps the invoking user; rootful Podman refuses it"
+            )
+        kw["userns_mode"] = "keep-id"
+    elif spec.userns is not None:
+        kw["userns_mode"] = "private"  # the API ignores idmappings without it
+        kw["idmappings"] = _idmaps(spec, runtime, rootless)
+    mounts = [_bind(hostinfo.probe_dir(), PROBE_DIR, True)]
+    for v in spec.volumes:
+        vol = v if isinstance(v, Volume) else Volume.parse(v)
+        mounts.append(_bind(vol.source, vol.target, vol.read_only))
+    kw["mounts"] = mounts
+    kw["network_mode"] = spec.network
+    if spec.env:
+        kw["environment"] = dict(spec.env)
+    return kw
+
+
+def _bind(source: str, target: str, read_only: bool) -> dict[str, Any]:
+    return {"type": "bind", "source": source, "target": target, "read_only": read_only}
+
+
+def _bind_text(bind: str) -> str:
+    """``/src:/dst:ro,rprivate,rbind`` -> ``/src:/dst:ro`` (the ContainerSpec spelling)."""
+    src, _, rest = bind.partition(":")
+    dst, _, opts = rest.partition(":")
+    return f"{src}:{dst}" + (":ro" if "ro" in opts.split(",") else "")
+
+
+def declared_from_inspect(
+    attrs: dict[str, Any], rootless: bool, oci_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Normalize ``podman inspect`` into docker's declared keys (pure).
+
+    ``oci_config``: the OCI config.json the engine handed to the runtime, when readable;
+    a missing ``linux.seccomp`` there means no filter whatever inspect says.
+    """
+    hc = attrs.get("HostConfig") or {}
+    cfg = attrs.get("Config") or {}
+    sec = list(hc.get("SecurityOpt") or [])
+    seccomp = "default"
+    for opt in sec:
+        if opt.startswith("seccomp="):
+            seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
+    if hc.get("Privileged"):
+        seccomp = "unconfined"
+    if oci_config is not None and not (oci_config.get("linux") or {}).get("seccomp"):
+        seccomp = "unconfined"
+    nano = hc.get("NanoCpus") or 0
+    quota, period = hc.get("CpuQuota") or 0, hc.get("CpuPeriod") or 0
+    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else None)
+    pids = hc.get("PidsLimit")
+    return {
+        "engine": "podman",
+        "rootless": rootless,
+        "user": cfg.get("User") or None,
+        "cap_add": sorted(hc.get("CapAdd") or []),
+        "cap_drop": sorted(hc.get("CapDrop") or []),
+        "privileged": bool(hc.get("Privileged")),
+        "seccomp": seccomp,
+        "no_new_privileges": any(o.startswith("no-new-privileges") for o in sec),
+        "read_only": bool(hc.get("ReadonlyRootfs")),
+        "memory": hc.get("Memory") or None,
+        "cpus": cpus,
+        "pids_limit": pids if pids and pids > 0 else None,
+        "userns_mode": hc.get("UsernsMode") or None,
+        "network_mode": hc.get("NetworkMode"),
+        "binds": [
+            _bind_text(b) for b in (hc.get("Binds") or []) if f":{PROBE_DIR}:" not in f"{b}:"
+        ],
+        "apparmor_profile": attrs.get("AppArmorProfile") or None,
+        "daemon_security_options": [],
+    }
+
+
+def _explain(exc: BaseException) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+def _host_pid(pid: int) -> bool:
+    """True if ``pid`` is a live process of our pid namespace that is pid 1 in its own."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            return bool(ids) and ids[0] == str(pid) and (len(ids) == 1 or ids[-1] == "1")
+    return True
+
+
+class PodmanContainer(Container):
+    def __init__(self, runtime: PodmanRuntime, sdk: SdkContainer, spec: ContainerSpec) -> None:
+        self._rt = runtime
+        self._sdk = sdk
+        self.runtime = runtime.name
+        self.id = str(sdk.id or "")
+        self.name = str(sdk.attrs.get("Name") or "")
+        self.spec = spec
+        self.engine_rootless = runtime.rootless
+        self.host_pid = int(sdk.attrs["State"]["Pid"])
+        self._stopped = False
+
+    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        api = self._rt.client.api
+        wrapped = oci.wrap_with_timeout(list(argv), timeout)
+        body = {"AttachStdout": True, "AttachStderr": True, "AttachStdin": False, "Cmd": wrapped}
+        resp = api.post(f"/containers/{self.id}/exec", data=json.dumps(body))
+        resp.raise_for_status()
+        exec_id = str(resp.json()["Id"])
+
+        def stream() -> Iterator[tuple[bytes | None, bytes | None]]:
+            start = api.post(
+                f"/exec/{exec_id}/start",
+                data=json.dumps({"Detach": False, "Tty": False}),
+                stream=True,
+                timeout=timeout + API_TIMEOUT,
+            )
+            start.raise_for_status()
+            for frame in stream_frames(start, demux=True):
+                yield cast(tuple[bytes | None, bytes | None], frame)
+
+        def inspect() -> dict[str, Any]:
+            r = api.get(f"/exec/{exec_id}/json")
+            r.raise_for_status()
+            return cast(dict[str, Any], r.json())
+
+        def exit_code() -> int | None:
+            info = inspect()
+            return None if info.get("Running") else info.get("ExitCode")
+
+        def kill() -> None:
+            pid = inspect().get("Pid")
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+        return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill)
+
+    def declared(self) -> dict[str, Any]:
+        self._sdk.reload()
+        attrs = cast(dict[str, Any], self._sdk.attrs)
+        oci_config: dict[str, Any] | None = None
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            oci_config = json.loads(Path(attrs["OCIConfigPath"]).read_text())
+        return declared_from_inspect(attrs, self.engine_rootless, oci_config)
+
+    def logs(self) -> str:
+        return _logs(self._sdk, 200)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._rt.remove(self.id)
+        finally:
+            self._rt.forget(self)
+
+
+def _logs(sdk: SdkContainer, tail: int) -> str:
+    try:
+        data = sdk.logs(tail=tail)
+        raw = data if isinstance(data, bytes) else b"".join(cast(Iterable[bytes], data))
+    except ENGINE_ERRORS as exc:
+        return f"(logs unavailable: {_explain(exc)})"
+    return raw.decode("utf-8", "replace")
+
+
+class PodmanRuntime:
+    """``podman`` (rootful) or ``podman-rootless`` (as hostinfo.rootless_user())."""
+
+    def __init__(self, rootless: bool) -> None:
+        self.rootless = rootless
+        self.name = "podman-rootless" if rootless else "podman"
+        self.version = ""
+        self.service: PodmanService | None = None
+        self._client: PodmanClient | None = None
+        self._ids: RootlessIds | None = None
+        self._live: dict[str, PodmanContainer] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def client(self) -> PodmanClient:
+        with self._lock:
+            if self._client is None:
+                self._ids = check_host(self.name, self.rootless)
+                svc = PodmanService.ensure(self.name, self.rootless)
+                try:
+                    client = PodmanClient(base_url=svc.url, timeout=API_TIMEOUT)
+                    info: Any = cast(Any, client).version()  # podman-py leaves it untyped
+                    self.version = str(info.get("Version", "?"))
+                except (*ENGINE_ERRORS, OSError) as exc:
+                    svc.stop()
+                    raise RuntimeUnavailable(
+                        self.name, f"no Podman API at {svc.socket}: {exc}", "make setup"
+                    ) from None
+                self.service, self._client = svc, client
+            return self._client
+
+    def availability(self) -> Availability:
+        try:
+            self._ids = check_host(self.name, self.rootless)
+        except RuntimeUnavailable as exc:
+            return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
+        version = f"Podman {self.version}" if self.version else version_line()
+        return Availability(self.name, True, version, rootless=self.rootless)
+
+    def start(self, spec: ContainerSpec) -> Container:
+        client = self.client
+        kw = create_kwargs(spec, self.name, self._ids if self.rootless else None)
+        try:
+            if not client.images.exists(spec.image):
+                raise ImageNotFound(self.name, spec.image)
+        except ENGINE_ERRORS as exc:
+            raise ContainerStartError(self.name, [spec.image], None, _explain(exc)) from None
+        sess = session.current()
+        name = sess.next_name(self.name)
+        argv = [f"{k}={v!r}" for k, v in kw.items()]
+        try:
+            sdk = client.containers.create(spec.image, name=name, labels=sess.labels, **kw)
+        except SdkImageNotFound:
+            raise ImageNotFound(self.name, spec.image) from None
+        except (*ENGINE_ERRORS, TypeError, ValueError) as exc:
+            raise ContainerStartError(self.name, argv, None, _explain(exc)) from None
+        try:
+            sdk.start()
+            sdk.reload()
+            oci.check_running(self.name, argv, lambda: _status(sdk), lambda: _logs(sdk, 100))
+            pid = int(sdk.attrs["State"]["Pid"])
+            if not _host_pid(pid):
+                raise ContainerStartError(
+                    self.name, argv, None, f"State.Pid {pid} is not a process in our pid namespace"
+                )
+        except BaseException as exc:
+            with contextlib.suppress(*ENGINE_ERRORS, OSError):
+                self.remove(str(sdk.id))
+            if isinstance(exc, ENGINE_ERRORS):
+                raise ContainerStartError(self.name, argv, None, _explain(exc)) from None
+            raise
+        c = PodmanContainer(self, sdk, spec)
+        with self._lock:
+            self._live[c.id] = c
+        return c
+
+    def remove(self, container_id: str) -> None:
+        """Kill and delete at once (no stop timeout: pid 1 may ignore SIGTERM)."""
+        params = {"force": True, "timeout": 0, "volumes": True}
+        with contextlib.suppress(NotFound):
+            self.client.api.delete(f"/containers/{container_id}", params=params).raise_for_status()
+
+    def forget(self, c: PodmanContainer) -> None:
+        with self._lock:
+            self._live.pop(c.id, None)
+
+    def reap(self) -> int:
+        if self._client is None and not self.availability().available:
+            return 0
+        n = 0
+        for sdk in self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER}):
+            owner = (sdk.labels or {}).get(session.LABEL_OWNER, "")
+            if not session.owner_alive(owner):
+                try:
+                    self.remove(str(sdk.id))
+                    n += 1
+                except ENGINE_ERRORS:
+                    pass
+        return n + reap_services(self.rootless)
+
+    def close(self) -> None:
+        with self._lock:
+            live = list(self._live.values())
+        for c in live:
+            with contextlib.suppress(*ENGINE_ERRORS, OSError):
+                c.stop()
+        with self._lock:
+            if self._client is not None:
+                cast(Any, self._client).close()
+                self._client = None
+            if self.service is not None:
+                self.service.stop()
+                self.service = None
+
+
+def _status(sdk: SdkContainer) -> tuple[bool, int | None]:
+    sdk.reload()
+    state = sdk.attrs["State"]
+    return bool(state.get("Running")), state.get("ExitCode")
