@@ -20,6 +20,7 @@ from .model import (
     unmap_id,
 )
 from .runtimes.base import PROBE_DIR
+from .spec import ContainerSpec
 
 if TYPE_CHECKING:
     from .runtimes.base import Container
@@ -125,7 +126,7 @@ def collect(
     except ContainerSecError as exc:
         raise ProbeError(runtime, str(exc)) from None
     declared = container.declared()
-    return compose(
+    facts = compose(
         runtime=runtime,
         engine_rootless=container.engine_rootless,
         pid=pid,
@@ -142,6 +143,12 @@ def collect(
         inside_status=inside_status,
         declared=declared,
     )
+    # What the spec asked for but is not in effect, where the engine did not even declare
+    # it (rootless engines drop limits silently): reported once, as a "spec" mismatch.
+    seen = {m.field for m in facts.mismatches if m.source == "declared"}
+    extra = [m for m in declared_mismatches(facts, requested(container.spec), "spec")
+             if m.field not in seen]  # fmt: skip
+    return replace(facts, mismatches=facts.mismatches + tuple(extra))
 
 
 def _read_optional(path: Path) -> str:
@@ -234,14 +241,33 @@ def inside_mismatches(facts: Facts, inside: procfs.Status) -> list[Mismatch]:
     return out
 
 
-def declared_mismatches(facts: Facts) -> list[Mismatch]:
-    """Where what the engine says it configured differs from what is in effect."""
-    d = facts.declared
+def requested(spec: ContainerSpec) -> dict[str, Any]:
+    """The spec in the normalized shape of ``declared`` (what the user asked for)."""
+    return {
+        "user": spec.user,
+        "cap_add": list(spec.cap_add),
+        "cap_drop": list(spec.cap_drop),
+        "privileged": spec.privileged,
+        "seccomp": spec.seccomp if spec.seccomp in ("default", "unconfined") else "custom",
+        "no_new_privileges": spec.no_new_privileges,
+        "read_only": spec.read_only,
+        "memory": spec.memory,
+        "cpus": spec.cpus,
+        "pids_limit": spec.pids_limit,
+    }
+
+
+def declared_mismatches(
+    facts: Facts, declared: dict[str, Any] | None = None, source: str = "declared"
+) -> list[Mismatch]:
+    """Where what the engine says it configured (or, with ``source="spec"``, what the
+    spec asked for) differs from what is in effect."""
+    d = facts.declared if declared is None else declared
     out: list[Mismatch] = []
 
     def check(name: str, declared: Any, observed: Any) -> None:
         if declared != observed:
-            out.append(Mismatch(name, declared, observed, "declared"))
+            out.append(Mismatch(name, declared, observed, source))
 
     if "read_only" in d:
         check("rootfs_read_only", bool(d["read_only"]), facts.rootfs_read_only)
@@ -252,14 +278,14 @@ def declared_mismatches(facts: Facts) -> list[Mismatch]:
     if d.get("cpus"):
         observed = facts.cgroup.cpu_max
         if observed is None or abs(observed - float(d["cpus"])) > 0.01:
-            out.append(Mismatch("cgroup.cpu_max", d["cpus"], observed, "declared"))
+            out.append(Mismatch("cgroup.cpu_max", d["cpus"], observed, source))
     if d.get("no_new_privileges"):
         check("no_new_privs", True, facts.no_new_privs)
     seccomp = d.get("seccomp")
     if seccomp == "unconfined" and facts.seccomp != "disabled":
-        out.append(Mismatch("seccomp", "disabled", facts.seccomp, "declared"))
+        out.append(Mismatch("seccomp", "disabled", facts.seccomp, source))
     if seccomp in ("default", "custom") and facts.seccomp != "filter":
-        out.append(Mismatch("seccomp", "filter", facts.seccomp, "declared"))
+        out.append(Mismatch("seccomp", "filter", facts.seccomp, source))
     drops = [c.upper() for c in d.get("cap_drop") or []]
     if ("ALL" in drops or "CAP_ALL" in drops) and not d.get("cap_add") and not d.get("privileged"):
         check("capabilities.bounding", (), facts.capabilities.bounding)
