@@ -41,6 +41,19 @@ ENGINE_MANAGED_MOUNTS = (
     "/run/secrets",
 )
 ENGINE_STATE_MARKERS = ("/containers/", "/docker/", "/libpod/", "/containersec/")
+# Harmless host device nodes rootless engines bind in (they cannot mknod) or use to mask.
+SAFE_HOST_DEVICES = frozenset(
+    {
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/ptmx",
+        "/dev/console",
+    }
+)
 PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "mqueue", "devpts"})
 # Privileged mode's signature in capabilities: what Docker/Podman never grant by default.
 PRIVILEGED_CAPS = frozenset(
@@ -422,7 +435,15 @@ def not_privileged(f: Facts) -> list[Violation]:
 
 def _is_engine_managed(m: Mount) -> bool:
     hp = m.host_path or ""
-    return m.mountpoint in ENGINE_MANAGED_MOUNTS and any(s in hp for s in ENGINE_STATE_MARKERS)
+    if m.mountpoint in ENGINE_MANAGED_MOUNTS and any(s in hp for s in ENGINE_STATE_MARKERS):
+        return True
+    # systemd-nspawn: the host's os-release and its propagation folder under /run/host,
+    # and the host's time zone file as /etc/localtime
+    if m.mountpoint.startswith("/run/host/") and (
+        hp in ("/usr/lib/os-release", "/etc/os-release") or hp.startswith("/run/systemd/nspawn/")
+    ):
+        return True
+    return m.mountpoint == "/etc/localtime" and hp.startswith("/usr/share/zoneinfo/")
 
 
 def sensitive_mounts(f: Facts) -> list[str]:
@@ -432,6 +453,8 @@ def sensitive_mounts(f: Facts) -> list[str]:
     for m in f.mounts:
         hp = m.host_path
         if hp is None or hp == "/" or _is_engine_managed(m) or m.mountpoint in f.engine_sockets:
+            continue
+        if hp in SAFE_HOST_DEVICES:
             continue
         if m.fstype in PSEUDO_FS or m.mountpoint == "/":  # kernel views; the own rootfs
             continue

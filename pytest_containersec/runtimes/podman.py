@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -14,8 +15,8 @@ from typing import Any, cast
 from podman import PodmanClient
 from podman.api import stream_frames
 from podman.domain.containers import Container as SdkContainer
+from podman.errors import APIError, NotFound, PodmanError
 from podman.errors import ImageNotFound as SdkImageNotFound
-from podman.errors import NotFound, PodmanError
 from requests import RequestException
 
 from .. import hostinfo, session
@@ -362,8 +363,19 @@ class PodmanRuntime:
     def remove(self, container_id: str) -> None:
         """Kill and delete at once (no stop timeout: pid 1 may ignore SIGTERM)."""
         params = {"force": True, "timeout": 0, "volumes": True}
-        with contextlib.suppress(NotFound):
-            self.client.api.delete(f"/containers/{container_id}", params=params).raise_for_status()
+        for attempt in range(20):
+            try:
+                self.client.api.delete(
+                    f"/containers/{container_id}", params=params
+                ).raise_for_status()
+                return
+            except NotFound:
+                return
+            except APIError as exc:
+                # a mount of the dying container can be busy for a moment (its shm)
+                if "busy" not in str(exc) or attempt == 19:
+                    raise
+                time.sleep(0.1)
 
     def forget(self, c: PodmanContainer) -> None:
         with self._lock:

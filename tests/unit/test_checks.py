@@ -188,3 +188,12 @@ def test_namespaces_non_root_limits_lsm() -> None:
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "unconfined")))
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("selinux", "system_u:system_r:unconfined_t:s0")))
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "docker-default (enforce)"))) == []
+
+
+def test_harmless_device_binds_of_rootless_engines_are_not_sensitive() -> None:
+    binds = tuple(Mount(p, "devtmpfs", "udev", p, False, ("rw",), p)
+                  for p in ("/dev/null", "/dev/urandom", "/dev/tty"))
+    mask = Mount("/proc/keys", "devtmpfs", "udev", "/null", False, ("rw",), "/dev/null")
+    assert checks.no_sensitive_mounts(facts(mounts=(*facts().mounts, *binds, mask))) == []
+    dev_mem = Mount("/dev/mem", "devtmpfs", "udev", "/mem", False, ("rw",), "/dev/mem")
+    assert "host /dev/mem at /dev/mem" in checks.no_sensitive_mounts(facts(mounts=(dev_mem,)))[0].observed
