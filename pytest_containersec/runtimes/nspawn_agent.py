@@ -220,12 +220,39 @@ def _ppids() -> dict[int, int]:
     return out
 
 
+def _children(pid: int) -> list[int] | None:
+    """Children of ``pid`` from /proc/<pid>/task/*/children (None: not supported)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except FileNotFoundError:
+            if Path(f"/proc/{pid}").exists() and not Path(f"/proc/{pid}/task/{tid}").exists():
+                continue  # the thread ended
+            return None if Path(f"/proc/{pid}").exists() else []
+        except OSError:
+            continue
+    return out
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (breadth first), read from /proc."""
+    direct = _children(pid)
+    if direct is not None:  # the kernel lists children: walk them (fast)
+        out, todo = [], list(direct)
+        while todo:
+            c = todo.pop(0)
+            out.append(c)
+            todo += _children(c) or []
+        return out
     children: dict[int, list[int]] = {}
     for child, parent in _ppids().items():
         children.setdefault(parent, []).append(child)
-    out: list[int] = []
+    out = []
     todo = [pid]
     while todo:
         for c in children.get(todo.pop(0), []):

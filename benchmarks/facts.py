@@ -1,0 +1,84 @@
+"""A full Facts snapshot (every field plus 10 access probes) on a running container,
+versus one bare `docker exec ID true`, and versus the same facts through
+pytest-testinfra's docker backend. Medians of N, interleaved, as ratios in one run.
+
+Run as root after `make setup`: `.venv/bin/python benchmarks/facts.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import testinfra
+
+from pytest_containersec.runtimes import close_all, get_runtime
+from pytest_containersec.spec import ContainerSpec
+
+ACCESS = (
+    "/etc/passwd:r", "/etc/passwd:w", "/etc/group:r", "/etc/hostname:w", "/bin/sh:x",
+    "/tmp:w", "/root:r", "/var/www/index.html:r", "/proc/1/environ:r", "/sys/kernel/profiling:w",
+)  # fmt: skip
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=10)
+    n = ap.parse_args().n
+    rt = get_runtime("docker")
+    with rt.start(ContainerSpec(user="1000", cap_drop=["ALL"], memory="64m")) as c:
+        host = testinfra.get_host(f"docker://{c.id}")
+
+        def ours() -> object:
+            return c.facts(access=ACCESS, refresh=True)
+
+        def bare() -> object:
+            return subprocess.run(["docker", "exec", c.id, "true"], check=True)
+
+        def with_testinfra() -> object:
+            # the same facts, one command each, the way a testinfra test reads them
+            facts = [
+                host.user().uid,
+                host.file("/proc/1/status").content_string,  # caps, seccomp, nnp
+                host.file("/proc/1/uid_map").content_string,
+                host.file("/proc/1/gid_map").content_string,
+                host.file("/proc/1/mountinfo").content_string,
+                host.file("/proc/1/cgroup").content_string,
+                host.file("/sys/fs/cgroup/memory/memory.limit_in_bytes").content_string,
+                host.file("/sys/fs/cgroup/pids/pids.max").exists,
+            ]
+            for key in ACCESS:
+                path, _, mode = key.rpartition(":")
+                flag = {"r": "-r", "w": "-w", "x": "-x"}[mode]
+                facts.append(host.run_test(f"test {flag} {path}").rc)
+            return facts
+
+        for fn in (ours, bare, with_testinfra):
+            fn()  # warm up
+        samples: dict[str, list[float]] = {"ours": [], "bare": [], "testinfra": []}
+        for _ in range(n):
+            samples["ours"].append(timed(ours))
+            samples["bare"].append(timed(bare))
+            samples["testinfra"].append(timed(with_testinfra))
+    close_all()
+    m = {k: statistics.median(v) for k, v in samples.items()}
+    print("| measurement | median | ratio |")
+    print("|---|---|---|")
+    print(f"| `docker exec ID true` (CLI) | {m['bare'] * 1000:.0f} ms | 1.00 |")
+    print(f"| full snapshot, 10 extra access probes | {m['ours'] * 1000:.0f} ms | "
+          f"{m['ours'] / m['bare']:.2f} |")  # fmt: skip
+    print(f"| same facts via pytest-testinfra (docker backend) | {m['testinfra'] * 1000:.0f} ms | "
+          f"{m['testinfra'] / m['bare']:.2f} ({m['testinfra'] / m['ours']:.1f}x ours) |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Start + one exec + stop through the adapter versus the bare CLI doing the same steps.
+
+Median of N runs each, interleaved, in one process; prints a Markdown table of ratios
+(adapter / CLI). Run as root after `make setup`: `.venv/bin/python benchmarks/startup.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+
+from pytest_containersec import hostinfo
+from pytest_containersec.runtimes import close_all, get_runtime
+from pytest_containersec.spec import ContainerSpec
+
+IMAGE = "containersec/probe"
+CACHE = "/var/lib/containersec/images/containersec_probe/rootfs"
+
+
+def run(argv: list[str]) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, cwd="/").stdout
+
+
+def as_user(argv: list[str]) -> list[str]:
+    user = hostinfo.rootless_user()
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+            "env", "-i", f"HOME={user.pw_dir}", "PATH=/usr/bin:/bin",
+            f"XDG_RUNTIME_DIR=/run/user/{user.pw_uid}", *argv]  # fmt: skip
+
+
+def cli_engine(engine: list[str]) -> Callable[[], None]:
+    def once() -> None:
+        cid = run([*engine, "run", "-d", "--network", "none", IMAGE, "sleep", "3600"]).strip()
+        run([*engine, "exec", cid, "true"])
+        run([*engine, "rm", "-f", *(["-t", "0"] if engine[-1] == "podman" else []), cid])
+
+    return once
+
+
+def cli_nspawn() -> None:
+    d = tempfile.mkdtemp(prefix="bench-nspawn-")
+    try:
+        run(["cp", "-a", "--reflink=auto", f"{CACHE}/.", d])
+        subprocess.run(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--console=pipe",
+             "--private-users=pick", "--private-users-ownership=map", "--private-network",
+             "-D", d, "/bin/true"],
+            check=True, stdin=subprocess.DEVNULL, capture_output=True,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def adapter(name: str) -> Callable[[], None]:
+    rt = get_runtime(name)
+
+    def once() -> None:
+        with rt.start(ContainerSpec(image=IMAGE)) as c:
+            c.exec(["/.containersec/busybox", "true"])
+
+    return once
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=10)
+    args = ap.parse_args()
+    assert os.geteuid() == 0, "run as root"
+    bare: dict[str, Callable[[], None]] = {
+        "docker": cli_engine(["docker", "-H", "unix:///var/run/docker.sock"]),
+        "podman": cli_engine(["podman"]),
+        "podman-rootless": cli_engine(as_user(["podman"])),
+        "nspawn": cli_nspawn,
+    }
+    print("| runtime | adapter: start + exec + stop | bare CLI | ratio |")
+    print("|---|---|---|---|")
+    for name, cli in bare.items():
+        if not get_runtime(name).availability().available:
+            print(f"| {name} | unavailable | | |")
+            continue
+        ours, theirs = adapter(name), cli
+        ours()  # warm up (service start, image cache)
+        theirs()
+        a, b = [], []
+        for _ in range(args.n):  # interleaved: both see the same machine noise
+            a.append(timed(ours))
+            b.append(timed(theirs))
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(f"| {name} | {ma * 1000:.0f} ms | {mb * 1000:.0f} ms | {ma / mb:.2f} |")
+    close_all()
+
+
+if __name__ == "__main__":
+    main()
