@@ -1,0 +1,294 @@
+"""pytest-containersec's hooks (entry point ``pytest11: containersec``).
+
+Hooks only: fixtures live in :mod:`pytest_containersec.fixtures`, options in
+:mod:`pytest_containersec.options`. Engines are imported and probed only when a collected
+test uses the container fixtures, so a session without container tests pays nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from . import options
+
+if TYPE_CHECKING:
+    from .matrix import Matrix
+
+RUNTIME_FIXTURE = "containersec_runtime"
+USAGE_ERROR_KEY = pytest.StashKey[str]()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _has_state(config: pytest.Config) -> bool:
+    from .fixtures import STATE_KEY
+
+    return STATE_KEY in config.stash
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(options.ContainersecHookSpecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.register(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", options.MARKER_LINE)
+    settings = options.settings(config)
+    from . import fixtures
+
+    config.pluginmanager.register(fixtures, "containersec.fixtures")
+    if not _is_worker(config):
+        config.pluginmanager.register(ContainersecMatrixHooks(config), "containersec.matrix")
+    if settings.runtimes is not None:
+        known = fixtures.state(config).known()
+        unknown = [n for n in settings.runtimes if n not in known]
+        if unknown:
+            raise pytest.UsageError(
+                f"--containersec-runtime: unknown runtime(s) {', '.join(unknown)} "
+                f"(known: {', '.join(known)})"
+            )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if RUNTIME_FIXTURE in metafunc.fixturenames:
+        from .fixtures import parametrize
+
+        parametrize(metafunc)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    from .fixtures import ITEM_KEY, ItemInfo, state
+    from .options import item_spec, marker_errors
+
+    st = None
+    errors: list[str] = []
+    container_items = False
+    for item in items:
+        uses = RUNTIME_FIXTURE in getattr(item, "fixturenames", ())
+        if not uses and item.get_closest_marker("containersec") is None:
+            continue
+        st = st or state(config)
+        item_errors = marker_errors(item, st.known())
+        errors += item_errors
+        if not uses or item_errors:
+            continue
+        container_items = True
+        callspec = getattr(item, "callspec", None)
+        runtime = callspec.params.get(RUNTIME_FIXTURE) if callspec else None
+        item.stash[ITEM_KEY] = ItemInfo(
+            runtime, item_spec(item, st.settings.image), _row_id(item, runtime)
+        )
+    if errors and st is not None:
+        st.usage_error = True
+        if not _is_worker(config):
+            raise pytest.UsageError("\n".join(dict.fromkeys(errors)))
+        # An xdist worker cannot end the session cleanly: each invalid test errors at
+        # setup with its message, and the controller turns that into exit status 4.
+        for item in items:
+            item_errors = marker_errors(item, st.known())
+            if item_errors:
+                item.stash[USAGE_ERROR_KEY] = "\n".join(item_errors)
+    if container_items and st is not None and not _is_worker(config):
+        st.check_named()
+
+
+def _row_id(item: pytest.Item, runtime: str | None) -> str:
+    """``test_x[docker-1]`` -> ``test_x[1]``: the matrix row of this item."""
+    base, _, rest = item.nodeid.partition("[")
+    if not rest:
+        return base
+    ids = rest[:-1]
+    if runtime:
+        for cut in (f"{runtime}-", f"-{runtime}"):
+            if ids.startswith(cut) or ids.endswith(cut):
+                ids = ids.removeprefix(cut) if ids.startswith(cut) else ids.removesuffix(cut)
+                break
+        else:
+            ids = ids.replace(f"-{runtime}-", "-") if ids != runtime else ""
+    return f"{base}[{ids}]" if ids and ids != "no-runtime" else base
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if config.pluginmanager.has_plugin("dsession") and options.settings(config).runtimes_named:
+        from .fixtures import state
+
+        state(config).check_named()  # the xdist controller never collects: check here
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if _is_worker(config):
+        return None
+    from . import hostinfo
+
+    return f"containersec: kernel {hostinfo.kernel()}, cgroup v{hostinfo.cgroup_version()}"
+
+
+def pytest_report_collectionfinish(
+    config: pytest.Config, start_path: Path, items: Sequence[pytest.Item]
+) -> list[str]:
+    from .fixtures import ITEM_KEY, state
+
+    names = {i.stash[ITEM_KEY].runtime for i in items if ITEM_KEY in i.stash}
+    st = state(config) if names else None
+    if st is None or st.usage_error:
+        return []
+    return [f"containersec: {st.availability(n).line()}" for n in st.selected() if n in names]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from .fixtures import ITEM_KEY, state
+
+    if USAGE_ERROR_KEY in item.stash:
+        pytest.fail(item.stash[USAGE_ERROR_KEY], pytrace=False)
+    info = item.stash.get(ITEM_KEY, None)
+    if info is None or info.runtime is None:
+        return
+    from . import hostinfo
+
+    st = state(item.config)
+    st.current_runtime = info.runtime
+    av = st.availability(info.runtime)
+    item.user_properties += [
+        ("containersec_runtime", info.runtime),
+        ("containersec_engine", av.version if av.available else f"unavailable: {av.reason}"),
+        ("containersec_kernel", hostinfo.kernel()),
+        ("containersec_cgroup", f"v{hostinfo.cgroup_version()}"),
+    ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    from .fixtures import ITEM_KEY, STATE_KEY
+
+    if USAGE_ERROR_KEY in item.stash and report.when == "setup":
+        report.containersec_usage_error = item.stash[USAGE_ERROR_KEY]  # type: ignore[attr-defined]
+    st = item.config.stash.get(STATE_KEY, None)
+    if st is not None and st.kept and report.when == "teardown":
+        report.containersec_kept, st.kept = list(st.kept), []  # type: ignore[attr-defined]
+    info = item.stash.get(ITEM_KEY, None)
+    if info is None or st is None:
+        return report
+    report.containersec_runtime = info.runtime or "no-runtime"  # type: ignore[attr-defined]
+    report.containersec_test = info.test  # type: ignore[attr-defined]
+    av = st.cached_availability(info.runtime) if info.runtime else None
+    report.containersec_engine = av.version if av and av.available else ""  # type: ignore[attr-defined]
+    if report.failed:
+        from .fixtures import failure_sections
+
+        for entry in info.entries:
+            entry.failed = True
+        if report.when != "teardown":
+            report.sections += failure_sections(info)
+    if report.when == "teardown":
+        st.current_runtime = None
+    return report
+
+
+def pytest_assertrepr_compare(
+    config: pytest.Config, op: str, left: object, right: object
+) -> list[str] | None:
+    from .assertrepr import compare
+    from .fixtures import STATE_KEY
+
+    st = config.stash.get(STATE_KEY, None)
+    return compare(op, left, right, st.current_runtime if st else None)
+
+
+class ContainersecMatrixHooks:
+    """Builds the session matrix from reports (on the xdist controller or a plain run)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.matrix: Matrix | None = None
+        self.strict: list[str] = []
+        self.usage_errors: dict[str, None] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        error = getattr(report, "containersec_usage_error", None)
+        if error:
+            self.usage_errors[str(error)] = None
+        if getattr(report, "containersec_runtime", None) or getattr(
+            report, "containersec_kept", None
+        ):
+            if self.matrix is None:
+                from .matrix import Matrix
+
+                self.matrix = Matrix()
+            self.matrix.record(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.usage_errors:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        matrix = self.matrix
+        if matrix is None:
+            return
+        from . import hostinfo
+
+        matrix.host = {"kernel": hostinfo.kernel(), "cgroup": f"v{hostinfo.cgroup_version()}"}
+        settings = options.settings(self.config)
+        skipped = matrix.skipped()
+        if settings.strict and skipped:
+            self.strict = [f"{t} [{rt}]: {why}" for t, rt, why in skipped]
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if settings.report is not None:
+            matrix.write(settings.report)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        tr = terminalreporter
+        if self.usage_errors:
+            tr.write_sep("=", "containersec usage errors (exit status 4)", red=True)
+            for error in self.usage_errors:
+                tr.write_line(error, red=True)
+        matrix = self.matrix
+        if matrix is None:
+            return
+        if matrix.rows:
+            tr.write_sep("=", "containersec matrix")
+            for line in matrix.lines():
+                tr.write_line(line)
+        for message in matrix.kept:
+            tr.write_line(f"containersec: {message}", yellow=True)
+        if self.strict:
+            tr.write_sep("=", "containersec strict mode", red=True)
+            tr.write_line(
+                f"--containersec-strict: {len(self.strict)} container test run(s) skipped, "
+                "so the session fails (exit status 1):",
+                red=True,
+            )
+            for line in self.strict:
+                tr.write_line(f"  {line}", red=True)
+        report = options.settings(self.config).report
+        if report is not None:
+            tr.write_line(f"containersec: matrix written to {report}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _has_state(config):
+        from .fixtures import STATE_KEY
+
+        config.stash[STATE_KEY].close()
+        del config.stash[STATE_KEY]
+    if "pytest_containersec.runtimes" in sys.modules:
+        from .runtimes import close_all
+
+        close_all()

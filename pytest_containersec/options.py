@@ -1,0 +1,233 @@
+"""Command-line options, ``containersec_*`` ini keys, the hook spec, and typed Settings.
+
+Cheap to import: the standard library, pytest and spec. Nothing here probes an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import pytest
+
+from .spec import SPEC_FIELDS, ContainerSpec
+
+if TYPE_CHECKING:
+    from .runtimes.base import Runtime
+
+DEFAULT_IMAGE = "containersec/probe"
+KEEP_CHOICES: tuple[str, ...] = ("never", "failed", "always")
+REUSE_CHOICES: tuple[str, ...] = ("function", "class", "module", "session")
+REPORT_SUFFIXES: tuple[str, ...] = (".json", ".md", ".html")
+Keep = Literal["never", "failed", "always"]
+Reuse = Literal["function", "class", "module", "session"]
+RuntimeFactory = Callable[[], "Runtime"]
+
+MARKER_LINE = (
+    "containersec(image=..., command=..., user=..., cap_add=[...], cap_drop=[...], "
+    "privileged=False, seccomp='default', no_new_privileges=False, read_only=False, "
+    "memory=None, cpus=None, pids_limit=None, userns=None, volumes=[...], network='none', "
+    "env={...}, runtimes=[...]): the container that containersec_container starts for this "
+    "test, and the runtimes it runs on (default: every selected runtime). Class- and "
+    "module-level markers merge; the nearest wins per field."
+)
+
+
+class ContainersecHookSpecs:
+    """Hooks other plugins and conftest.py files may implement."""
+
+    @pytest.hookspec
+    def pytest_containersec_runtime_factories(
+        self, config: pytest.Config
+    ) -> Mapping[str, RuntimeFactory | None] | None:
+        """Extra (or replacement) runtimes: ``{name: factory}``; a factory returns an object
+        satisfying the ``Runtime`` Protocol. A name that is also built in replaces the built-in
+        adapter, and ``{name: None}`` removes it (the test suite uses both to run the plugin
+        against fake engines only)."""
+        raise NotImplementedError
+
+
+def register(parser: pytest.Parser) -> None:
+    group = parser.getgroup("containersec", "container security assertions (pytest-containersec)")
+    group.addoption(
+        "--containersec-runtime",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="runtimes to run container tests on: docker, podman, podman-rootless, nspawn, "
+        "... (default: every available one; a named runtime that is unavailable is a usage "
+        "error)",
+    )
+    group.addoption(
+        "--containersec-image",
+        default=None,
+        metavar="IMAGE",
+        help=f"image for markers that name none (default: {DEFAULT_IMAGE})",
+    )
+    group.addoption(
+        "--containersec-keep",
+        default=None,
+        choices=KEEP_CHOICES,
+        help="keep containers running after their scope: never (default), failed (those "
+        "a failing test used), always; kept ones are reaped by the next session",
+    )
+    group.addoption(
+        "--containersec-reuse",
+        default=None,
+        choices=REUSE_CHOICES,
+        help="scope within which containers of an identical spec and runtime are shared "
+        "instead of restarted (default: module; function = a fresh container per test)",
+    )
+    group.addoption(
+        "--containersec-strict",
+        action="store_true",
+        default=None,
+        help="fail the session (exit status 1) when a container test was skipped, e.g. "
+        "because a runtime is unavailable or cannot express a spec field",
+    )
+    group.addoption(
+        "--containersec-report",
+        default=None,
+        metavar="PATH",
+        help="write the session's test x runtime matrix to PATH (.json, .md or .html)",
+    )
+    parser.addini("containersec_runtime", "default for --containersec-runtime", default="")
+    parser.addini("containersec_image", "default for --containersec-image", default="")
+    parser.addini("containersec_keep", "default for --containersec-keep", default="")
+    parser.addini("containersec_reuse", "default for --containersec-reuse", default="")
+    parser.addini(
+        "containersec_strict", "default for --containersec-strict", type="bool", default=False
+    )
+    parser.addini("containersec_report", "default for --containersec-report", default="")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plugin's configuration, read once from options and ini keys."""
+
+    runtimes: tuple[str, ...] | None  # None: every known runtime that is available
+    image: str
+    keep: Keep
+    reuse: Reuse
+    strict: bool
+    report: Path | None
+
+    @property
+    def runtimes_named(self) -> bool:
+        """The user named the runtimes: an unavailable one is then a usage error."""
+        return self.runtimes is not None
+
+
+def split_names(values: list[str] | str) -> tuple[str, ...]:
+    """``["docker,podman", "nspawn"]`` or ``"docker, podman"`` -> unique names, in order."""
+    items = [values] if isinstance(values, str) else values
+    out: dict[str, None] = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            out[part] = None
+    return tuple(out)
+
+
+def _choice(config: pytest.Config, option: str, ini: str, choices: tuple[str, ...]) -> str:
+    value = config.getoption(option)
+    if value is None:
+        value = str(config.getini(ini)).strip() or choices[0]
+    if value not in choices:
+        raise pytest.UsageError(
+            f"{ini} = {value!r} is not one of: {', '.join(choices)} (ini file or --{ini})"
+        )
+    return str(value)
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Settings from the command line, falling back to ini keys; UsageError when invalid."""
+    cli_runtimes = split_names(cast(list[str], config.getoption("containersec_runtime")))
+    names = cli_runtimes or split_names(str(config.getini("containersec_runtime")))
+    image = config.getoption("containersec_image") or str(config.getini("containersec_image"))
+    keep = _choice(config, "containersec_keep", "containersec_keep", KEEP_CHOICES)
+    reuse_default = ("module", *(c for c in REUSE_CHOICES if c != "module"))
+    reuse = _choice(config, "containersec_reuse", "containersec_reuse", reuse_default)
+    strict = config.getoption("containersec_strict")
+    if strict is None:
+        strict = bool(config.getini("containersec_strict"))
+    report_s = config.getoption("containersec_report") or str(config.getini("containersec_report"))
+    report = None
+    if report_s:
+        report = Path(report_s)
+        if not report.is_absolute():
+            report = Path(config.invocation_params.dir) / report
+        if report.suffix.lower() not in REPORT_SUFFIXES:
+            raise pytest.UsageError(
+                f"--containersec-report={report_s}: the file name must end in "
+                f"{', '.join(REPORT_SUFFIXES)} (the format follows the suffix)"
+            )
+    return Settings(
+        runtimes=names or None,
+        image=image.strip() or DEFAULT_IMAGE,
+        keep=cast(Keep, keep),
+        reuse=cast(Reuse, reuse),
+        strict=bool(strict),
+        report=report,
+    )
+
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def settings(config: pytest.Config) -> Settings:
+    """The session's Settings (read and stashed on first use)."""
+    found = config.stash.get(SETTINGS_KEY, None)
+    if found is None:
+        found = config.stash[SETTINGS_KEY] = read_settings(config)
+    return found
+
+
+def reuse_scope(fixture_name: str, config: pytest.Config) -> Reuse:
+    """Dynamic scope of the container pool fixture (``--containersec-reuse``)."""
+    return settings(config).reuse
+
+
+# -- the containersec marker ---------------------------------------------------------
+
+
+def marker_fields(node: pytest.Item | pytest.Function) -> dict[str, Any]:
+    """The merged kwargs of every containersec marker on ``node``; the nearest wins."""
+    merged: dict[str, Any] = {}
+    for mark in reversed(list(node.iter_markers("containersec"))):
+        merged.update(mark.kwargs)
+    return merged
+
+
+def marker_errors(node: pytest.Item, known: tuple[str, ...]) -> list[str]:
+    """Usage errors of the node's containersec markers (empty list when valid)."""
+    errors = []
+    for mark in node.iter_markers("containersec"):
+        if mark.args:
+            errors.append(f"positional arguments {mark.args!r} (use field=value)")
+        for key in mark.kwargs:
+            if key not in SPEC_FIELDS and key != "runtimes":
+                errors.append(f"unknown field {key!r} (known: {', '.join(SPEC_FIELDS)}, runtimes)")
+    fields = marker_fields(node)
+    names = fields.pop("runtimes", None)
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            errors.append(f"runtimes={names!r}: expected a list of runtime names")
+        else:
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                errors.append(f"runtimes: unknown {unknown!r} (known: {', '.join(known)})")
+    if not errors:
+        try:
+            ContainerSpec(**{k: v for k, v in fields.items() if k in SPEC_FIELDS})
+        except (ValueError, TypeError) as exc:
+            errors.append(str(exc))
+    test = node.nodeid.partition("[")[0]
+    return [f"{test}: @pytest.mark.containersec: {e}" for e in errors]
+
+
+def item_spec(node: pytest.Item, image: str) -> ContainerSpec:
+    fields = {k: v for k, v in marker_fields(node).items() if k in SPEC_FIELDS}
+    fields.setdefault("image", image)
+    return ContainerSpec(**fields)
