@@ -1,22 +1,43 @@
-"""pytest-containersec: prove what container confinement is really in effect."""
+"""pytest-containersec: prove what container confinement is really in effect.
+
+Names are imported lazily, so that loading the pytest plugin costs nothing in a session
+without container tests.
+"""
 
 from __future__ import annotations
 
-from .errors import (
-    ContainerSecError,
-    ContainerStartError,
-    ExecTimeout,
-    ImageNotFound,
-    PolicyError,
-    ProbeError,
-    ProbeParseError,
-    RuntimeUnavailable,
-    SpecError,
-    UnsupportedSpec,
-)
-from .model import AccessResult, Capabilities, Cgroup, Facts, Lsm, Mismatch, Mount, User
-from .spec import ContainerSpec
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from .errors import (
+        ContainerSecError,
+        ContainerStartError,
+        ExecTimeout,
+        ImageNotFound,
+        PolicyError,
+        ProbeError,
+        ProbeParseError,
+        RuntimeUnavailable,
+        SpecError,
+        UnsupportedSpec,
+    )
+    from .model import AccessResult, Capabilities, Cgroup, Facts, Lsm, Mismatch, Mount, User
+    from .spec import ContainerSpec
+
+_WHERE = {
+    **dict.fromkeys(
+        ["ContainerSecError", "ContainerStartError", "ExecTimeout", "ImageNotFound",
+         "PolicyError", "ProbeError", "ProbeParseError", "RuntimeUnavailable", "SpecError",
+         "UnsupportedSpec"],
+        "errors",
+    ),
+    **dict.fromkeys(
+        ["AccessResult", "Capabilities", "Cgroup", "Facts", "Lsm", "Mismatch", "Mount", "User"],
+        "model",
+    ),
+    "ContainerSpec": "spec",
+}  # fmt: skip
 __all__ = [
     "AccessResult",
     "Capabilities",
@@ -39,3 +60,11 @@ __all__ = [
     "User",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    if name in ("expect", "checks", "policy", "report", "score", "sarif"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
