@@ -8,9 +8,7 @@ pytest-xdist controller, which never sees the items.
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .runtimes import RUNTIME_NAMES
@@ -149,7 +147,8 @@ class Matrix:
             out += ["", "## Kept containers", "", *(f"- {k}" for k in self.kept)]
         return "\n".join(out) + "\n"
 
-    def to_html(self) -> str:
+    def html_fragment(self) -> str:
+        """The matrix as an HTML section (escaped), for the session report page."""
         head, body, notes = self._table()
         e = html.escape
         rows = ["<tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>"]
@@ -161,24 +160,9 @@ class Matrix:
             rows.append("<tr>" + "".join(cells) + "</tr>")
         items = "".join(f"<li>{e(n)}</li>" for n in [*notes, *self.kept])
         return (
-            '<!doctype html>\n<html><head><meta charset="utf-8"><title>containersec matrix'
-            "</title><style>td,th{border:1px solid #999;padding:2px 6px}.pass{background:#cfc}"
-            ".fail,.error{background:#fcc}.skip{background:#ffc}</style></head><body>\n"
-            f"<h1>containersec matrix</h1>\n<p>{e(self.runtimes_line())}</p>\n"
-            f"<table>{''.join(rows)}</table>\n<ul>{items}</ul>\n</body></html>\n"
+            f"<h2>tests x runtimes</h2>\n<p>{e(self.runtimes_line())}</p>\n"
+            f"<table>{''.join(rows)}</table>\n<ul>{items}</ul>\n"
         )
-
-    def write(self, path: Path) -> None:
-        """Write the matrix as .json, .md or .html (chosen by the suffix)."""
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        elif suffix == ".md":
-            text = self.to_markdown()
-        else:
-            text = self.to_html()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
 
 
 def classify(report: Any) -> tuple[str | None, str]:

@@ -89,9 +89,25 @@ def register(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--containersec-report",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="write the session's matrices (tests x runtimes, and facts x runtimes per "
+        "container spec) to PATH: .json, .md or .html (repeatable)",
+    )
+    group.addoption(
+        "--containersec-sarif",
         default=None,
         metavar="PATH",
-        help="write the session's test x runtime matrix to PATH (.json, .md or .html)",
+        help="write failed container checks as SARIF 2.1.0 to PATH",
+    )
+    group.addoption(
+        "--containersec-max-exposure",
+        default=None,
+        type=float,
+        metavar="SCORE",
+        help="fail the session when any container's exposure score (0.0 confined .. 10.0 "
+        "host-equivalent) is above SCORE",
     )
     parser.addini("containersec_runtime", "default for --containersec-runtime", default="")
     parser.addini("containersec_image", "default for --containersec-image", default="")
@@ -101,6 +117,14 @@ def register(parser: pytest.Parser) -> None:
         "containersec_strict", "default for --containersec-strict", type="bool", default=False
     )
     parser.addini("containersec_report", "default for --containersec-report", default="")
+    parser.addini("containersec_sarif", "default for --containersec-sarif", default="")
+    parser.addini("containersec_max_exposure", "default for --containersec-max-exposure",
+                  default="")  # fmt: skip
+    parser.addini(
+        "containersec_policy_files",
+        "glob patterns of policy files collected as tests",
+        default="containersec*.yaml containersec*.yml",
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +136,14 @@ class Settings:
     keep: Keep
     reuse: Reuse
     strict: bool
-    report: Path | None
+    report: tuple[Path, ...]
+    sarif: Path | None = None
+    max_exposure: float | None = None
+
+    @property
+    def wants_facts(self) -> bool:
+        """Reports or an exposure limit need a snapshot of every container."""
+        return bool(self.report or self.sarif or self.max_exposure is not None)
 
     @property
     def runtimes_named(self) -> bool:
@@ -152,17 +183,20 @@ def read_settings(config: pytest.Config) -> Settings:
     strict = config.getoption("containersec_strict")
     if strict is None:
         strict = bool(config.getini("containersec_strict"))
-    report_s = config.getoption("containersec_report") or str(config.getini("containersec_report"))
-    report = None
-    if report_s:
-        report = Path(report_s)
-        if not report.is_absolute():
-            report = Path(config.invocation_params.dir) / report
-        if report.suffix.lower() not in REPORT_SUFFIXES:
-            raise pytest.UsageError(
-                f"--containersec-report={report_s}: the file name must end in "
-                f"{', '.join(REPORT_SUFFIXES)} (the format follows the suffix)"
-            )
+    reports = cast(list[str], config.getoption("containersec_report")) or split_names(
+        str(config.getini("containersec_report"))
+    )
+    report = tuple(_path(config, r, "--containersec-report", REPORT_SUFFIXES) for r in reports)
+    sarif_s = config.getoption("containersec_sarif") or str(config.getini("containersec_sarif"))
+    sarif = _path(config, sarif_s, "--containersec-sarif", (".sarif", ".json")) if sarif_s else None
+    limit = config.getoption("containersec_max_exposure")
+    if limit is None and str(config.getini("containersec_max_exposure")).strip():
+        try:
+            limit = float(str(config.getini("containersec_max_exposure")))
+        except ValueError:
+            raise pytest.UsageError("containersec_max_exposure must be a number") from None
+    if limit is not None and not 0.0 <= limit <= 10.0:
+        raise pytest.UsageError("--containersec-max-exposure must be between 0.0 and 10.0")
     return Settings(
         runtimes=names or None,
         image=image.strip() or DEFAULT_IMAGE,
@@ -170,7 +204,21 @@ def read_settings(config: pytest.Config) -> Settings:
         reuse=cast(Reuse, reuse),
         strict=bool(strict),
         report=report,
+        sarif=sarif,
+        max_exposure=limit,
     )
+
+
+def _path(config: pytest.Config, value: str, option: str, suffixes: tuple[str, ...]) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        path = Path(config.invocation_params.dir) / path
+    if path.suffix.lower() not in suffixes:
+        raise pytest.UsageError(
+            f"{option}={value}: the file name must end in {', '.join(suffixes)} "
+            "(the format follows the suffix)"
+        )
+    return path
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()

@@ -59,6 +59,15 @@ def pytest_configure(config: pytest.Config) -> None:
             )
 
 
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml"):
+        from .policy_items import PolicyFile, is_policy
+
+        if is_policy(parent.config, file_path):
+            return PolicyFile.from_parent(parent, path=file_path)
+    return None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if RUNTIME_FIXTURE in metafunc.fixturenames:
         from .fixtures import parametrize
@@ -191,6 +200,18 @@ def pytest_runtest_makereport(
     report.containersec_test = info.test  # type: ignore[attr-defined]
     av = st.cached_availability(info.runtime) if info.runtime else None
     report.containersec_engine = av.version if av and av.available else ""  # type: ignore[attr-defined]
+    if report.when == "call":
+        from .expect import CheckFailed
+        from .session_report import facts_payload
+
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if isinstance(exc, CheckFailed):
+            report.containersec_violations = [  # type: ignore[attr-defined]
+                (v.check, str(v)) for v in exc.violations
+            ]
+        report.containersec_facts = facts_payload(  # type: ignore[attr-defined]
+            info, snapshot=st.settings.wants_facts
+        )
     if report.failed:
         from .fixtures import failure_sections
 
@@ -217,9 +238,13 @@ class ContainersecMatrixHooks:
     """Builds the session matrix from reports (on the xdist controller or a plain run)."""
 
     def __init__(self, config: pytest.Config) -> None:
+        from .session_report import SessionResults
+
         self.config = config
         self.matrix: Matrix | None = None
+        self.results = SessionResults()
         self.strict: list[str] = []
+        self.exposure: list[str] = []
         self.usage_errors: dict[str, None] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -234,6 +259,7 @@ class ContainersecMatrixHooks:
 
                 self.matrix = Matrix()
             self.matrix.record(report)
+            self.results.record(report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.usage_errors:
@@ -250,8 +276,21 @@ class ContainersecMatrixHooks:
             self.strict = [f"{t} [{rt}]: {why}" for t, rt, why in skipped]
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if settings.report is not None:
-            matrix.write(settings.report)
+        if settings.max_exposure is not None:
+            self.exposure = self.results.over_exposure(settings.max_exposure)
+            if self.exposure and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if settings.report:
+            from .session_report import write
+
+            matrices = self.results.matrices()
+            for path in settings.report:
+                write(path, matrix, matrices)
+        if settings.sarif is not None:
+            from . import sarif
+
+            settings.sarif.parent.mkdir(parents=True, exist_ok=True)
+            sarif.write(settings.sarif, self.results.check_results(), Path.cwd())
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         tr = terminalreporter
@@ -266,8 +305,14 @@ class ContainersecMatrixHooks:
             tr.write_sep("=", "containersec matrix")
             for line in matrix.lines():
                 tr.write_line(line)
+        self._facts_matrices(tr)
         for message in matrix.kept:
             tr.write_line(f"containersec: {message}", yellow=True)
+        if self.exposure:
+            limit = options.settings(self.config).max_exposure
+            tr.write_sep("=", f"containersec exposure above {limit:g} (exit status 1)", red=True)
+            for line in self.exposure:
+                tr.write_line(line, red=True)
         if self.strict:
             tr.write_sep("=", "containersec strict mode", red=True)
             tr.write_line(
@@ -277,9 +322,24 @@ class ContainersecMatrixHooks:
             )
             for line in self.strict:
                 tr.write_line(f"  {line}", red=True)
-        report = options.settings(self.config).report
-        if report is not None:
-            tr.write_line(f"containersec: matrix written to {report}")
+        settings = options.settings(self.config)
+        for path in settings.report:
+            tr.write_line(f"containersec: report written to {path}")
+        if settings.sarif is not None:
+            tr.write_line(f"containersec: SARIF written to {settings.sarif}")
+
+    def _facts_matrices(self, tr: pytest.TerminalReporter) -> None:
+        from . import report
+        from .session_report import MAX_TERMINAL_MATRICES
+
+        matrices = self.results.matrices()
+        for m in matrices[:MAX_TERMINAL_MATRICES]:
+            tr.write_sep("-", f"containersec facts: {m.title}")
+            for line in report.to_text(m).splitlines()[1:]:
+                tr.write_line(line)
+        if len(matrices) > MAX_TERMINAL_MATRICES:
+            more = len(matrices) - MAX_TERMINAL_MATRICES
+            tr.write_line(f"containersec: {more} more container spec(s) in --containersec-report")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -160,7 +160,7 @@ def to_text(m: Matrix, width: int = 28) -> str:
     head = ["", *m.runtimes]
     lines = [m.title]
     table = [head] + [[r.name, *(_text(r.cells.get(rt)) for rt in m.runtimes)] for r in m.rows]
-    widths = [min(width + 8, max(len(row[0]) for row in table))] + [
+    widths = [min(60, max(len(row[0]) for row in table))] + [
         min(width, max(len(row[i]) for row in table)) for i in range(1, len(head))
     ]
 
@@ -214,15 +214,21 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td.group{color:#57606a;font-size:.85em}
-.pass{background:#dafbe1}.fail{background:#ffebe9;font-weight:600}.skip{background:#fff8c5}
+.pass{background:#dafbe1}.fail,.error{background:#ffebe9;font-weight:600}.skip{background:#fff8c5}
 .mismatch{display:block;color:#9a6700;font-size:.85em}.note{color:#57606a}
 """
 
 
-def to_html(matrices: list[Matrix], title: str = "pytest-containersec") -> str:
+def to_html(
+    matrices: list[Matrix], title: str = "pytest-containersec", intro_html: str = ""
+) -> str:
+    """One self-contained page; ``intro_html`` (already escaped) goes first."""
     e = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}"
-             f"</title><style>{HTML_STYLE}</style></head><body><h1>{e(title)}</h1>"]  # fmt: skip
+    head = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}"
+        f"</title><style>{HTML_STYLE}</style></head><body><h1>{e(title)}</h1>"
+    )
+    parts = [head, intro_html]
     for m in matrices:
         parts.append(f"<h2>{e(m.title)}</h2><table><thead><tr><th></th><th>check / fact</th>")
         parts += [f"<th>{e(rt)}</th>" for rt in m.runtimes]

@@ -26,12 +26,15 @@ def test_help_lists_options_and_ini_keys(fake: FakeEnv) -> None:
         "--containersec-reuse={function,class,module,session}",
         "--containersec-strict",
         "--containersec-report=PATH",
+        "--containersec-sarif=PATH",
+        "--containersec-max-exposure=SCORE",
     ):
         assert opt in out
     for key in ("containersec_runtime", "containersec_image", "containersec_keep",
-                "containersec_reuse", "containersec_strict", "containersec_report"):  # fmt: skip
+                "containersec_reuse", "containersec_strict", "containersec_report",
+                "containersec_sarif", "containersec_max_exposure",
+                "containersec_policy_files"):  # fmt: skip
         assert f"  {key} " in out
-    assert "--containersec-sarif" not in out  # not registered until it can write SARIF
 
 
 def test_default_selection_is_every_available_runtime(fake: FakeEnv) -> None:
@@ -174,10 +177,10 @@ def test_report_formats(fake: FakeEnv, suffix: str) -> None:
     r = fake.run(f"--containersec-report=out/matrix{suffix}")
     r.assert_outcomes(passed=3, failed=3, skipped=2)
     path = fake.pytester.path / "out" / f"matrix{suffix}"
-    r.stdout.fnmatch_lines([f"containersec: matrix written to {path}"])
+    r.stdout.fnmatch_lines([f"containersec: report written to {path}"])
     text = path.read_text()
     if suffix == ".json":
-        data = json.loads(text)
+        data = json.loads(text)["tests"]
         assert data["runtimes"]["docker"] == "Fake docker 1.0"
         assert data["runtimes"]["nspawn"] == ""
         assert data["host"]["cgroup"] in ("v1", "v2")
@@ -195,7 +198,7 @@ def test_report_formats(fake: FakeEnv, suffix: str) -> None:
         assert "| test_report_formats.py::test_fails | FAIL | FAIL | FAIL | SKIP [1] |" in text
         assert "- [1] nspawn: unavailable: fake engine is down (fix: start it)" in text
     else:
-        assert text.startswith("<!doctype html>")
+        assert text.startswith("<!DOCTYPE html>")
         assert '<td class="fail">FAIL</td>' in text
         assert "<li>[1] nspawn: unavailable: fake engine is down (fix: start it)</li>" in text
 

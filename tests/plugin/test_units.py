@@ -13,6 +13,7 @@ from pytest_containersec import assertrepr
 from pytest_containersec.matrix import Matrix, classify
 from pytest_containersec.options import split_names
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
+from pytest_containersec.session_report import write
 from pytest_containersec.spec import ContainerSpec
 from pytest_containersec.testinfra_backend import ContainersecBackend, host_for
 from tests.plugin.fake_runtime import FakeRuntime
@@ -90,14 +91,14 @@ def test_matrix_writers(tmp_path: Path) -> None:
     m = Matrix(host={"kernel": "6.1", "cgroup": "v2"})
     m.record(_rep("call", "passed"))
     m.record(_rep("setup", "skipped", containersec_runtime="nspawn", containersec_engine=""))
-    m.write(tmp_path / "m.json")
-    data = json.loads((tmp_path / "m.json").read_text())
+    write(tmp_path / "m.json", m, [])
+    data = json.loads((tmp_path / "m.json").read_text())["tests"]
     assert data["tests"] == [
         {"test": "t.py::test_a", "results": {
             "docker": {"outcome": "passed", "reason": ""},
             "nspawn": {"outcome": "skipped", "reason": "engine down"}}}
     ]  # fmt: skip
-    m.write(tmp_path / "m.md")
+    write(tmp_path / "m.md", m, [])
     assert (tmp_path / "m.md").read_text().splitlines()[2:8] == [
         "runtimes: docker = Docker 1; nspawn = unavailable (kernel 6.1, cgroup v2)",
         "",
@@ -106,7 +107,7 @@ def test_matrix_writers(tmp_path: Path) -> None:
         "| t.py::test_a | PASS | SKIP [1] |",
         "",
     ]
-    m.write(tmp_path / "sub" / "m.html")
+    write(tmp_path / "sub" / "m.html", m, [])
     assert "<td>t.py::test_a</td>" in (tmp_path / "sub" / "m.html").read_text()
 
 

@@ -1,0 +1,132 @@
+"""Policy files collected by pytest: one test item per expectation and runtime.
+
+A file matching ``containersec_policy_files`` (default ``containersec*.yaml
+containersec*.yml``) starts its spec once per runtime, takes one snapshot, and judges
+each expectation on it, with the same failure messages as ``expect``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .fixtures import Pool
+    from .policy import Expectation, Policy
+
+DEFAULT_PATTERNS = "containersec*.yaml containersec*.yml"
+
+
+def patterns(config: pytest.Config) -> list[str]:
+    return str(config.getini("containersec_policy_files") or DEFAULT_PATTERNS).split()
+
+
+def is_policy(config: pytest.Config, path: Path) -> bool:
+    return any(fnmatch.fnmatch(path.name, p) for p in patterns(config))
+
+
+class PolicyFile(pytest.File):
+    """A policy file: its spec runs once per runtime, shared by its items."""
+
+    policy: Policy
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from .errors import PolicyError
+        from .fixtures import state
+        from .policy import load
+
+        try:
+            self.policy = load(self.path)
+        except PolicyError as exc:
+            raise self.CollectError(f"containersec policy error: {exc}") from None
+        self._pools: dict[str, Pool] = {}
+        selected = state(self.config).selected()
+        wanted = self.policy.runtimes or selected
+        runtimes = [r for r in wanted if r in selected]
+        names: dict[str, int] = {}
+        for exp in self.policy.expectations:
+            base = exp.name
+            names[base] = names.get(base, 0) + 1
+            if names[base] > 1:
+                base = f"{base}#{names[base]}"
+            for rt in runtimes:
+                yield PolicyItem.from_parent(self, name=f"{base}[{rt}]", expectation=exp,
+                                             runtime=rt)  # fmt: skip
+            if not runtimes:
+                item = PolicyItem.from_parent(self, name=f"{base}[no-runtime]", expectation=exp,
+                                              runtime=None)  # fmt: skip
+                why = f"policy runtimes {list(wanted)} are not selected ({', '.join(selected)})"
+                item.add_marker(pytest.mark.skip(reason=why))
+                yield item
+
+    def pool(self, runtime: str) -> Pool:
+        from .fixtures import Pool, state
+
+        if runtime not in self._pools:
+            st = state(self.config)
+            self._pools[runtime] = pool = Pool(st.runtime(runtime))
+            st.pools.append(pool)
+        return self._pools[runtime]
+
+    def teardown(self) -> None:
+        from .fixtures import state
+
+        st = state(self.config)
+        for pool in getattr(self, "_pools", {}).values():
+            if pool in st.pools:
+                st.pools.remove(pool)
+                st.kept += pool.release(st.settings.keep)
+        self._pools = {}
+
+
+class PolicyItem(pytest.Item):
+    """One expectation of a policy file on one runtime."""
+
+    def __init__(self, *, expectation: Expectation, runtime: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from .fixtures import ITEM_KEY, ItemInfo
+
+        self.expectation = expectation
+        self.runtime = runtime
+        parent = self.parent
+        assert isinstance(parent, PolicyFile)
+        self.policy_file = parent
+        rel = self.nodeid.rsplit("[", 1)[0]
+        self.stash[ITEM_KEY] = ItemInfo(runtime, parent.policy.spec, rel)
+
+    def runtest(self) -> None:
+        from .expect import CheckFailed
+        from .fixtures import state
+
+        assert self.runtime is not None
+        st = state(self.config)
+        av = st.availability(self.runtime)
+        if not av.available:
+            pytest.skip(av.line())
+        st.install_handlers()
+        st.reap_once(self.runtime)
+        container = self.policy_file.pool(self.runtime).acquire(self, self.policy_file.policy.spec)
+        facts = container.facts(access=self.policy_file.policy.access_keys())
+        violations = self.expectation.evaluate(facts)
+        if violations:
+            raise CheckFailed(violations)
+
+    def repr_failure(
+        self,
+        excinfo: pytest.ExceptionInfo[BaseException],
+        style: Any = None,
+    ) -> str:
+        from .errors import ContainerSecError
+        from .expect import CheckFailed
+
+        where = f"{self.path}:{self.expectation.line}: {self.expectation.name}"
+        if isinstance(excinfo.value, CheckFailed | ContainerSecError):
+            return f"{where}\n{excinfo.value}"
+        return f"{where}\n{super().repr_failure(excinfo)}"
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.expectation.line - 1, self.name
