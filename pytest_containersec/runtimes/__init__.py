@@ -7,7 +7,14 @@ import threading
 from ..errors import ContainerSecError
 from .base import Availability, Container, ExecResult, Runtime
 
-RUNTIME_NAMES: tuple[str, ...] = ("docker", "podman", "podman-rootless", "nspawn")
+RUNTIME_NAMES: tuple[str, ...] = (
+    "docker",
+    "podman",
+    "podman-rootless",
+    "nspawn",
+    "docker-userns",
+    "docker-rootless",
+)
 
 _instances: dict[str, Runtime] = {}
 _lock = threading.Lock()
@@ -28,6 +35,11 @@ def _create(name: str) -> Runtime:
 
         nspawn: Runtime = NspawnRuntime()
         return nspawn
+    if name in ("docker-userns", "docker-rootless"):  # the Docker adapter, on a daemon of its own
+        from .docker import DockerRuntime
+        from .docker_daemons import DockerDaemon
+
+        return DockerRuntime(name, daemon=DockerDaemon(name))
     raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
 
 

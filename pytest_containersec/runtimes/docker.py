@@ -9,7 +9,7 @@ import signal
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -32,6 +32,9 @@ from .base import (
     Container,
     ExecResult,
 )
+
+if TYPE_CHECKING:
+    from .docker_daemons import DockerDaemon
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 API_TIMEOUT = 60
@@ -85,7 +88,8 @@ def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
             "userns",
             runtime,
             f"{spec.userns!r}: Docker maps users per daemon (dockerd --userns-remap), "
-            "not per container; use the docker-userns runtime or podman",
+            "not per container; choose the runtime instead (docker-userns, docker-rootless, "
+            "podman, nspawn)",
         )
     binds = [f"{hostinfo.probe_dir()}:{PROBE_DIR}:ro"]
     binds += [str(v) for v in spec.volumes]
@@ -105,7 +109,7 @@ class DockerContainer(Container):
         self.name = sdk.name or ""
         self.spec = spec
         self.engine_rootless = runtime.rootless
-        self.host_pid = int(sdk.attrs["State"]["Pid"])
+        self.host_pid = runtime.host_pid(int(sdk.attrs["State"]["Pid"]))
         self._stopped = False
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
@@ -193,9 +197,12 @@ def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]
 class DockerRuntime:
     """The ``docker`` runtime (and, with another socket, docker-userns/docker-rootless)."""
 
-    def __init__(self, name: str = "docker", base_url: str | None = None) -> None:
+    def __init__(
+        self, name: str = "docker", base_url: str | None = None, daemon: DockerDaemon | None = None
+    ) -> None:
         self.name = name
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+        self.daemon = daemon  # a daemon of its own: started on first use, released in close()
         self._client: docker.DockerClient | None = None
         self._live: dict[str, DockerContainer] = {}
         self._lock = threading.Lock()
@@ -206,6 +213,8 @@ class DockerRuntime:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
+            if self.daemon is not None:
+                self.base_url = self.daemon.ensure()
             try:
                 client = docker.DockerClient(base_url=self.base_url, timeout=API_TIMEOUT)
                 info = client.info()
@@ -220,6 +229,8 @@ class DockerRuntime:
         return self._client
 
     def availability(self) -> Availability:
+        if self._client is None and self.daemon is not None and not self.daemon.answers():
+            return self.daemon.availability()  # what starting it needs; starts nothing
         try:
             self.client  # noqa: B018 - connects and reads the version
             hostinfo.static_busybox()
@@ -270,10 +281,15 @@ class DockerRuntime:
         with self._lock:
             self._live.pop(c.id, None)
 
+    def host_pid(self, reported: int) -> int:
+        return self.daemon.host_pid(reported) if self.daemon is not None else reported
+
     def reap(self) -> int:
+        n = self.daemon.reap() if self.daemon is not None else 0
+        if self._client is None and self.daemon is not None and not self.daemon.answers():
+            return n  # its containers were stopped with it; removed when it runs again
         if self._client is None and not self.availability().available:
-            return 0
-        n = 0
+            return n
         for sdk in self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER}):
             owner = (sdk.labels or {}).get(session.LABEL_OWNER, "")
             if not session.owner_alive(owner):
@@ -292,6 +308,8 @@ class DockerRuntime:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self.daemon is not None:
+            self.daemon.release()
 
 
 def _logs(sdk: SdkContainer) -> str:

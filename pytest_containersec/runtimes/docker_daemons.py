@@ -1,0 +1,462 @@
+"""The second dockerds behind ``docker-userns`` and ``docker-rootless``.
+
+Each runtime has one fixed socket. A daemon that already answers there is used as it is.
+Otherwise the first session that needs it starts one (own session and process group, so
+a Ctrl-C aimed at pytest does not kill it before close() cleans up), records its pid and
+pid token in a state file, and every session that uses it holds a *lease* (a file named
+after its owner token). close() drops the lease; the last live lease holder stops the
+daemon and removes its socket, pid file, exec root and state. Leases let xdist workers
+share one daemon (one data root cannot serve two daemons) without one worker stopping it
+under the other. A killed session leaves a dead lease: :meth:`DockerDaemon.reap` (or the
+next session's close) stops the orphan. The setup script holds a lease for its own shell
+while it imports the images (``python3 -m pytest_containersec.runtimes.docker_daemons``).
+
+- ``docker-userns``: ``dockerd --userns-remap=default`` as root, files under
+  /run/containersec and data root /var/lib/containersec/docker-userns.
+- ``docker-rootless``: dockerd-rootless.sh (rootlesskit) as the unprivileged user with
+  rootless Docker's default socket, data root and exec root, host network (slirp4netns
+  needs /dev/net/tun) and no port driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import hostinfo, session
+from ..errors import RuntimeUnavailable
+from . import podman_service as svc
+from .base import Availability
+
+USERNS, ROOTLESS = "docker-userns", "docker-rootless"
+START_TIMEOUT = 60.0
+ROOTLESS_SCRIPTS = (
+    "dockerd-rootless.sh",
+    "/usr/share/docker.io/contrib/dockerd-rootless.sh",  # Debian/Ubuntu docker.io
+    "/usr/bin/dockerd-rootless.sh",  # docker-ce-rootless-extras
+)
+COMMON_FLAGS = ("--bridge=none", "--iptables=false", "--ip-masq=false", "--shutdown-timeout=2")
+SETUP_HINT = "run the project setup (make setup)"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Where one daemon lives and how it is started (``run_dir``: state, lock, leases, log)."""
+
+    runtime: str
+    rootless: bool
+    socket: Path
+    run_dir: Path
+    pidfile: Path
+    argv: tuple[str, ...]
+    env: dict[str, str] | None = None
+    user: svc.ServiceUser | None = None
+    # removed after a stop when nothing is mounted there, with dockerd's remapped copies
+    # (``<exec-root>.<uid>.<gid>``)
+    cleanup_dirs: tuple[Path, ...] = ()
+    require: Callable[[], None] = field(default=lambda: None, compare=False)
+
+    def path(self, suffix: str) -> Path:
+        return self.run_dir / f"{self.runtime}{suffix}"
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=svc.SAFE_PATH)
+
+
+def _require(runtime: str, tools: tuple[tuple[str, str], ...]) -> None:
+    for tool, package in tools:
+        if _which(tool) is None and not Path(tool).is_file():
+            raise RuntimeUnavailable(runtime, f"{tool} is missing", f"apt-get install {package}")
+
+
+def userns_config() -> DaemonConfig:
+    run = svc.ROOTFUL_RUN_DIR
+    base = run / "docker-userns"
+
+    def require() -> None:
+        _require(USERNS, (("dockerd", "docker.io"),))
+        if os.geteuid() != 0:
+            raise RuntimeUnavailable(USERNS, "its daemon runs as root", "run as root")
+
+    argv = (_which("dockerd") or "dockerd", f"--host=unix://{base}.sock",
+            f"--data-root={session.STATE_DIR / 'docker-userns'}", f"--exec-root={base}-exec",
+            f"--pidfile={base}.pid", f"--config-file={base}.daemon.json",
+            "--userns-remap=default", "--ip-forward=false", *COMMON_FLAGS)  # fmt: skip
+    return DaemonConfig(USERNS, False, Path(f"{base}.sock"), run, Path(f"{base}.pid"), argv,
+                        cleanup_dirs=(Path(f"{base}-exec"),), require=require)  # fmt: skip
+
+
+def rootless_config() -> DaemonConfig:
+    try:
+        user = svc.ServiceUser.for_mode(True)
+    except RuntimeUnavailable as exc:
+        raise RuntimeUnavailable(ROOTLESS, exc.reason, exc.hint) from None
+    assert user is not None
+    xdg, run = user.runtime_dir, user.runtime_dir / "containersec"
+    script = next((s for s in map(_which, ROOTLESS_SCRIPTS) if s), ROOTLESS_SCRIPTS[1])
+
+    def require() -> None:
+        _require(ROOTLESS, (("dockerd", "docker.io"), ("rootlesskit", "rootlesskit"),
+                            ("newuidmap", "uidmap"), ("newgidmap", "uidmap"),
+                            (script, "docker.io")))  # fmt: skip
+        for kind in ("subuid", "subgid"):
+            if hostinfo.subid_range(user.name, f"/etc/{kind}") is None:
+                why = f"{user.name} has no /etc/{kind} range"
+                raise RuntimeUnavailable(ROOTLESS, why, SETUP_HINT)
+
+    kit = run / "docker-rootless-kit"  # rootlesskit's state (else a temp dir left if killed)
+    env = {**user.env(), "DOCKERD_ROOTLESS_ROOTLESSKIT_NET": "host",
+           "DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER": "none",
+           "DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS": f"--state-dir={kit}"}  # fmt: skip
+    argv = (script, f"--host=unix://{xdg / 'docker.sock'}",
+            f"--data-root={Path(user.home) / '.local/share/docker'}",
+            f"--exec-root={xdg / 'docker'}", f"--pidfile={xdg / 'docker.pid'}",
+            f"--config-file={run / 'docker-rootless.daemon.json'}", *COMMON_FLAGS)  # fmt: skip
+    return DaemonConfig(ROOTLESS, True, xdg / "docker.sock", run, xdg / "docker.pid", argv, env,
+                        user, (xdg / "docker", kit), require)  # fmt: skip
+
+
+CONFIGS: dict[str, Callable[[], DaemonConfig]] = {USERNS: userns_config, ROOTLESS: rootless_config}
+
+
+@dataclass(frozen=True)
+class Record:
+    pid: int
+    token: str
+
+    @classmethod
+    def read(cls, path: Path) -> Record | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["pid"]), str(data["token"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @property
+    def running(self) -> bool:
+        return svc._running(self.pid, self.token)
+
+
+class DockerDaemon:
+    """The daemon of one runtime: find it, or start, lease, stop and reap it."""
+
+    def __init__(self, runtime: str, config: Callable[[], DaemonConfig] | None = None) -> None:
+        self.runtime = runtime
+        self.rootless = runtime == ROOTLESS
+        self._factory = config or CONFIGS[runtime]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lease: Path | None = None
+
+    @functools.cached_property
+    def config(self) -> DaemonConfig:
+        return self._factory()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.config.socket}"
+
+    @property
+    def started(self) -> bool:
+        """This process started the daemon (it may still be shared with other sessions)."""
+        return self._proc is not None
+
+    def answers(self) -> bool:
+        try:
+            return svc.answers(self.config.socket)
+        except RuntimeUnavailable:
+            return False
+
+    def availability(self) -> Availability:
+        """Whether the daemon can be started here (cheap: nothing is started)."""
+        try:
+            self.config.require()
+            hostinfo.static_busybox()
+        except RuntimeUnavailable as exc:
+            return Availability(self.runtime, False, reason=exc.reason, hint=exc.hint)
+        return Availability(self.runtime, True, _dockerd_version(), rootless=self.rootless)
+
+    # -- the shared lifecycle (always under the daemon's lock) ----------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The daemon's lock; creates its folder (the user's, for a rootless daemon)."""
+        cfg, user = self.config, self.config.user
+        if user is not None:
+            if user.drop and not user.runtime_dir.is_dir():
+                user.make_dir(user.runtime_dir)
+            user.make_dir(cfg.run_dir)
+        else:
+            cfg.run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with open(cfg.path(".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _live_leases(self) -> list[Path]:
+        """Remove the leases of dead sessions; return the others."""
+        live = []
+        for lease in sorted(self.config.path(".leases").glob("*")):
+            if session.owner_alive(lease.name):
+                live.append(lease)
+            else:
+                lease.unlink(missing_ok=True)
+        return live
+
+    def ensure(self, owner: str | None = None) -> str:
+        """The daemon's URL; starts it (as ``owner``'s lease) when none answers."""
+        cfg = self.config
+        with self._locked():
+            self._live_leases()
+            record = Record.read(cfg.path(".json"))
+            if svc.answers(cfg.socket):
+                if record is not None and record.running:
+                    self._take_lease(owner)
+                return self.url
+            cfg.require()
+            if record is not None:  # ours, but it no longer answers: replace it
+                self._stop(record)
+            self._start(owner)
+        return self.url
+
+    def _take_lease(self, owner: str | None) -> None:
+        leases = self.config.path(".leases")
+        leases.mkdir(mode=0o755, exist_ok=True)
+        self._lease = leases / (owner or session.current().owner)
+        self._lease.touch()
+
+    def _drop_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.unlink(missing_ok=True)
+            self._lease = None
+
+    def _start(self, owner: str | None) -> None:
+        cfg = self.config
+        for stale in (cfg.socket, cfg.pidfile):
+            stale.unlink(missing_ok=True)
+        log, drop = cfg.path(".log"), cfg.user is not None and cfg.user.drop
+        cfg.path(".daemon.json").write_text("{}\n")  # not /etc/docker/daemon.json: isolated
+        with open(log, "wb") as out:
+            try:
+                proc = subprocess.Popen(  # own session: pytest's Ctrl-C must not reach it
+                    cfg.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    cwd="/", env=cfg.env, start_new_session=True,
+                    user=cfg.user.uid if drop and cfg.user else None,
+                    group=cfg.user.gid if drop and cfg.user else None,
+                    extra_groups=svc._extra_groups(cfg.user))  # fmt: skip
+            except OSError as exc:
+                raise RuntimeUnavailable(
+                    self.runtime, f"cannot run {cfg.argv[0]}: {exc}", SETUP_HINT
+                ) from None
+        self._proc = proc
+        record = {"pid": proc.pid, "token": session.owner_token(proc.pid),
+                  "owner": owner or session.current().owner, "argv": list(cfg.argv)}  # fmt: skip
+        cfg.path(".json").write_text(json.dumps(record))
+        self._take_lease(owner)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not svc.answers(cfg.socket, timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                late = f"did not answer in {START_TIMEOUT:g}s"
+                what, tail = "exited" if proc.poll() is not None else late, svc._tail(log, 30)
+                self._stop(Record(proc.pid, str(record["token"])), keep_log=True)
+                self._drop_lease()
+                self._proc = None
+                why = f"{' '.join(cfg.argv)} {what}; log {log}:\n{tail}"
+                raise RuntimeUnavailable(self.runtime, why, f"read the log; {SETUP_HINT}")
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        """Drop this session's lease; the last lease holder stops the daemon. Idempotent."""
+        if self._lease is None:
+            return
+        with self._locked():
+            self._drop_lease()
+            record = Record.read(self.config.path(".json"))
+            if record is not None and not self._live_leases():
+                self._stop(record)
+        if self._proc is not None:
+            self._proc.poll()  # collect it if it exited; it may serve other sessions still
+            self._proc = None
+
+    def reap(self) -> int:
+        """Stop a daemon no live session holds a lease on; 1 if one was stopped."""
+        try:
+            state = self.config.path(".json")
+        except RuntimeUnavailable:
+            return 0
+        if not state.exists():
+            return 0
+        with self._locked():
+            record = Record.read(state)
+            if record is None or self._live_leases():
+                return 0
+            was_running = record.running
+            self._stop(record)
+        return int(was_running)
+
+    def _stop(self, record: Record, keep_log: bool = False) -> None:
+        """Stop the daemon's process tree, then remove what it left (caller holds the lock)."""
+        proc = self._proc if self._proc is not None and self._proc.pid == record.pid else None
+        if record.running:
+            stop_tree(record.pid, record.token, proc)
+        cfg = self.config
+        if not svc.answers(cfg.socket, timeout=0.5):  # never unlink a stranger's live socket
+            cfg.socket.unlink(missing_ok=True)
+        cfg.pidfile.unlink(missing_ok=True)
+        cfg.path(".json").unlink(missing_ok=True)
+        cfg.path(".daemon.json").unlink(missing_ok=True)
+        if not keep_log:
+            cfg.path(".log").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            cfg.path(".leases").rmdir()
+        mounts = Path("/proc/self/mountinfo").read_text()
+        for top in cfg.cleanup_dirs:
+            for d in (top, *top.parent.glob(f"{top.name}.*")):
+                if d.is_dir() and f" {d}/" not in mounts and f" {d} " not in mounts:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def host_pid(self, reported: int) -> int:
+        """``reported`` (State.Pid, in the daemon's pid namespace) as a pid of ours."""
+        if not self.rootless:  # a root dockerd shares our pid namespace
+            return reported
+        record = Record.read(self.config.path(".json"))
+        return translate_pid(reported, record.pid if record is not None else None)
+
+
+def _dockerd_version() -> str:
+    try:
+        out = subprocess.run([_which("dockerd") or "dockerd", "--version"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "Docker (unknown version)"
+    words = out.replace(",", " ").split()
+    return f"Docker {words[2]}" if len(words) > 2 else "Docker (unknown version)"
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def _ppid(proc: Path, pid: int) -> int | None:
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """Every live process below ``pid`` (children first), read from ``proc``."""
+    parents = {p: _ppid(proc, p) for p in (int(e.name) for e in proc.iterdir() if e.name.isdigit())}
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier and p not in found]
+        found += kids
+        frontier = kids
+    return found
+
+
+def stop_tree(pid: int, token: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM ``pid`` (SIGKILL after a while), then whatever it started that still runs.
+
+    The tree is taken first: dockerd's containerd runs in its own session, and would be
+    orphaned if dockerd died without stopping it.
+    """
+    tree = [(p, session.owner_token(p)) for p in descendants(pid)]
+    svc._kill(pid, token)  # TERM, up to STOP_TIMEOUT, then KILL
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(svc.STOP_TIMEOUT)
+    survivors = [(p, t) for p, t in tree if svc._running(p, t)]
+    for p, _ in survivors:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + svc.STOP_TIMEOUT
+    while any(svc._running(p, t) for p, t in survivors) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p, t in survivors:
+        if svc._running(p, t):
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+
+
+def _nspid(proc: Path, pid: int) -> list[int] | None:
+    try:
+        status = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return [pid]
+
+
+def translate_pid(reported: int, daemon_pid: int | None, proc: Path = Path("/proc")) -> int:
+    """The pid in our namespace of the container process the daemon reports as ``reported``.
+
+    A daemon in our pid namespace (dockerd as root; rootlesskit without --pidns) reports
+    our pids. One in a pid namespace of its own (rootlesskit --pidns) reports its own:
+    the container's init is then the process below ``daemon_pid`` whose NSpid (outermost
+    first) lists ``reported`` one level above the container's own namespace.
+    """
+    with contextlib.suppress(OSError):
+        own = os.readlink(proc / "self" / "ns" / "pid")
+        ours = daemon_pid is None or all(
+            os.readlink(proc / str(p) / "ns" / "pid") == own
+            for p in (daemon_pid, *descendants(daemon_pid, proc)[:1])
+        )
+        if ours:
+            return reported
+        for p in descendants(daemon_pid, proc) if daemon_pid is not None else ():
+            ids = _nspid(proc, p)
+            if ids is not None and len(ids) >= 3 and ids[-2] == reported:
+                return p
+    return reported
+
+
+# -- for scripts/setup: hold a lease for the shell while it imports images ---------------
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pytest_containersec.runtimes.docker_daemons")
+    p.add_argument("action", choices=("up", "down", "reap"), help="up prints the daemon's URL")
+    p.add_argument("runtime", nargs="?", choices=tuple(CONFIGS))
+    p.add_argument("--lease-pid", type=int, help="hold the lease for this process (a shell)")
+    a = p.parse_args(argv)
+    if a.action == "reap":
+        for name in CONFIGS:
+            print(f"{name}: stopped {DockerDaemon(name).reap()} orphaned daemon(s)")
+        return 0
+    if a.runtime is None:
+        p.error(f"{a.action} needs a runtime")
+    daemon = DockerDaemon(a.runtime)
+    owner = session.owner_token(a.lease_pid) if a.lease_pid else session.current().owner
+    try:
+        if a.action == "up":
+            print(daemon.ensure(owner))
+        else:
+            daemon._lease = daemon.config.path(".leases") / owner
+            daemon.release()
+    except RuntimeUnavailable as exc:
+        print(f"{exc.runtime}: {exc.reason}\n(fix: {exc.hint})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
