@@ -141,3 +141,15 @@ def no_mismatches(target: Target) -> None:
     agrees with the host's."""
     __tracebackhide__ = True
     _raise(checks.no_mismatches(facts_of(target)))
+
+
+def namespaces_private(target: Target, names: Iterable[str] = ("net", "pid", "ipc", "uts")) -> None:
+    """These namespaces are the container's own, not the host's."""
+    __tracebackhide__ = True
+    _raise(checks.namespaces_private(facts_of(target), tuple(names)))
+
+
+def non_root(target: Target) -> None:
+    """The main process does not run as uid 0 (as the container sees it)."""
+    __tracebackhide__ = True
+    _raise(checks.non_root(facts_of(target)))

@@ -121,8 +121,9 @@ class SessionResults:
                         cells[rt] = [Violation(r.family, rt, "pass", first)]
                     else:
                         cells[rt] = []
-                rows.append((test, cells))
-            out.append(report.from_facts(title, per_runtime, rows))
+                rows.append((test.split("::", 1)[-1], cells))  # the file is in the title
+            files = sorted({t.split("::", 1)[0] for t in self.tests.get(title, {})})
+            out.append(report.from_facts(f"{title} ({', '.join(files)})", per_runtime, rows))
         return out
 
     def over_exposure(self, limit: float) -> list[str]:
