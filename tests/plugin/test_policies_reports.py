@@ -94,10 +94,10 @@ def test_facts_matrix_in_the_terminal_and_report(fake: FakeEnv) -> None:
     fake.pytester.makepyfile(TEST)
     r = fake.run("--containersec-runtime=docker,podman", "--containersec-report=r.json")
     r.stdout.fnmatch_lines([
-        "*containersec facts: containersec/probe cap_drop=ALL read_only=True*",
+        "*containersec facts: containersec/probe cap_drop=ALL read_only=True (test_facts_matrix*",
         "*docker*podman*",
         "rootfs read-only*true*true*",
-        "test_facts_matrix_in_the_terminal_and_report.py::test_c*PASS ok*PASS ok*",
+        "test_confined*PASS ok*PASS ok*",
     ])  # fmt: skip
     data = json.loads((fake.pytester.path / "r.json").read_text())
     [container] = data["containers"]
