@@ -11,6 +11,7 @@ from pathlib import Path
 from . import policy as policy_mod
 from . import report, runner, sarif
 from .checks import Violation
+from .errors import ImageNotFound
 from .results import CheckResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -18,9 +19,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 def evaluate(
     pol: policy_mod.Policy, runtimes: list[str]
-) -> tuple[list[CheckResult], report.Matrix]:
-    """Run the policy's spec on ``runtimes`` and judge every expectation on each."""
+) -> tuple[list[CheckResult], report.Matrix, bool]:
+    """Run the policy's spec on ``runtimes`` and judge every expectation on each;
+    the flag says whether the image was missing somewhere (a usage error)."""
     observations = runner.observe(pol.spec, runtimes, pol.access_keys())
+    missing_image = any(isinstance(o.error, ImageNotFound) for o in observations)
     results: list[CheckResult] = []
     per_check: dict[str, dict[str, list[Violation] | None]] = {}
     notes: dict[str, str] = {}
@@ -51,7 +54,7 @@ def evaluate(
     facts = {o.runtime: o.facts for o in observations if o.facts is not None}
     matrix = report.from_facts(f"policy {pol.name} ({pol.spec.image})", facts,
                                per_check.items(), notes)  # fmt: skip
-    return results, matrix
+    return results, matrix, missing_image
 
 
 def junit(results: list[CheckResult]) -> str:
@@ -88,11 +91,13 @@ def run(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     results: list[CheckResult] = []
     matrices: list[report.Matrix] = []
+    missing_image = False
     for pol in policies:
         chosen = runner.select(a.runtime or list(pol.runtimes) or None)
-        res, matrix = evaluate(pol, chosen)
+        res, matrix, missing = evaluate(pol, chosen)
         results += res
         matrices.append(matrix)
+        missing_image |= missing
     fmt = a.format
     if fmt == "junit":
         out = junit(results)
@@ -110,6 +115,9 @@ def run(a: argparse.Namespace) -> int:
         Path(a.output).write_text(out)
     else:
         print(out, end="")
+    if missing_image:
+        print("containersec check: an image is missing (usage error): build or import it")
+        return EXIT_USAGE
     failed = [r for r in results if r.outcome in ("failed", "error")]
     skipped = [r for r in results if r.outcome == "skipped"]
     passed = len(results) - len(failed) - len(skipped)
