@@ -124,6 +124,7 @@ def from_facts(
             cells[rt] = Cell("allowed" if r and r.allowed else f"denied {r.errno}" if r else "-")
         m.rows.append(Row("escape surface", op, cells))
     m.rows.append(Row("score", "exposure (0-10)", {rt: _score_cell(f) for rt, f in facts.items()}))
+    m.rows += _systemd_analyze_rows(facts)
     for name, per_runtime in checks:
         cells = {}
         for rt, violations in per_runtime.items():
@@ -135,6 +136,27 @@ def from_facts(
                 cells[rt] = Cell("ok", "pass")
         m.rows.append(Row("checks", name, cells))
     return m
+
+
+def _systemd_analyze_rows(facts: Mapping[str, Facts]) -> list[Row]:
+    """systemd-analyze's declared exposure beside ours, and each setting whose declared
+    verdict the observed facts contradict (only when a unit was observed)."""
+    scores = {rt: f.declared.get("systemd_analyze") for rt, f in facts.items()}
+    if not any(scores.values()):
+        return []
+    rows = [Row("score", "systemd-analyze exposure (declared)", {
+        rt: Cell(f"{a.get('exposure')} {a.get('level') or ''}".strip() if a else "-")
+        for rt, a in scores.items()})]  # fmt: skip
+    names = sorted({m.field for f in facts.values() for m in f.mismatches
+                    if m.source == "systemd-analyze"})  # fmt: skip
+    for name in names:
+        cells = {}
+        for rt, f in facts.items():
+            mm = [m for m in f.mismatches if m.source == "systemd-analyze" and m.field == name]
+            declared = f"declared {mm[0].expected}" if mm else ""
+            cells[rt] = Cell(mm[0].observed if mm else "-", "info", declared)
+        rows.append(Row("systemd-analyze", name, cells))
+    return rows
 
 
 def _score_cell(f: Facts) -> Cell:

@@ -17,6 +17,7 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _MAP = re.compile(r"^\d+:\d+:\d+$")
 USERNS_KEYWORDS = ("host", "auto", "keep-id")
 SECCOMP_KEYWORDS = ("default", "unconfined")
+_PROPERTY = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 NETWORKS = ("none", "host")
 
 
@@ -53,6 +54,25 @@ def _caps(field_name: str, value: object) -> tuple[str, ...]:
         return tuple(sorted({caps.normalize(n) for n in names}))
     except ValueError as exc:
         raise SpecError(field_name, value, str(exc)) from None
+
+
+def _properties(value: object) -> tuple[tuple[str, str], ...]:
+    """Unit properties as sorted ``(name, value)`` pairs; booleans become yes/no."""
+    items = value.items() if isinstance(value, Mapping) else value
+    if not isinstance(items, Iterable) or isinstance(items, str):
+        raise SpecError("properties", value, "expected a mapping of unit property -> value")
+    out: list[tuple[str, str]] = []
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise SpecError("properties", value, "expected (property, value) pairs")
+        name, raw = item
+        if not isinstance(name, str) or not _PROPERTY.match(name):
+            raise SpecError("properties", name, "expected a unit property name like ProtectHome")
+        text = ("yes" if raw else "no") if isinstance(raw, bool) else str(raw)
+        if any(c in text for c in "\n\r\0"):
+            raise SpecError("properties", raw, "a value must be one line")
+        out.append((name, text))
+    return tuple(sorted(out, key=lambda kv: kv[0]))
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,8 @@ class ContainerSpec:
     volumes: Sequence[Volume | str] = ()
     network: str = "none"
     env: Mapping[str, str] | Sequence[tuple[str, str]] = field(default=())
+    # systemd unit properties (systemd-run only), e.g. {"ProtectHome": "yes"}
+    properties: Mapping[str, str | bool | int] | Sequence[tuple[str, str]] = field(default=())
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -160,6 +182,7 @@ class ContainerSpec:
         else:
             env = tuple((str(k), str(v)) for k, v in env)
         s(self, "env", env)
+        s(self, "properties", _properties(self.properties))
 
     # -- helpers shared by the adapters ------------------------------------------------
 
@@ -193,6 +216,7 @@ class ContainerSpec:
         d["cap_add"] = list(self.cap_add)
         d["cap_drop"] = list(self.cap_drop)
         d["env"] = dict(self.env)
+        d["properties"] = dict(self.properties)
         return d
 
 

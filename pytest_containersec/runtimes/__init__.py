@@ -14,6 +14,7 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "nspawn",
     "docker-userns",
     "docker-rootless",
+    "systemd-run",
 )
 
 _instances: dict[str, Runtime] = {}
@@ -40,6 +41,11 @@ def _create(name: str) -> Runtime:
         from .docker_daemons import DockerDaemon
 
         return DockerRuntime(name, daemon=DockerDaemon(name))
+    if name == "systemd-run":
+        from .systemd_run import SystemdRunRuntime
+
+        systemd_run: Runtime = SystemdRunRuntime()
+        return systemd_run
     raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
 
 

@@ -35,7 +35,7 @@ def test_strict_markers_accept_it(fake: FakeEnv) -> None:
         ('cap_drop=["ALL"], capdrop=["ALL"]',
          "unknown field 'capdrop' (known: image, command, user, cap_add, cap_drop, privileged, "
          "seccomp, no_new_privileges, read_only, memory, cpus, pids_limit, userns, volumes, "
-         "network, env, runtimes)"),
+         "network, env, properties, runtimes)"),
         ('"myapp:1.4"', "positional arguments ('myapp:1.4',) (use field=value)"),
         ('memory="lots"', "invalid memory='lots': expected a size like 64m, 1g or a byte count"),
         ('runtimes="docker"', "runtimes='docker': expected a list of runtime names"),

@@ -1,0 +1,352 @@
+"""systemd-run adapter: the workload is a transient service unit, confined by systemd alone.
+
+The manager is the host's systemd when it is PID 1, else one booted in systemd-nspawn once
+per session (``systemd_run_host``). How each ContainerSpec field becomes a unit property
+(nothing is dropped silently; ``properties`` replaces a mapped property of the same name):
+
+- image: units run on the manager's own root file system, so only the default image is
+  accepted; another is UnsupportedSpec (RootDirectory=/RootImage= too: the probe lives
+  on the manager's root).
+- command: the main process (``host_pid`` = the unit's MainPID on the host); empty -> an
+  idle busybox sleep. Every ``$`` is doubled: systemd 252 expands ``$VAR`` in ExecStart.
+- user: ``User=`` (and ``Group=`` for ``USER:GROUP``); ``DynamicUser=yes`` via properties.
+- cap_add/cap_drop: Docker's arithmetic over systemd's default (every capability) as one
+  ``CapabilityBoundingSet=``; cap_add also becomes ``AmbientCapabilities=`` for a non-root
+  user (how systemd hands a capability to a service's user).
+- privileged: a root unit with no CapabilityBoundingSet= and no SystemCallFilter= is what
+  systemd runs unconfined; nothing is added.
+- seccomp: ``default`` -> ``SystemCallFilter=@system-service`` with
+  ``SystemCallErrorNumber=EPERM`` (denials are errors, as Docker's, not SIGSYS kills);
+  ``unconfined`` -> none; a profile path -> UnsupportedSpec.
+- no_new_privileges -> ``NoNewPrivileges=yes``; read_only -> ``ProtectSystem=strict``;
+  memory/pids_limit/cpus -> ``MemoryMax=``/``TasksMax=``/``CPUQuota=``; userns ``auto`` ->
+  ``PrivateUsers=yes`` (``host``/None: the manager's namespace; maps: UnsupportedSpec);
+  network none -> ``PrivateNetwork=yes`` + ``IPAddressDeny=any``; env -> ``--setenv``;
+  volumes -> ``BindPaths=``/``BindReadOnlyPaths=`` on a systemd host (a booted manager
+  cannot see host paths: UnsupportedSpec).
+
+Exec inherits the unit's confinement because the unit's ExecStart is a busybox-sh agent
+(the nspawn agent's protocol) that forks its listener and then execs the main command: the
+listener and every command it runs are descendants of the main process, in the unit's
+cgroup, with its user, capabilities, seccomp filter, no_new_privs and namespaces. Its
+FIFOs live in /.containersec/run/UNIT, owned by the unit's uid once the unit runs (0700:
+no other user can reach them; the agent waits until it can). Only FIFOs are written from
+inside, so ProtectSystem=strict does not stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import hostinfo, session
+from ..errors import ContainerStartError, ExecTimeout, ProbeError
+from ..spec import ContainerSpec
+from . import nspawn_agent as agent
+from . import systemd_run_declared as decl
+from . import systemd_run_host as sdhost
+from .base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
+from .oci import IDLE_COMMAND, START_WAIT, BoundedBuffer
+from .systemd_run_declared import pairs, run_argv, unit_properties
+
+if TYPE_CHECKING:
+    from ..model import Facts
+
+NAME = sdhost.NAME
+START_TIMEOUT = 30.0
+
+AGENT_SCRIPT = r"""set -f
+run=$1; shift
+resolve() {
+  case $1 in */*) r=$1; return 0;; esac
+  r=; o=$IFS; IFS=:
+  for p in ${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}; do
+    if [ -f "${p:-.}/$1" ] && [ -x "${p:-.}/$1" ]; then r=${p:-.}/$1; break; fi
+  done
+  IFS=$o; [ -n "$r" ]
+}
+notfound() { echo "containersec: $1: executable file not found in \$PATH"; }
+handle() {
+  d=$run/$1; set --; first=1
+  while IFS= read -r -d '' a; do
+    if [ $first = 1 ]; then
+      first=0
+      if ! resolve "$a"; then
+        notfound "$a" >"$d/err"; : >"$d/out"; printf '0\n127\n' >"$d/rc"; return
+      fi
+      a=$r
+    fi
+    set -- "$@" "$a"
+  done <"$d/argv"
+  exec 4>"$d/rc"
+  "$@" </dev/null >"$d/out" 2>"$d/err" 3<&- 4>&- &
+  echo $! >&4
+  wait $!
+  echo $? >&4
+}
+serve() {
+  i=0
+  until [ -r "$run/req" ] && [ -w "$run/ready" ]; do
+    i=$((i+1)); [ $i -gt 3000 ] && exit 1
+    /.containersec/busybox sleep 0.01
+  done
+  exec 3<>"$run/req"
+  echo ready >"$run/ready"
+  while IFS= read -r id <&3; do
+    case $id in ''|*[!0-9]*) continue;; esac
+    handle "$id" &
+  done
+}
+i=0; n=$#
+while [ $i -lt $n ]; do
+  a=$1; shift
+  if [ $i = 0 ]; then resolve "$a" || { notfound "$a" >&2; exit 127; }; a=$r; fi
+  set -- "$@" "$a"; i=$((i+1))
+done
+serve </dev/null &
+exec "$@"
+"""
+
+
+def agent_command(busybox: str, run_dir: str, main: list[str]) -> list[str]:
+    return [busybox, "sh", "-c", AGENT_SCRIPT, agent.AGENT_ARGV0, run_dir, *main]
+
+
+class UnitAgent(agent.AgentClient):
+    """The nspawn agent's client, with files owned by the unit's user and the command's
+    pid sent as the first line of the ``rc`` FIFO (a read-only root allows FIFOs only)."""
+
+    def __init__(self, run: Path, inst: sdhost.SystemdInstance) -> None:
+        super().__init__(NAME, run)
+        self.inst = inst
+        self.owner = (0, 0)
+
+    def grant(self, uid: int, gid: int) -> None:
+        self.owner = (uid, gid)
+        for p in (self.run, self.run / "req", self.run / "ready", self.run / "prefix"):
+            os.chown(p, uid, gid)
+
+    def exec(self, argv: list[str], timeout: float, container_root: int = 0) -> ExecResult:
+        if self._req is None:
+            raise ProbeError(NAME, "the unit is stopped")
+        self._counter += 1
+        d = self.run / str(self._counter)
+        d.mkdir(mode=0o700)
+        fds: dict[int, str] = {}
+        try:
+            agent.write_nul(d / "argv", argv)
+            for name in ("out", "err", "rc"):
+                os.mkfifo(d / name, 0o600)
+                fds[os.open(d / name, os.O_RDONLY | os.O_NONBLOCK)] = name
+            for p in (d, d / "argv", d / "out", d / "err", d / "rc"):
+                os.chown(p, *self.owner)
+            try:
+                os.write(self._req, f"{self._counter}\n".encode())
+            except OSError as exc:
+                raise ProbeError(NAME, f"the agent is gone ({exc})") from None
+            bufs = {"out": BoundedBuffer(), "err": BoundedBuffer(), "rc": BoundedBuffer(64)}
+            if not self._pump(fds, bufs, time.monotonic() + timeout):
+                lines = bufs["rc"].text().split()
+                pid = self.inst.host_pid(int(lines[0])) if lines and lines[0].isdigit() else None
+                if pid is not None:
+                    agent.kill_tree(pid)
+                raise ExecTimeout(NAME, argv, timeout)
+            lines = bufs["rc"].text().split()
+            rc = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1
+            return ExecResult(rc, bufs["out"].text(), bufs["err"].text())
+        finally:
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class SystemdRunContainer(Container):
+    def __init__(
+        self, rt: SystemdRunRuntime, inst: sdhost.SystemdInstance, spec: ContainerSpec, name: str
+    ) -> None:
+        self._rt = rt
+        self.inst = inst
+        self.runtime = NAME
+        self.name = name
+        self.id = self.unit = f"{name}.service"
+        self.spec = spec
+        self.engine_rootless = False
+        self.host_pid = 0
+        self.argv: list[str] = []
+        self.agent = UnitAgent(inst.run_host / name, inst)
+        self._stopped = False
+
+    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        return self.agent.exec(list(argv), timeout)
+
+    def show(self) -> dict[str, str]:
+        r = self.inst.run(["systemctl", "show", self.unit, "-p", ",".join(decl.SHOW_PROPERTIES)])
+        return decl.parse_show(r.stdout)
+
+    def declared(self) -> dict[str, Any]:
+        json_out = self.inst.run(["systemd-analyze", "security", "--json=short", self.unit])
+        text_out = self.inst.run(["systemd-analyze", "security", "--no-pager", self.unit])
+        try:
+            analyze: dict[str, Any] | None = decl.parse_analyze(json_out.stdout, text_out.stdout)
+        except ValueError:
+            analyze = None
+        out = decl.declared_from_show(self.show(), analyze)
+        out["argv"] = list(self.argv)
+        out["manager"] = self.inst.kind
+        return out
+
+    def facts(self, access: tuple[str, ...] | list[str] = (), refresh: bool = False) -> Facts:
+        """The common snapshot plus every systemd-analyze verdict the facts contradict."""
+        f = super().facts(access, refresh)
+        if any(m.source == decl.SOURCE for m in f.mismatches):
+            return f
+        extra = decl.analyze_mismatches(f)
+        if extra:
+            f = replace(f, mismatches=f.mismatches + tuple(extra))
+            self._facts_cache = f
+        return f
+
+    def logs(self) -> str:
+        r = self.inst.run(["journalctl", "--no-pager", "-o", "cat", "-n", "200", "-u", self.unit])
+        return r.stdout or r.stderr
+
+    def start(self, props: list[tuple[str, str]]) -> None:
+        """Everything after the spec checked out; the caller stops us on any error."""
+        self.agent.prepare([])
+        busybox = PROBE_BUSYBOX
+        if self.inst.kind == "host":
+            busybox = f"{hostinfo.probe_dir()}/busybox"  # systemd-run checks it exists
+            (self.inst.state / "units").mkdir(exist_ok=True)
+            (self.inst.state / "units" / self.unit).touch()
+        main = list(self.spec.command) or [PROBE_BUSYBOX, *IDLE_COMMAND]
+        run_dir = f"{self.inst.run_inside}/{self.name}"
+        command = agent_command(busybox, run_dir, main)
+        self.argv = run_argv(self.unit, props, command, pairs(self.spec.env))
+        r = self.inst.run(self.argv, timeout=START_TIMEOUT)
+        if r.returncode != 0:
+            self._failed(r.returncode, r.stderr)
+        inner = int(self.show().get("MainPID") or 0)
+        pid = self.inst.host_pid(inner)
+        if pid is None:
+            self._failed(None, "the unit's main process exited at once")
+        assert pid is not None
+        try:
+            st = dict(
+                line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            )
+            uid, gid = int(st["Uid"].split()[0]), int(st["Gid"].split()[0])
+            pidfd = os.pidfd_open(pid)
+        except (OSError, KeyError, ValueError):
+            self._failed(None, "the unit's main process exited at once")
+        try:
+            self.agent.grant(*self.inst.inner_ids(uid, gid))
+            if not self.agent.wait_ready(pidfd, START_TIMEOUT, self.argv):
+                self._failed(None, "the unit's main process exited")
+            self.host_pid = self._exec_done(pid)
+            if select.select([pidfd], [], [], START_WAIT)[0]:
+                self._failed(None, "the unit's main process exited")
+        finally:
+            os.close(pidfd)
+
+    @staticmethod
+    def _exec_done(pid: int) -> int:
+        """``pid`` once the agent script has exec'd the main command (cmdline changed)."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if agent.AGENT_ARGV0.encode() not in words:
+                    break
+            time.sleep(0.002)
+        return pid
+
+    def _failed(self, status: int | None, why: str) -> None:
+        raise ContainerStartError(NAME, self.argv, status, f"{why.strip()}\n{self.logs()[-2000:]}")
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.agent.close()
+            if self.inst.alive():
+                sdhost.stop_unit(self.inst, self.unit)
+            shutil.rmtree(self.agent.run, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.inst.state / "units" / self.unit).unlink()
+        finally:
+            self._rt.forget(self)
+
+
+class SystemdRunRuntime:
+    """The ``systemd-run`` runtime: one transient service unit per container."""
+
+    def __init__(self) -> None:
+        self.name = NAME
+        self._live: dict[str, SystemdRunContainer] = {}
+        self._inst: sdhost.SystemdInstance | None = None
+        self._lock = threading.Lock()
+
+    def availability(self) -> Availability:
+        reason = sdhost.availability_reason()
+        if reason is None:
+            try:
+                hostinfo.static_busybox()
+            except Exception as exc:  # RuntimeUnavailable, with its own hint
+                reason = (str(exc), "apt-get install busybox-static")
+        if reason is not None:
+            return Availability(NAME, False, reason=reason[0], hint=reason[1])
+        out = subprocess.run(["systemd-run", "--version"], capture_output=True, text=True)
+        version = (out.stdout.splitlines() or ["systemd ?"])[0].split(" (")[0]
+        where = "the host's systemd" if hostinfo.systemd_is_pid1() else "booted in nspawn"
+        return Availability(NAME, True, f"{version}, {where}")
+
+    def instance(self) -> sdhost.SystemdInstance:
+        """The manager, booted on first use and kept until :meth:`close`."""
+        with self._lock:
+            if self._inst is None or not self._inst.alive():
+                if self._inst is not None:
+                    self._inst.close()
+                self._inst = sdhost.start_instance()
+            return self._inst
+
+    def start(self, spec: ContainerSpec) -> Container:
+        props = unit_properties(spec, hostinfo.systemd_is_pid1())
+        inst = self.instance()
+        props += inst.unit_extra_properties(hostinfo.probe_dir())
+        c = SystemdRunContainer(self, inst, spec, session.current().next_name(NAME))
+        with self._lock:
+            self._live[c.name] = c
+        try:
+            c.start(props)
+        except BaseException as exc:
+            c.stop()
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise ContainerStartError(NAME, c.argv, None, str(exc)) from None
+            raise
+        return c
+
+    def forget(self, c: SystemdRunContainer) -> None:
+        with self._lock:
+            self._live.pop(c.name, None)
+
+    def reap(self) -> int:
+        return sdhost.reap()
+
+    def close(self) -> None:
+        with self._lock:
+            live = list(self._live.values())
+        for c in live:
+            c.stop()
+        with self._lock:
+            inst, self._inst = self._inst, None
+        if inst is not None:
+            inst.close()
