@@ -29,7 +29,8 @@ MARKER_LINE = (
     "containersec(image=..., command=..., user=..., cap_add=[...], cap_drop=[...], "
     "privileged=False, seccomp='default', no_new_privileges=False, read_only=False, "
     "memory=None, cpus=None, pids_limit=None, userns=None, volumes=[...], network='none', "
-    "env={...}, properties={...} (systemd-run unit properties), runtimes=[...]): the container that containersec_container starts for this "
+    "env={...}, properties={...} (systemd-run unit properties), runtimes=[...]): "
+    "the container that containersec_container starts for this "
     "test, and the runtimes it runs on (default: every selected runtime). Class- and "
     "module-level markers merge; the nearest wins per field."
 )

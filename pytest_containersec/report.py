@@ -51,7 +51,7 @@ class Matrix:
         }  # fmt: skip
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
     if n is None:
         return "unlimited"
     for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
@@ -77,7 +77,7 @@ FACT_ROWS: tuple[tuple[str, str, Callable[[Facts], str], str | None], ...] = (
     ("facts", "no_new_privs", lambda f: str(f.no_new_privs).lower(), "no_new_privs"),
     ("facts", "LSM label", lambda f: f"{f.lsm.name}: {f.lsm.label}" if f.lsm.name else "none",
      None),
-    ("facts", "memory limit", lambda f: _size(f.cgroup.memory_max), "cgroup.memory_max"),
+    ("facts", "memory limit", lambda f: size_text(f.cgroup.memory_max), "cgroup.memory_max"),
     ("facts", "pids limit", lambda f: str(f.cgroup.pids_max or "unlimited"), "cgroup.pids_max"),
     ("facts", "cpu limit", lambda f: "unlimited" if f.cgroup.cpu_max is None
      else f"{f.cgroup.cpu_max:g}", "cgroup.cpu_max"),
@@ -235,6 +235,9 @@ body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#1b1f24;background:#fff
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left;vertical-align:top}
+thead th{white-space:nowrap}td{max-width:28em;overflow-wrap:anywhere}
+td.value{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+tr.differs th{border-left:3px solid #bf8700}
 th{background:#f6f8fa}td.group{color:#57606a;font-size:.85em}
 .pass{background:#dafbe1}.fail,.error{background:#ffebe9;font-weight:600}.skip{background:#fff8c5}
 .mismatch{display:block;color:#9a6700;font-size:.85em}.note{color:#57606a}
@@ -256,7 +259,9 @@ def to_html(
         parts += [f"<th>{e(rt)}</th>" for rt in m.runtimes]
         parts.append("</tr></thead><tbody>")
         for r in m.rows:
-            parts.append(f"<tr><td class='group'>{e(r.group)}</td><th>{e(r.name)}</th>")
+            values = {c.value for c in r.cells.values()}
+            differs = " class='differs'" if len(values) > 1 and r.group != "checks" else ""
+            parts.append(f"<tr{differs}><td class='group'>{e(r.group)}</td><th>{e(r.name)}</th>")
             for rt in m.runtimes:
                 c = r.cells.get(rt)
                 if c is None:
@@ -268,7 +273,9 @@ def to_html(
                     if c.mismatch
                     else ""
                 )
-                parts.append(f"<td class='{e(c.verdict)}'>{e(label + c.value)}{mm}</td>")
+                cls = c.verdict if c.verdict != "info" else "value"
+                title = f" title='{e(c.value)}'" if len(c.value) > 40 else ""
+                parts.append(f"<td class='{e(cls)}'{title}>{e(label + c.value)}{mm}</td>")
             parts.append("</tr>")
         parts.append("</tbody></table>")
         for rt, note in m.notes.items():

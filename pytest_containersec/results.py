@@ -15,6 +15,7 @@ class CheckResult:
     message: str = ""
     path: str = ""  # the test or policy file
     line: int | None = None
+    observed: str = ""  # what the failed check saw (matrix cells), when known
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

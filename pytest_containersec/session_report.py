@@ -24,10 +24,14 @@ MAX_TERMINAL_MATRICES = 3
 
 def spec_title(spec: ContainerSpec) -> str:
     """``containersec/probe user=1000 cap_drop=ALL memory=64m``: a spec in one line."""
+    from .report import size_text
+
     parts = [spec.image]
     for name, value in spec.non_default_fields().items():
         if name == "image":
             continue
+        if name == "memory":
+            value = size_text(value)
         if isinstance(value, tuple):
             value = ",".join(str(v) if not isinstance(v, tuple) else "=".join(v) for v in value)
         parts.append(f"{name}={value}")
@@ -91,11 +95,12 @@ class SessionResults:
                 "failed" if report.when == "call" else "error")  # fmt: skip
             violations = getattr(report, "containersec_violations", None) or []
             family = violations[0][0] if violations else "test"
+            observed = "; ".join(v[2] for v in violations if len(v) > 2)
             message = "\n".join(v[1] for v in violations) or (
                 "" if report.passed else str(report.longreprtext)[-2000:])  # fmt: skip
             path, line, _ = report.location
             return CheckResult(test, family, runtime, outcome, message, path,
-                               (line + 1) if line is not None else None)  # fmt: skip
+                               (line + 1) if line is not None else None, observed)  # fmt: skip
         return None
 
     # -- outputs ------------------------------------------------------------------------
@@ -117,7 +122,7 @@ class SessionResults:
                     if r.outcome == "skipped":
                         cells[rt] = None
                     elif r.outcome in ("failed", "error"):
-                        first = r.message.split("\n")[0] or r.outcome
+                        first = r.observed or r.message.split("\n")[0] or r.outcome
                         cells[rt] = [Violation(r.family, rt, "pass", first)]
                     else:
                         cells[rt] = []

@@ -13,8 +13,8 @@ def test_marker_is_registered_with_its_signature(fake: FakeEnv) -> None:
         "@pytest.mark.containersec(image=..., command=..., user=..., cap_add=[...], "
         "cap_drop=[...], privileged=False, seccomp='default', no_new_privileges=False, "
         "read_only=False, memory=None, cpus=None, pids_limit=None, userns=None, volumes=[...], "
-        "network='none', env={...}, runtimes=[...]): the container that containersec_container "
-        "starts for this test" in out
+        "network='none', env={...}, properties={...} (systemd-run unit properties), "
+        "runtimes=[...]): the container that containersec_container starts for this test" in out
     )
 
 
