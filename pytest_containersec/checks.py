@@ -160,6 +160,21 @@ def _access(f: Facts, path: str, mode: str) -> AccessResult | None:
     return f.access.get(f"{path}:{mode}")
 
 
+def probe_differs(f: Facts) -> Violation | None:
+    """Access and operation results are attempts made by the probe exec. They speak for
+    the main process only when the probe ran with its identity and confinement; when the
+    main process changed itself (an entrypoint that drops to another user, a setuid
+    binary), they do not, and no access verdict is given."""
+    diffs = [m for m in f.mismatches if m.source == "inside"]
+    if not diffs:
+        return None
+    what = "; ".join(f"{m.field}: main process {m.expected!r}, probe {m.observed!r}" for m in diffs)
+    return Violation(
+        "access", f.runtime, "the probe to run as the main process does", what,
+        "set the spec's user (and capabilities) to what the main process runs as",
+    )  # fmt: skip
+
+
 def denied(f: Facts, path: str, mode: str = "r", errno: str | None = None) -> list[Violation]:
     """The access must fail (ENOENT counts: the path is not reachable); with ``errno``,
     it must fail with exactly that errno."""
@@ -167,6 +182,9 @@ def denied(f: Facts, path: str, mode: str = "r", errno: str | None = None) -> li
     what = f"{path}:{mode}"
     if r is None:
         return [Violation("access", f.runtime, f"{what} denied", "not probed")]
+    differs = probe_differs(f)
+    if differs:
+        return [differs]
     if r.allowed:
         hint = ""
         if f.user.uid == 0 and "CAP_DAC_OVERRIDE" in f.capabilities.effective:
@@ -184,6 +202,9 @@ def allowed(f: Facts, path: str, mode: str = "r") -> list[Violation]:
     what = f"{path}:{mode}"
     if r is None:
         return [Violation("access", f.runtime, f"{what} allowed", "not probed")]
+    differs = probe_differs(f)
+    if differs:
+        return [differs]
     if not r.allowed:
         return [Violation("access", f.runtime, f"{what} allowed", f"denied with {r.errno}")]
     return []
@@ -193,6 +214,9 @@ def operation_denied(f: Facts, name: str) -> list[Violation]:
     r = f.operations.get(name)
     if r is None:
         return [Violation("operation", f.runtime, f"{name} denied", "not probed")]
+    differs = probe_differs(f)
+    if differs:
+        return [differs]
     if r.allowed:
         return [Violation("operation", f.runtime, f"{name} denied", "allowed")]
     return []

@@ -83,8 +83,40 @@ def host_paths(
     return out
 
 
-def _engine_sockets(mounts: tuple[Mount, ...], inside: dict[str, bool]) -> tuple[str, ...]:
-    found = set(inside)
+def engine_socket_mounts(
+    mountinfo: tuple[procfs.MountInfo, ...], host_mountinfo: tuple[procfs.MountInfo, ...]
+) -> tuple[str, ...]:
+    """Mount points that are an engine API socket of this host, however they are named
+    inside (compared by device and inode with the host's known sockets)."""
+    import glob
+    import stat
+
+    known: set[tuple[int, int]] = set()
+    for path in (*probe.SOCKET_PATHS, *glob.glob("/run/user/*/docker.sock"),
+                 *glob.glob("/run/user/*/podman/podman.sock")):  # fmt: skip
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode):
+            known.add((st.st_dev, st.st_ino))
+    found = []
+    for mi, hp in zip(mountinfo, host_paths(mountinfo, host_mountinfo), strict=True):
+        if hp is None:
+            continue
+        try:
+            st = os.stat(hp)
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) in known:
+            found.append(mi.mountpoint)
+    return tuple(found)
+
+
+def _engine_sockets(
+    mounts: tuple[Mount, ...], inside: dict[str, bool], host_known: tuple[str, ...]
+) -> tuple[str, ...]:
+    found = set(inside) | set(host_known)
     for m in mounts:
         for path in (m.mountpoint, m.host_path or ""):
             if path.rsplit("/", 1)[-1] in ENGINE_SOCKET_NAMES:
@@ -137,6 +169,7 @@ def collect(
         host_mountinfo=host_mountinfo,
         lsm=Lsm(procfs.read_host_lsm(), label),
         host_capabilities=procfs.parse_status(_read(os.getpid(), "status", proc)).cap_bounding,
+        socket_mounts=engine_socket_mounts(mountinfo, host_mountinfo),
         cgroup=cgroup,
         namespaces=namespaces,
         probe_out=out,
@@ -175,6 +208,7 @@ def compose(
     inside_status: procfs.Status,
     declared: dict[str, Any],
     host_capabilities: tuple[str, ...] = (),
+    socket_mounts: tuple[str, ...] = (),
 ) -> Facts:
     """Assemble Facts from parsed parts (pure: tested on recorded samples)."""
     hp = host_paths(mountinfo, host_mountinfo)
@@ -215,7 +249,7 @@ def compose(
         access=probe_out.access,
         operations=probe_out.operations,
         namespaces=namespaces,
-        engine_sockets=_engine_sockets(mounts, probe_out.sockets),
+        engine_sockets=_engine_sockets(mounts, probe_out.sockets, socket_mounts),
         host_root_mounts=_host_root_mounts(mounts),
         declared=declared,
         host_capabilities=host_capabilities,
@@ -234,6 +268,7 @@ def inside_mismatches(facts: Facts, inside: procfs.Status) -> list[Mismatch]:
         ("seccomp", facts.seccomp, inside.seccomp),
         ("no_new_privs", facts.no_new_privs, inside.no_new_privs),
         ("user.uid", facts.user.uid, inside.uid[1]),
+        ("capabilities.effective", facts.capabilities.effective, inside.cap_effective),
     ]
     for name, host, claimed in pairs:
         if host != claimed:

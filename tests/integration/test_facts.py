@@ -314,3 +314,24 @@ def test_scratch_image_without_shell_has_complete_facts(name: str) -> None:
         }
         assert f.mounts
         assert f.cgroup.version in (1, 2)
+
+
+def test_engine_socket_under_another_name_is_found_from_the_host() -> None:
+    rt = runtime_or_skip("docker")
+    with rt.start(ContainerSpec(volumes=["/var/run/docker.sock:/srv/api.sock"])) as c:
+        f = c.facts()
+        assert "/srv/api.sock" in f.engine_sockets
+        assert "engine API socket at /srv/api.sock" in fails(expect.no_sensitive_mounts, c)
+
+
+def test_access_verdicts_refused_when_the_main_process_dropped_to_another_user() -> None:
+    """The entrypoint drops to uid 1000 while execs run as the configured user (root):
+    the probe's attempts would not speak for the main process, so no verdict is given."""
+    rt = runtime_or_skip("docker")
+    drop = ["/bin/su", "-s", "/bin/sh", "user", "-c", "exec /bin/sleep 100000"]
+    with rt.start(ContainerSpec(command=drop)) as c:
+        f = c.facts()
+        assert f.user.uid == 1000
+        assert any(m.field == "user.uid" and m.source == "inside" for m in f.mismatches)
+        why = fails(expect.denied, c, "/proc/sys/kernel/core_pattern", "w")
+        assert "user.uid: main process 1000, probe 0" in why

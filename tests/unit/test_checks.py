@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from pytest_containersec import checks, expect
-from pytest_containersec.model import AccessResult, Capabilities, Cgroup, Mount, User
+from pytest_containersec.model import AccessResult, Capabilities, Cgroup, Mismatch, Mount, User
 
 from .factories import facts, privileged, rootless
 
@@ -191,9 +191,27 @@ def test_namespaces_non_root_limits_lsm() -> None:
 
 
 def test_harmless_device_binds_of_rootless_engines_are_not_sensitive() -> None:
-    binds = tuple(Mount(p, "devtmpfs", "udev", p, False, ("rw",), p)
-                  for p in ("/dev/null", "/dev/urandom", "/dev/tty"))
+    binds = tuple(
+        Mount(p, "devtmpfs", "udev", p, False, ("rw",), p)
+        for p in ("/dev/null", "/dev/urandom", "/dev/tty")
+    )
     mask = Mount("/proc/keys", "devtmpfs", "udev", "/null", False, ("rw",), "/dev/null")
     assert checks.no_sensitive_mounts(facts(mounts=(*facts().mounts, *binds, mask))) == []
     dev_mem = Mount("/dev/mem", "devtmpfs", "udev", "/mem", False, ("rw",), "/dev/mem")
-    assert "host /dev/mem at /dev/mem" in checks.no_sensitive_mounts(facts(mounts=(dev_mem,)))[0].observed
+    assert (
+        "host /dev/mem at /dev/mem"
+        in checks.no_sensitive_mounts(facts(mounts=(dev_mem,)))[0].observed
+    )
+
+
+def test_access_verdicts_need_a_probe_that_ran_as_the_main_process() -> None:
+    # the entrypoint dropped to uid 999 while execs run as root: the probe's attempts do
+    # not speak for the main process, in either direction
+    f = facts(mismatches=(Mismatch("user.uid", 999, 0, "inside"),))
+    [v] = checks.denied(f, "/proc/sys/kernel/core_pattern", "w")
+    assert "user.uid: main process 999, probe 0" in v.observed
+    assert checks.allowed(f, "/etc/shadow", "r")
+    assert checks.operation_denied(f, "mount_tmpfs")
+    # a declared-vs-observed mismatch does not affect access verdicts
+    g = facts(mismatches=(Mismatch("cgroup.memory_max", 1, None, "declared"),))
+    assert checks.denied(g, "/proc/sys/kernel/core_pattern", "w") == []
