@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import cgroups, probe, procfs
-from .errors import ContainerSecError, ProbeError
+from .errors import ContainerSecError, ExecTimeout, ProbeError
 from .model import (
     AccessResult,
     Capabilities,
@@ -146,7 +146,10 @@ def collect(
         namespaces = _namespaces(pid, proc)
     except ProbeError as exc:
         raise ProbeError(runtime, f"{exc.reason}; logs:\n{container.logs()[-2000:]}") from None
-    result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+    try:
+        result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+    except ExecTimeout:  # named by what it probed, not by the script's text
+        raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
     if result.rc != 0:
         raise ProbeError(
             runtime,

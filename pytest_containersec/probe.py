@@ -70,6 +70,9 @@ emit() { # kind key rc message...
   msg="$*"; msg=${msg//$TAB/ }; msg=${msg//$NL/ }
   printf 'R\t%s\t%s\t%s\t%s\n' "$k" "$key" "$rc" "${msg:0:300}"
 }
+fifo() { # kind key test path: opening a FIFO blocks until a peer comes; access(2) answers
+  if [ "$3" "$4" ]; then emit "$1" "$2" 0 ""; else emit "$1" "$2" 1 "Permission denied"; fi
+}
 try() { # kind key command...  (runs it, captures rc + stderr tail)
   k=$1; key=$2; shift 2
   out=$("$@" 2>&1 >/dev/null); rc=$?
@@ -80,8 +83,10 @@ while IFS= read -r line; do printf 'S\t%s\n' "$line"; done < /proc/self/status
 for spec in "$@"; do
   p=${spec%:*}; m=${spec##*:}
   case $m in
-    r) try A "$spec" "$B" dd if="$p" of=/dev/null bs=1 count=0 ;;
-    w) if [ -e "$p" ] || [ -L "$p" ]; then
+    r) if [ -p "$p" ]; then fifo A "$spec" -r "$p"
+       else try A "$spec" "$B" dd if="$p" of=/dev/null bs=1 count=0; fi ;;
+    w) if [ -p "$p" ]; then fifo A "$spec" -w "$p"
+       elif [ -e "$p" ] || [ -L "$p" ]; then
          try A "$spec" "$B" dd if=/dev/null of="$p" bs=1 count=0 conv=notrunc
        else emit A "$spec" 1 "dd: can't open '$p': No such file or directory"; fi ;;
     x) if [ ! -e "$p" ]; then emit A "$spec" 1 "No such file or directory"

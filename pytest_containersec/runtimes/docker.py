@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 from docker.models.containers import Container as SdkContainer
+from requests import RequestException
 
 from .. import hostinfo, session
 from ..errors import (
+    ContainerSecError,
     ContainerStartError,
     ImageNotFound,
+    ProbeError,
     RuntimeUnavailable,
     UnsupportedSpec,
 )
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 API_TIMEOUT = 60
+# What talking to the daemon can raise: SDK errors, and connection errors (a dead daemon).
+ENGINE_ERRORS = (docker.errors.DockerException, RequestException)
 
 
 def _hint(base_url: str) -> str:
@@ -49,6 +53,8 @@ def _hint(base_url: str) -> str:
 def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
     """docker-py ``containers.create`` keyword arguments for ``spec`` (pure)."""
     kw: dict[str, Any] = {}
+    if spec.properties:
+        raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
     entrypoint, command = oci.entrypoint_and_command(spec)
     if entrypoint is not None:
         kw["entrypoint"] = entrypoint
@@ -113,6 +119,12 @@ class DockerContainer(Container):
         self._stopped = False
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        try:
+            return self._exec(argv, timeout)
+        except ENGINE_ERRORS as exc:
+            raise self._rt.engine_error("exec", exc) from None
+
+    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
         api = self._rt.client.api
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
         exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True)["Id"]
@@ -124,35 +136,47 @@ class DockerContainer(Container):
             info = api.exec_inspect(exec_id)
             return None if info.get("Running") else info.get("ExitCode")
 
-        def kill() -> None:
-            pid = api.exec_inspect(exec_id).get("Pid")
-            if pid and not self.engine_rootless:
-                with contextlib.suppress(OSError):
-                    os.kill(int(pid), signal.SIGKILL)
+        noted: list[int] = []
 
-        return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill)
+        def note() -> None:  # our pid of a running exec (a rootless daemon reports its own)
+            pid = api.exec_inspect(exec_id).get("Pid")
+            if pid:
+                noted.append(self._rt.host_pid(int(pid)))
+
+        def kill() -> None:
+            pid = noted[0] if noted else 0
+            if not pid and not self.engine_rootless:
+                pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
+            if pid:
+                oci.kill_session(pid, self.host_pid)
+
+        return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
 
     def declared(self) -> dict[str, Any]:
-        self._sdk.reload()
+        try:
+            self._sdk.reload()
+        except ENGINE_ERRORS as exc:
+            raise self._rt.engine_error("inspect", exc) from None
         return declared_from_inspect(self._sdk.attrs, self._rt.security_options)
 
     def logs(self) -> str:
         try:
             data = self._sdk.logs(tail=200)
-        except docker.errors.APIError as exc:
+        except ENGINE_ERRORS as exc:
             return f"(logs unavailable: {exc})"
         return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
 
     def stop(self) -> None:
         if self._stopped:
             return
-        self._stopped = True
         try:
             self._sdk.remove(force=True)
         except docker.errors.NotFound:
             pass
-        finally:
-            self._rt.forget(self)
+        except ENGINE_ERRORS as exc:  # still ours: a later stop() or close() tries again
+            raise self._rt.engine_error(f"remove {self.name}", exc) from None
+        self._stopped = True
+        self._rt.forget(self)
 
 
 def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]) -> dict[str, Any]:
@@ -238,12 +262,23 @@ class DockerRuntime:
             return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
         return Availability(self.name, True, f"Docker {self.version}", rootless=self.rootless)
 
+    def engine_error(self, what: str, exc: Exception) -> ContainerSecError:
+        """A clear error for what the SDK raised: the daemon refused, or it is gone."""
+        if isinstance(exc, docker.errors.APIError):
+            return ProbeError(self.name, f"{what} failed: {exc.explanation or exc}")
+        return RuntimeUnavailable(
+            self.name, f"the daemon at {self.base_url} stopped answering ({what}: {exc})",
+            _hint(self.base_url),
+        )  # fmt: skip
+
     def start(self, spec: ContainerSpec) -> Container:
         client = self.client
         try:
             client.images.get(spec.image)
         except docker.errors.ImageNotFound:
             raise ImageNotFound(self.name, spec.image) from None
+        except ENGINE_ERRORS as exc:
+            raise self.engine_error(f"look up image {spec.image}", exc) from None
         kw = host_config(spec, self.name)
         sess = session.current()
         name = sess.next_name(self.name)
@@ -254,17 +289,21 @@ class DockerRuntime:
             )
         except docker.errors.APIError as exc:
             raise ContainerStartError(self.name, argv, None, str(exc.explanation or exc)) from None
+        except ENGINE_ERRORS as exc:
+            raise self.engine_error("create", exc) from None
         try:
             sdk.start()
             sdk.reload()
             oci.check_running(self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk))
         except BaseException as exc:
-            with contextlib.suppress(docker.errors.APIError):
+            with contextlib.suppress(*ENGINE_ERRORS):
                 sdk.remove(force=True)
             if isinstance(exc, docker.errors.APIError):
                 raise ContainerStartError(
                     self.name, argv, None, str(exc.explanation or exc)
                 ) from None
+            if isinstance(exc, ENGINE_ERRORS):
+                raise self.engine_error("start", exc) from None
             raise
         c = DockerContainer(self, sdk, spec)
         with self._lock:
@@ -290,13 +329,17 @@ class DockerRuntime:
             return n  # its containers were stopped with it; removed when it runs again
         if self._client is None and not self.availability().available:
             return n
-        for sdk in self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER}):
+        try:
+            found = self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER})
+        except ENGINE_ERRORS as exc:
+            raise self.engine_error("list containers", exc) from None
+        for sdk in found:
             owner = (sdk.labels or {}).get(session.LABEL_OWNER, "")
             if not session.owner_alive(owner):
                 try:
                     sdk.remove(force=True)
                     n += 1
-                except docker.errors.APIError:
+                except ENGINE_ERRORS:
                     pass
         return n
 
@@ -304,7 +347,8 @@ class DockerRuntime:
         with self._lock:
             live = list(self._live.values())
         for c in live:
-            c.stop()
+            with contextlib.suppress(ContainerSecError):  # a dead daemon: reaped when it is back
+                c.stop()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -315,6 +359,6 @@ class DockerRuntime:
 def _logs(sdk: SdkContainer) -> str:
     try:
         data = sdk.logs(tail=100)
-    except docker.errors.APIError as exc:
+    except ENGINE_ERRORS as exc:
         return f"(logs unavailable: {exc})"
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)

@@ -30,6 +30,7 @@ How each ContainerSpec field reaches nspawn (nothing is dropped silently):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,6 +67,7 @@ NSPAWN_DEFAULT_CAPS = frozenset(caps.decode_mask("fdecabff"))  # nspawn 252, mea
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 MACHINE_NAME_MAX = 64
+NSPAWN_RUN = Path("/run/systemd/nspawn")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -86,6 +88,16 @@ def state_root() -> Path:
     return Path(os.environ.get("CONTAINERSEC_STATE") or session.STATE_DIR)
 
 
+def remove_nspawn_files(name: str, rootfs: Path) -> None:
+    """What a SIGKILLed nspawn leaves under /run/systemd/nspawn: the mount propagation
+    folder of the machine and the lock on its directory (``locks/inode-DEV:INO``)."""
+    with contextlib.suppress(OSError):
+        st = rootfs.stat()
+        (NSPAWN_RUN / "locks" / f"inode-{st.st_dev}:{st.st_ino}").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (NSPAWN_RUN / "propagate" / name).rmdir()
+
+
 def capability_set(spec: ContainerSpec) -> frozenset[str]:
     """The capabilities the container keeps: Docker's TweakCapabilities over nspawn's set."""
     if spec.privileged:
@@ -101,6 +113,8 @@ def capability_set(spec: ContainerSpec) -> frozenset[str]:
 def spec_args(spec: ContainerSpec, systemd: bool) -> tuple[list[str], dict[str, str]]:
     """nspawn options and environment for every spec field but image/command/user (pure)."""
     args: list[str] = []
+    if spec.properties:
+        raise UnsupportedSpec("properties", NAME, "systemd unit properties: use systemd-run")
     env: dict[str, str] = {}
     keep = capability_set(spec)
     if spec.user is not None:  # the payload's user switch needs them; it drops them after
@@ -253,7 +267,7 @@ class NspawnContainer(Container):
         try:
             with (self.state / "log").open("rb") as f:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - MAX_OUTPUT))
-                return f.read().decode("utf-8", "replace")
+                return f.read(MAX_OUTPUT).decode("utf-8", "replace")
         except OSError as exc:
             return f"(logs unavailable: {exc})"
 
@@ -271,6 +285,7 @@ class NspawnContainer(Container):
                     agent.kill_tree(self.proc.pid)
                     self.proc.wait(STOP_TIMEOUT)
             cg.kill_and_remove(self.cgroups)
+            remove_nspawn_files(self.name, self.state / "rootfs")
             shutil.rmtree(self.state, ignore_errors=True)
         finally:
             self._rt.forget(self)
@@ -454,6 +469,7 @@ class NspawnRuntime:
             except (OSError, ValueError):
                 dirs = []
             cg.kill_and_remove([p for p in dirs if p.parent.name == cg.PARENT])
+            remove_nspawn_files(d.name, d / "rootfs")
             shutil.rmtree(d, ignore_errors=True)
             n += 1
         return n

@@ -21,6 +21,7 @@ otherwise run its own applet of that name instead of the image's binary.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import shutil
@@ -324,7 +325,12 @@ class AgentClient:
         while (left := deadline - time.monotonic()) > 0:
             r, _, _ = select.select([self._ready, pidfd], [], [], left)
             if self._ready in r and os.read(self._ready, 64):
-                self._req = os.open(self.run / "req", os.O_WRONLY | os.O_NONBLOCK)
+                try:
+                    self._req = os.open(self.run / "req", os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as exc:  # ENXIO: no reader, the payload exited at once
+                    if exc.errno != errno.ENXIO:
+                        raise
+                    return False
                 os.set_blocking(self._req, True)
                 return True
             if pidfd in r:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from ..errors import ContainerStartError, ExecTimeout
 from ..spec import ContainerSpec
@@ -17,6 +21,7 @@ IDLE_ENTRYPOINT = [PROBE_BUSYBOX]
 IDLE_COMMAND = ["sleep", "2147483647"]
 TIMEOUT_RC = 137  # busybox `timeout -s KILL` exit status when it killed the command
 START_WAIT = 0.05  # seconds a fresh container must survive to count as started
+NOTE_AFTER = 0.5  # seconds after which run_exec asks the adapter to note a running exec
 
 
 def entrypoint_and_command(spec: ContainerSpec) -> tuple[list[str] | None, list[str]]:
@@ -64,11 +69,15 @@ def run_exec(
     stream: Callable[[], Iterable[tuple[bytes | None, bytes | None]]],
     exit_code: Callable[[], int | None],
     kill: Callable[[], None],
+    note: Callable[[], None] | None = None,
 ) -> ExecResult:
     """Drive one exec: ``stream`` yields (stdout, stderr) chunks; bounded and timed.
 
     The command already runs under busybox ``timeout`` inside; the thread join below is
     the backstop for an engine that hangs (then ``kill`` ends the exec from the host).
+    ``kill`` also ends what a timed-out command started. ``note`` is called once when the
+    exec still runs after NOTE_AFTER seconds, so the adapter can note the exec's pid
+    while the engine still reports it (Podman forgets it when the exec ends).
     """
     out, err = BoundedBuffer(), BoundedBuffer()
     failure: list[BaseException] = []
@@ -83,7 +92,11 @@ def run_exec(
 
     t = threading.Thread(target=pump, daemon=True, name=f"containersec-exec-{runtime}")
     t.start()
-    t.join(timeout + 5)
+    first = min(NOTE_AFTER, timeout)
+    t.join(first)
+    if note is not None and t.is_alive():
+        note()
+    t.join(timeout + 5 - first)
     if t.is_alive():
         kill()
         t.join(5)
@@ -97,8 +110,28 @@ def run_exec(
         time.sleep(0.02)
         rc = exit_code()
     if rc == TIMEOUT_RC and argv[:2] == [PROBE_BUSYBOX, "timeout"]:
+        kill()  # what the command started: busybox timeout killed the command only
         raise ExecTimeout(runtime, argv[5:], timeout)
     return ExecResult(rc if rc is not None else -1, out.text(), err.text())
+
+
+def kill_session(sid: int, container_pid: int) -> None:
+    """SIGKILL the exec whose host pid is ``sid`` and every process of its session (the
+    engine makes each exec a session leader) that is in ``container_pid``'s pid namespace.
+    A session id stays in use while a member lives, so it names nothing else meanwhile."""
+    try:
+        ns = os.readlink(f"/proc/{container_pid}/ns/pid")
+    except OSError:
+        return
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(entry.path, "stat").read_text()
+            if int(stat[stat.rfind(")") + 2 :].split()[3]) != sid and int(entry.name) != sid:
+                continue
+            if os.readlink(f"{entry.path}/ns/pid") == ns:
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def check_running(
@@ -121,3 +154,26 @@ def check_running(
         if time.monotonic() >= deadline:
             return
         time.sleep(0.05)
+
+
+def k8s_log_tail(path: Path, lines: int, limit: int = MAX_OUTPUT) -> str:
+    """The last ``lines`` lines of a ``k8s-file`` container log, read from its last
+    ``limit`` bytes only: time and memory stay bounded however much the container wrote
+    (Podman 4.3's own ``logs --tail`` takes minutes on a 100 MB log of partial lines).
+
+    Records are ``TIMESTAMP STREAM P|F TEXT``: ``P`` is part of a line, ``F`` ends one.
+    """
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - limit))
+        records = f.read(limit).split(b"\n")
+    if size > limit:
+        records = records[1:]  # cut by the seek
+    out = bytearray()
+    for record in records:
+        parts = record.split(b" ", 3)
+        if len(parts) >= 3 and parts[2] in (b"P", b"F"):
+            out += parts[3] if len(parts) == 4 else b""
+            out += b"\n" if parts[2] == b"F" else b""
+    text = out.decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(text[-lines:]) if lines > 0 else ""

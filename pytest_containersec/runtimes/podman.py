@@ -20,11 +20,25 @@ from podman.errors import ImageNotFound as SdkImageNotFound
 from requests import RequestException
 
 from .. import hostinfo, session
-from ..errors import ContainerStartError, ImageNotFound, RuntimeUnavailable, UnsupportedSpec
+from ..errors import (
+    ContainerSecError,
+    ContainerStartError,
+    ImageNotFound,
+    ProbeError,
+    RuntimeUnavailable,
+    UnsupportedSpec,
+)
 from ..spec import ContainerSpec, Volume
 from . import oci
 from .base import DEFAULT_EXEC_TIMEOUT, PROBE_DIR, Availability, Container, ExecResult
-from .podman_service import PodmanService, RootlessIds, check_host, reap_services, version_line
+from .podman_service import (
+    PodmanService,
+    RootlessIds,
+    answers,
+    check_host,
+    reap_services,
+    version_line,
+)
 
 API_TIMEOUT = 60
 CPU_PERIOD = 100_000  # microseconds; cpus -> quota (podman-py silently drops nano_cpus)
@@ -79,6 +93,8 @@ def create_kwargs(
     """
     kw: dict[str, Any] = {}
     entrypoint, command = oci.entrypoint_and_command(spec)
+    if spec.properties:
+        raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
     if entrypoint is not None:
         kw["entrypoint"] = entrypoint
     kw["command"] = command
@@ -219,6 +235,12 @@ class PodmanContainer(Container):
         self._stopped = False
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        try:
+            return self._exec(argv, timeout)
+        except ENGINE_ERRORS as exc:
+            raise self._rt.engine_error("exec", exc) from None
+
+    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
         api = self._rt.client.api
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
         body = {"AttachStdout": True, "AttachStderr": True, "AttachStdin": False, "Cmd": wrapped}
@@ -246,16 +268,23 @@ class PodmanContainer(Container):
             info = inspect()
             return None if info.get("Running") else info.get("ExitCode")
 
-        def kill() -> None:
-            pid = inspect().get("Pid")
-            if pid:
-                with contextlib.suppress(OSError):
-                    os.kill(int(pid), signal.SIGKILL)
+        noted: list[int] = []
 
-        return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill)
+        def note() -> None:  # Podman reports Pid 0 once the exec ended
+            noted.append(int(inspect().get("Pid") or 0))
+
+        def kill() -> None:
+            pid = inspect().get("Pid") or (noted[0] if noted else 0)
+            if pid:
+                oci.kill_session(int(pid), self.host_pid)
+
+        return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
 
     def declared(self) -> dict[str, Any]:
-        self._sdk.reload()
+        try:
+            self._sdk.reload()
+        except ENGINE_ERRORS as exc:
+            raise self._rt.engine_error("inspect", exc) from None
         attrs = cast(dict[str, Any], self._sdk.attrs)
         oci_config: dict[str, Any] | None = None
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -268,14 +297,33 @@ class PodmanContainer(Container):
     def stop(self) -> None:
         if self._stopped:
             return
-        self._stopped = True
         try:
             self._rt.remove(self.id)
-        finally:
-            self._rt.forget(self)
+        except ENGINE_ERRORS as exc:  # still ours: a later stop() or close() tries again
+            raise self._rt.engine_error(f"remove {self.name}", exc) from None
+        self._stopped = True
+        self._rt.forget(self)
+
+
+def end_exec_monitors(container_id: str) -> None:
+    """Kill the conmons of a removed container's execs. Each one waits out Podman's
+    ``exit_command_delay`` (300 s by default) after its exec ended, so they would outlive
+    the container, and the session, by five minutes."""
+    needle = f"\0-c\0{container_id}\0".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = Path(entry.path, "cmdline").read_bytes()
+            if needle in cmd and b"\0--exec-attach\0" in cmd and b"conmon" in cmd[:64]:
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _logs(sdk: SdkContainer, tail: int) -> str:
+    log = cast(dict[str, Any], sdk.attrs).get("HostConfig", {}).get("LogConfig") or {}
+    if log.get("Type") == "k8s-file" and log.get("Path"):  # bounded, unlike the API's tail
+        with contextlib.suppress(OSError):
+            return oci.k8s_log_tail(Path(log["Path"]), tail)
     try:
         data = sdk.logs(tail=tail)
         raw = data if isinstance(data, bytes) else b"".join(cast(Iterable[bytes], data))
@@ -330,6 +378,8 @@ class PodmanRuntime:
             if not client.images.exists(spec.image):
                 raise ImageNotFound(self.name, spec.image)
         except ENGINE_ERRORS as exc:
+            if isinstance(err := self.engine_error("look up the image", exc), RuntimeUnavailable):
+                raise err from None
             raise ContainerStartError(self.name, [spec.image], None, _explain(exc)) from None
         sess = session.current()
         name = sess.next_name(self.name)
@@ -368,14 +418,23 @@ class PodmanRuntime:
                 self.client.api.delete(
                     f"/containers/{container_id}", params=params
                 ).raise_for_status()
-                return
+                break
             except NotFound:
-                return
+                break
             except APIError as exc:
                 # a mount of the dying container can be busy for a moment (its shm)
                 if "busy" not in str(exc) or attempt == 19:
                     raise
                 time.sleep(0.1)
+        end_exec_monitors(container_id)
+
+    def engine_error(self, what: str, exc: Exception) -> ContainerSecError:
+        """A clear error for what podman-py raised: the service refused, or it is gone."""
+        service = self.service
+        if service is not None and not answers(service.socket, timeout=1.0):
+            why = f"the Podman API at {service.socket} stopped answering ({what}: {_explain(exc)})"
+            return RuntimeUnavailable(self.name, why, "make setup")
+        return ProbeError(self.name, f"{what} failed: {_explain(exc)}")
 
     def forget(self, c: PodmanContainer) -> None:
         with self._lock:
@@ -385,7 +444,11 @@ class PodmanRuntime:
         if self._client is None and not self.availability().available:
             return 0
         n = 0
-        for sdk in self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER}):
+        try:
+            found = self.client.containers.list(all=True, filters={"label": session.LABEL_OWNER})
+        except ENGINE_ERRORS as exc:
+            raise self.engine_error("list containers", exc) from None
+        for sdk in found:
             owner = (sdk.labels or {}).get(session.LABEL_OWNER, "")
             if not session.owner_alive(owner):
                 try:
@@ -399,7 +462,7 @@ class PodmanRuntime:
         with self._lock:
             live = list(self._live.values())
         for c in live:
-            with contextlib.suppress(*ENGINE_ERRORS, OSError):
+            with contextlib.suppress(ContainerSecError, OSError):  # a dead service: reaped later
                 c.stop()
         with self._lock:
             if self._client is not None:

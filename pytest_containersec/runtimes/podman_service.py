@@ -11,6 +11,7 @@ and stops it in :meth:`PodmanService.stop`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STATE_GLOB = "podman-*.json"
+_SERVICE_NUMBERS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,9 @@ class PodmanService:
             raise RuntimeUnavailable(
                 runtime, f"cannot create {directory}: {exc}", "run the project setup (make setup)"
             ) from None
-        base = directory / f"podman-{session.current().id}"
+        # one name per service: two adapters of one process must not share (and unlink)
+        # each other's socket
+        base = directory / f"podman-{session.current().id}-{next(_SERVICE_NUMBERS)}"
         sock, log, state = (base.with_suffix(s) for s in (".sock", ".log", ".json"))
         sock.unlink(missing_ok=True)
         argv = ["podman", "system", "service", "--time=0", f"unix://{sock}"]

@@ -16,6 +16,8 @@ import pytest
 
 from pytest_containersec.runtimes import RUNTIME_NAMES
 
+from .hostile_helpers import Exact, leftovers
+
 BLOCKING_TEST = """
 import json, os, pathlib, time
 
@@ -154,3 +156,24 @@ def test_ctrl_c_under_xdist(inner: Inner) -> None:
     os.killpg(proc.pid, signal.SIGINT)
     inner.finish(proc)
     inner.check_gone(records)
+
+
+def test_killed_xdist_worker_is_reaped_by_the_next_session(inner: Inner) -> None:
+    pytest.importorskip("xdist")
+    (inner.path / "test_block2.py").write_text(BLOCKING_TEST)
+    proc = inner.popen("-n", "2", "test_block.py", "test_block2.py")
+    records = inner.wait_started(proc, count=2)
+    worker = int(sorted(inner.path.glob("started.*"))[0].suffix[1:])
+    victims = json.loads((inner.path / f"started.{worker}").read_text())
+    os.kill(worker, signal.SIGKILL)  # the worker only: no teardown, no atexit
+    time.sleep(1)
+    assert all(pid_alive(r["pid"]) for r in victims)  # left behind by the killed worker
+    os.killpg(proc.pid, signal.SIGINT)  # the rest of the run ends as usual
+    out = inner.finish(proc)
+    assert "crashed" in out or "node down" in out.lower(), out
+    nxt = inner.popen("test_quick.py")
+    out = inner.finish(nxt)
+    assert nxt.returncode == 0, out
+    inner.check_gone(records)
+    names = Exact(inner.runtime, [r["name"] for r in records])
+    assert leftovers(names, tuple(r["pid"] for r in records)) == []
