@@ -232,9 +232,7 @@ class Pool:
         for e in entries:
             c = e.container
             if keep == "always" or (keep == "failed" and e.failed):
-                forget = getattr(self.runtime, "forget", None)
-                if callable(forget):  # not in the Protocol yet: see the report to the lead
-                    forget(c)
+                self.runtime.forget(c)
                 kept.append(keep_message(e))
                 continue
             with contextlib.suppress(Exception):

@@ -148,3 +148,8 @@ class Runtime(Protocol):
     def close(self) -> None:
         """Stop this session's containers and any service this process started."""
         ...
+
+    def forget(self, container: Container) -> None:
+        """Stop tracking ``container``: close() leaves it running (keep policy); the next
+        session's reap() removes it."""
+        ...

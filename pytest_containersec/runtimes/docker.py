@@ -316,7 +316,7 @@ class DockerRuntime:
         state = sdk.attrs["State"]
         return bool(state.get("Running")), state.get("ExitCode")
 
-    def forget(self, c: DockerContainer) -> None:
+    def forget(self, c: Container) -> None:
         with self._lock:
             self._live.pop(c.id, None)
 

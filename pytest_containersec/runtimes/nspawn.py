@@ -441,7 +441,7 @@ class NspawnRuntime:
             raise
         return c
 
-    def forget(self, c: NspawnContainer) -> None:
+    def forget(self, c: Container) -> None:
         with self._lock:
             self._live.pop(c.name, None)
 

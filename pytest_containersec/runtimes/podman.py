@@ -436,7 +436,7 @@ class PodmanRuntime:
             return RuntimeUnavailable(self.name, why, "make setup")
         return ProbeError(self.name, f"{what} failed: {_explain(exc)}")
 
-    def forget(self, c: PodmanContainer) -> None:
+    def forget(self, c: Container) -> None:
         with self._lock:
             self._live.pop(c.id, None)
 

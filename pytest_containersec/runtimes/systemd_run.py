@@ -334,7 +334,7 @@ class SystemdRunRuntime:
             raise
         return c
 
-    def forget(self, c: SystemdRunContainer) -> None:
+    def forget(self, c: Container) -> None:
         with self._lock:
             self._live.pop(c.name, None)
 
