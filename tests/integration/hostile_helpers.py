@@ -383,10 +383,13 @@ def import_image(runtime: str, tar: bytes, tag: str) -> None:
     if runtime in ("podman", "podman-rootless"):
         podman_cli(runtime == "podman-rootless", "import", "-", tag, stdin=tar)
         return
-    url = docker_urls().get("docker" if runtime == "nspawn" else runtime)
-    if url is None:
-        raise RuntimeError(f"no {runtime} daemon answers")
-    docker_cli(url, "import", "-", tag, stdin=tar)
+    from pytest_containersec.runtimes import get_runtime
+    from pytest_containersec.runtimes.docker import DockerRuntime
+
+    rt = get_runtime("docker" if runtime == "nspawn" else runtime)
+    assert isinstance(rt, DockerRuntime)
+    rt.client  # noqa: B018 - starts an on-demand daemon (docker-userns, docker-rootless)
+    docker_cli(rt.base_url, "import", "-", tag, stdin=tar)
 
 
 def remove_image(runtime: str, tag: str) -> None:
