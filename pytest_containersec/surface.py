@@ -1,0 +1,181 @@
+"""Attack-surface checks: privileged mode, sensitive host mounts, shared namespaces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .model import Facts, Mount, map_id
+from .verdict import Violation, caps_text
+
+# Host paths whose exposure inside a container hands over the host (or its engine).
+SENSITIVE_HOST_PATHS = (
+    "/",
+    "/etc",
+    "/root",
+    "/home",
+    "/boot",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/var/lib/containers",
+    "/var/lib/kubelet",
+    "/var/log",
+    "/usr",
+    "/lib",
+    "/bin",
+    "/sbin",
+)
+# Files an engine bind-mounts into every container from its own per-container folder.
+ENGINE_MANAGED_MOUNTS = (
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run/.containerenv",
+    "/dev/shm",
+    "/run/secrets",
+)
+ENGINE_STATE_MARKERS = ("/containers/", "/docker/", "/libpod/", "/containersec/")
+# Harmless host device nodes rootless engines bind in (they cannot mknod) or use to mask.
+SAFE_HOST_DEVICES = frozenset(
+    {
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/ptmx",
+        "/dev/console",
+    }
+)
+PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "mqueue", "devpts"})
+# Privileged mode's signature in capabilities: what Docker/Podman never grant by default.
+PRIVILEGED_CAPS = frozenset(
+    {
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_BOOT",
+        "CAP_MAC_ADMIN",
+        "CAP_NET_ADMIN",
+        "CAP_DAC_READ_SEARCH",
+    }
+)
+
+
+def privileged_caps(f: Facts) -> str | None:
+    """Why the bounding set looks like privileged mode's, or None."""
+    bnd = set(f.capabilities.bounding)
+    if f.host_capabilities and set(f.host_capabilities) <= bnd:
+        return "the bounding set holds every capability the host has"
+    if bnd >= PRIVILEGED_CAPS:
+        return f"the bounding set holds {caps_text(PRIVILEGED_CAPS)}"
+    return None
+
+
+def privileged_signs(f: Facts) -> list[str]:
+    """What in the observed state is the signature of privileged mode."""
+    caps_sign = privileged_caps(f)
+    signs = [caps_sign] if caps_sign else []
+    if f.seccomp == "disabled":
+        signs.append("seccomp is disabled")
+    for key, what in (("write_sysfs", "/sys is writable"),):
+        r = f.operations.get(key)
+        if r is not None and r.allowed:
+            signs.append(what)
+    for key in ("/proc/sys/kernel/core_pattern:w", "/proc/sysrq-trigger:w"):
+        r = f.access.get(key)
+        if r is not None and r.allowed:
+            signs.append(f"{key.rsplit(':', 1)[0]} is writable")
+    mem = f.access.get("/dev/mem:r")
+    if mem is not None and mem.allowed:
+        signs.append("/dev/mem is readable (host devices exposed)")
+    return signs
+
+
+def not_privileged(f: Facts) -> list[Violation]:
+    """Fails on privileged mode's capabilities or writable kernel interfaces / host devices;
+    a disabled seccomp filter alone is not privileged mode (check it with ``seccomp``)."""
+    signs = privileged_signs(f)
+    if not [s for s in signs if s != "seccomp is disabled"]:
+        return []
+    hint = "drop --privileged; grant single capabilities instead"
+    if map_id(f.uid_map, 0) not in (0, None):
+        hint += " (a user namespace limits it to the container's own namespace)"
+    return [
+        Violation("not_privileged", f.runtime, "no privileged-mode signs", "; ".join(signs), hint)
+    ]
+
+
+def _is_engine_managed(m: Mount) -> bool:
+    hp = m.host_path or ""
+    if m.mountpoint in ENGINE_MANAGED_MOUNTS and any(s in hp for s in ENGINE_STATE_MARKERS):
+        return True
+    # systemd-nspawn: the host's os-release and its propagation folder under /run/host,
+    # and the host's time zone file as /etc/localtime
+    if m.mountpoint.startswith("/run/host/") and (
+        hp in ("/usr/lib/os-release", "/etc/os-release") or hp.startswith("/run/systemd/nspawn/")
+    ):
+        return True
+    return m.mountpoint == "/etc/localtime" and hp.startswith("/usr/share/zoneinfo/")
+
+
+def sensitive_mounts(f: Facts) -> list[str]:
+    """Mounts that expose the host: its root, engine sockets, sensitive host folders."""
+    found = [f"host root at {p}" for p in f.host_root_mounts]
+    found += [f"engine API socket at {s}" for s in f.engine_sockets]
+    for m in f.mounts:
+        hp = m.host_path
+        if hp is None or hp == "/" or _is_engine_managed(m) or m.mountpoint in f.engine_sockets:
+            continue
+        if hp in SAFE_HOST_DEVICES:
+            continue
+        if m.fstype in PSEUDO_FS or m.mountpoint == "/":  # kernel views; the own rootfs
+            continue
+        for s in SENSITIVE_HOST_PATHS:
+            if s != "/" and (hp == s or hp.startswith(s + "/")):
+                found.append(f"host {hp} at {m.mountpoint}{' (ro)' if m.read_only else ''}")
+                break
+    return found
+
+
+def no_sensitive_mounts(f: Facts) -> list[Violation]:
+    found = sensitive_mounts(f)
+    if not found:
+        return []
+    return [
+        Violation(
+            "no_sensitive_mounts",
+            f.runtime,
+            "no host root, engine socket or sensitive host folder mounted",
+            "; ".join(found),
+            "whoever reaches an engine socket or the host root owns the host",
+        )
+    ]
+
+
+def namespaces_private(
+    f: Facts, names: Iterable[str] = ("net", "pid", "ipc", "uts")
+) -> list[Violation]:
+    """These namespaces are the container's own, not the host's."""
+    shared = [n for n in names if f.namespaces.get(n) == "host"]
+    unknown = [n for n in names if n not in f.namespaces]
+    out = []
+    if shared:
+        out.append(
+            Violation(
+                "namespaces",
+                f.runtime,
+                f"private {', '.join(names)}",
+                f"shares the host's {', '.join(shared)}",
+            )
+        )
+    if unknown:
+        out.append(
+            Violation("namespaces", f.runtime, f"private {', '.join(unknown)}", "not observed")
+        )
+    return out

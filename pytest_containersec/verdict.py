@@ -1,0 +1,31 @@
+"""A check's finding (Violation) and the text helpers its messages use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .model import MapEntry
+
+
+@dataclass(frozen=True)
+class Violation:
+    check: str  # family: "capabilities", "seccomp", "cgroup", "access", ...
+    runtime: str
+    expected: str
+    observed: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"[{self.runtime}] {self.check}: expected {self.expected}, observed {self.observed}"
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+def caps_text(names: Iterable[str]) -> str:
+    items = sorted(names)
+    return "{" + ", ".join(items) + "}" if items else "{} (none)"
+
+
+def fmt_map(entries: Iterable[MapEntry]) -> str:
+    parts = [f"{a}-{a + c - 1}->{b}-{b + c - 1}" for a, b, c in entries]
+    return "[" + ", ".join(parts) + "]" if parts else "[] (unreadable)"
