@@ -11,7 +11,7 @@ from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.runtimes import nspawn_agent as agent
 from pytest_containersec.runtimes import nspawn_cgroup as cg
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX, PROBE_DIR
-from pytest_containersec.runtimes.nspawn import (
+from pytest_containersec.runtimes.nspawn_spec import (
     NSPAWN_DEFAULT_CAPS,
     capability_set,
     declared_from_argv,
