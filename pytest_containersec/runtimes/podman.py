@@ -19,18 +19,17 @@ from podman.errors import APIError, NotFound, PodmanError
 from podman.errors import ImageNotFound as SdkImageNotFound
 from requests import RequestException
 
-from .. import hostinfo, session
+from .. import session
 from ..errors import (
     ContainerSecError,
     ContainerStartError,
     ImageNotFound,
     ProbeError,
     RuntimeUnavailable,
-    UnsupportedSpec,
 )
-from ..spec import ContainerSpec, Volume
+from ..spec import ContainerSpec
 from . import oci
-from .base import DEFAULT_EXEC_TIMEOUT, PROBE_DIR, Availability, Container, ExecResult
+from .base import DEFAULT_EXEC_TIMEOUT, Availability, Container, ExecResult
 from .podman_service import (
     PodmanService,
     RootlessIds,
@@ -39,170 +38,11 @@ from .podman_service import (
     reap_services,
     version_line,
 )
+from .podman_spec import create_kwargs, declared_from_inspect
 
 API_TIMEOUT = 60
-CPU_PERIOD = 100_000  # microseconds; cpus -> quota (podman-py silently drops nano_cpus)
-SECCOMP_ANNOTATION = "io.podman.annotations.seccomp"  # set like the podman CLI does
-ALL_CAPS = 41
 # What talking to the service can raise: podman-py errors and (APIError) HTTP errors.
 ENGINE_ERRORS = (PodmanError, RequestException)
-
-
-def _to_ns(host: int, count: int, own: int, sub: tuple[int, int]) -> int | None:
-    """A host id range as an id of the rootless user's namespace (0 = the user itself)."""
-    if host == own and count == 1:
-        return 0
-    start, n = sub
-    if start <= host and host + count <= start + n:
-        return 1 + host - start
-    return None
-
-
-def _idmaps(spec: ContainerSpec, runtime: str, ids: RootlessIds | None) -> dict[str, Any]:
-    """``INSIDE:HOST:COUNT`` maps -> libpod IDMappingOptions (rootless: relative ids)."""
-    out: dict[str, Any] = {"HostUIDMapping": False, "HostGIDMapping": False}
-    for key, kind, own, sub in (
-        ("UIDMap", "uid", ids.uid if ids else 0, ids.subuid if ids else (0, 0)),
-        ("GIDMap", "gid", ids.gid if ids else 0, ids.subgid if ids else (0, 0)),
-    ):
-        entries = []
-        for inside, host, count in spec.uid_maps:
-            outside: int | None = host
-            if ids is not None:
-                outside = _to_ns(host, count, own, sub)
-                if outside is None:
-                    raise UnsupportedSpec(
-                        "userns",
-                        runtime,
-                        f"host {kind}s {host}-{host + count - 1} are neither the rootless "
-                        f"user's own {kind} {own} nor inside its sub{kind} range "
-                        f"{sub[0]}-{sum(sub) - 1}",
-                    )
-            entries.append({"container_id": inside, "host_id": outside, "size": count})
-        out[key] = entries
-    return out
-
-
-def create_kwargs(
-    spec: ContainerSpec, runtime: str, rootless: RootlessIds | None = None
-) -> dict[str, Any]:
-    """podman-py ``containers.create`` keyword arguments for ``spec`` (pure).
-
-    ``rootless``: the user's ids when the engine is rootless (explicit userns maps name
-    host ids; rootless Podman wants ids of the user's namespace, so they are translated).
-    """
-    kw: dict[str, Any] = {}
-    entrypoint, command = oci.entrypoint_and_command(spec)
-    if spec.properties:
-        raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
-    if entrypoint is not None:
-        kw["entrypoint"] = entrypoint
-    kw["command"] = command
-    if spec.user is not None:
-        kw["user"] = spec.user
-    if spec.cap_add:
-        kw["cap_add"] = ["ALL"] if len(spec.cap_add) >= ALL_CAPS else list(spec.cap_add)
-    if spec.cap_drop:
-        kw["cap_drop"] = ["ALL"] if len(spec.cap_drop) >= ALL_CAPS else list(spec.cap_drop)
-    kw["privileged"] = spec.privileged
-    if spec.seccomp != "default":
-        if spec.seccomp != "unconfined":
-            try:
-                json.loads(Path(spec.seccomp).read_text())
-            except (OSError, ValueError) as exc:
-                raise UnsupportedSpec("seccomp", runtime, f"cannot read profile: {exc}") from None
-        kw["seccomp_profile_path"] = spec.seccomp
-        kw["annotations"] = {SECCOMP_ANNOTATION: spec.seccomp}
-    if spec.no_new_privileges:
-        kw["no_new_privileges"] = True
-    kw["read_only"] = spec.read_only
-    if spec.memory is not None:
-        kw["mem_limit"] = spec.memory
-    if spec.cpus is not None:
-        kw["cpu_period"] = CPU_PERIOD
-        kw["cpu_quota"] = round(spec.cpus * CPU_PERIOD)
-    if spec.pids_limit is not None:
-        kw["pids_limit"] = spec.pids_limit
-    if spec.userns == "host":
-        kw["userns_mode"] = "host"
-    elif spec.userns == "auto":  # the API ignores nsmode auto without AutoUserNs
-        kw["userns_mode"] = "auto"
-        kw["idmappings"] = {"AutoUserNs": True}
-    elif spec.userns == "keep-id":
-        if rootless is None:
-            raise UnsupportedSpec(
-                "userns", runtime, "keep-id maps the invoking user; rootful Podman refuses it"
-            )
-        kw["userns_mode"] = "keep-id"
-    elif spec.userns is not None:
-        kw["userns_mode"] = "private"  # the API ignores idmappings without it
-        kw["idmappings"] = _idmaps(spec, runtime, rootless)
-    mounts = [_bind(hostinfo.probe_dir(), PROBE_DIR, True)]
-    for v in spec.volumes:
-        vol = v if isinstance(v, Volume) else Volume.parse(v)
-        mounts.append(_bind(vol.source, vol.target, vol.read_only))
-    kw["mounts"] = mounts
-    kw["network_mode"] = spec.network
-    if spec.env:
-        kw["environment"] = dict(spec.env)
-    return kw
-
-
-def _bind(source: str, target: str, read_only: bool) -> dict[str, Any]:
-    return {"type": "bind", "source": source, "target": target, "read_only": read_only}
-
-
-def _bind_text(bind: str) -> str:
-    """``/src:/dst:ro,rprivate,rbind`` -> ``/src:/dst:ro`` (the ContainerSpec spelling)."""
-    src, _, rest = bind.partition(":")
-    dst, _, opts = rest.partition(":")
-    return f"{src}:{dst}" + (":ro" if "ro" in opts.split(",") else "")
-
-
-def declared_from_inspect(
-    attrs: dict[str, Any], rootless: bool, oci_config: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Normalize ``podman inspect`` into docker's declared keys (pure).
-
-    ``oci_config``: the OCI config.json the engine handed to the runtime, when readable;
-    a missing ``linux.seccomp`` there means no filter whatever inspect says.
-    """
-    hc = attrs.get("HostConfig") or {}
-    cfg = attrs.get("Config") or {}
-    sec = list(hc.get("SecurityOpt") or [])
-    seccomp = "default"
-    for opt in sec:
-        if opt.startswith("seccomp="):
-            seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
-    if hc.get("Privileged"):
-        seccomp = "unconfined"
-    if oci_config is not None and not (oci_config.get("linux") or {}).get("seccomp"):
-        seccomp = "unconfined"
-    nano = hc.get("NanoCpus") or 0
-    quota, period = hc.get("CpuQuota") or 0, hc.get("CpuPeriod") or 0
-    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else None)
-    pids = hc.get("PidsLimit")
-    return {
-        "engine": "podman",
-        "rootless": rootless,
-        "user": cfg.get("User") or None,
-        "cap_add": sorted(hc.get("CapAdd") or []),
-        "cap_drop": sorted(hc.get("CapDrop") or []),
-        "privileged": bool(hc.get("Privileged")),
-        "seccomp": seccomp,
-        "no_new_privileges": any(o.startswith("no-new-privileges") for o in sec),
-        "read_only": bool(hc.get("ReadonlyRootfs")),
-        "memory": hc.get("Memory") or None,
-        "cpus": cpus,
-        "pids_limit": pids if pids and pids > 0 else None,
-        "userns_mode": hc.get("UsernsMode") or None,
-        "network_mode": hc.get("NetworkMode"),
-        "binds": [
-            _bind_text(b) for b in (hc.get("Binds") or []) if f":{PROBE_DIR}:" not in f"{b}:"
-        ],
-        "apparmor_profile": attrs.get("AppArmorProfile") or None,
-        "daemon_security_options": [],
-    }
 
 
 def _explain(exc: BaseException) -> str:

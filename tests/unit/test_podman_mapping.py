@@ -15,13 +15,13 @@ from pytest_containersec.errors import RuntimeUnavailable, UnsupportedSpec
 from pytest_containersec.runtimes import oci
 from pytest_containersec.runtimes import podman as podman_adapter
 from pytest_containersec.runtimes.base import PROBE_DIR
-from pytest_containersec.runtimes.podman import (
+from pytest_containersec.runtimes.podman import PodmanRuntime
+from pytest_containersec.runtimes.podman_service import RootlessIds
+from pytest_containersec.runtimes.podman_spec import (
     SECCOMP_ANNOTATION,
-    PodmanRuntime,
     create_kwargs,
     declared_from_inspect,
 )
-from pytest_containersec.runtimes.podman_service import RootlessIds
 from pytest_containersec.spec import ContainerSpec
 
 BUSYBOX = "/host/busybox"

@@ -11,7 +11,7 @@ import pytest
 from pytest_containersec import caps, report
 from pytest_containersec.errors import SpecError, UnsupportedSpec
 from pytest_containersec.model import AccessResult, Capabilities, Mismatch
-from pytest_containersec.runtimes import RUNTIME_NAMES, docker, nspawn_spec, podman
+from pytest_containersec.runtimes import RUNTIME_NAMES, docker, nspawn_spec, podman_spec
 from pytest_containersec.runtimes import systemd_run_declared as decl
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
 from pytest_containersec.runtimes.systemd_run import AGENT_SCRIPT, agent_command
@@ -131,7 +131,7 @@ def test_other_runtimes_refuse_properties() -> None:
     spec = ContainerSpec(properties={"ProtectHome": "yes"})
     for call in (
         lambda: docker.host_config(spec, "docker"),
-        lambda: podman.create_kwargs(spec, "podman"),
+        lambda: podman_spec.create_kwargs(spec, "podman"),
         lambda: nspawn_spec.spec_args(spec, False),
     ):
         with pytest.raises(UnsupportedSpec) as info:
