@@ -26,7 +26,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from .. import hostinfo, session
 from ..errors import RuntimeUnavailable
 from . import podman_service as svc
+from . import procs
 from .base import Availability
 
 USERNS, ROOTLESS = "docker-userns", "docker-rootless"
@@ -146,7 +146,7 @@ class Record:
 
     @property
     def running(self) -> bool:
-        return svc._running(self.pid, self.token)
+        return procs.running(self.pid, self.token)
 
 
 class DockerDaemon:
@@ -270,7 +270,7 @@ class DockerDaemon:
         while not svc.answers(cfg.socket, timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
                 late = f"did not answer in {START_TIMEOUT:g}s"
-                what, tail = "exited" if proc.poll() is not None else late, svc._tail(log, 30)
+                what, tail = "exited" if proc.poll() is not None else late, procs.tail(log, 30)
                 self._stop(Record(proc.pid, str(record["token"])), keep_log=True)
                 self._drop_lease()
                 self._proc = None
@@ -311,7 +311,7 @@ class DockerDaemon:
         """Stop the daemon's process tree, then remove what it left (caller holds the lock)."""
         proc = self._proc if self._proc is not None and self._proc.pid == record.pid else None
         if record.running:
-            stop_tree(record.pid, record.token, proc)
+            procs.stop_tree(record.pid, record.token, proc)
         cfg = self.config
         if not svc.answers(cfg.socket, timeout=0.5):  # never unlink a stranger's live socket
             cfg.socket.unlink(missing_ok=True)
@@ -349,61 +349,6 @@ def _dockerd_version() -> str:
 # -- processes --------------------------------------------------------------------------
 
 
-def _ppid(proc: Path, pid: int) -> int | None:
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[1]) if len(fields) > 1 else None
-
-
-def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
-    """Every live process below ``pid`` (children first), read from ``proc``."""
-    parents = {p: _ppid(proc, p) for p in (int(e.name) for e in proc.iterdir() if e.name.isdigit())}
-    found, frontier = [], [pid]
-    while frontier:
-        kids = [p for p, pp in parents.items() if pp in frontier and p not in found]
-        found += kids
-        frontier = kids
-    return found
-
-
-def stop_tree(pid: int, token: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM ``pid`` (SIGKILL after a while), then whatever it started that still runs.
-
-    The tree is taken first: dockerd's containerd runs in its own session, and would be
-    orphaned if dockerd died without stopping it.
-    """
-    tree = [(p, session.owner_token(p)) for p in descendants(pid)]
-    svc._kill(pid, token)  # TERM, up to STOP_TIMEOUT, then KILL
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(svc.STOP_TIMEOUT)
-    survivors = [(p, t) for p, t in tree if svc._running(p, t)]
-    for p, _ in survivors:
-        with contextlib.suppress(OSError):
-            os.kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + svc.STOP_TIMEOUT
-    while any(svc._running(p, t) for p, t in survivors) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for p, t in survivors:
-        if svc._running(p, t):
-            with contextlib.suppress(OSError):
-                os.kill(p, signal.SIGKILL)
-
-
-def _nspid(proc: Path, pid: int) -> list[int] | None:
-    try:
-        status = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("NSpid:"):
-            return [int(x) for x in line.split()[1:]]
-    return [pid]
-
-
 def translate_pid(reported: int, daemon_pid: int | None, proc: Path = Path("/proc")) -> int:
     """The pid in our namespace of the container process the daemon reports as ``reported``.
 
@@ -416,12 +361,12 @@ def translate_pid(reported: int, daemon_pid: int | None, proc: Path = Path("/pro
         own = os.readlink(proc / "self" / "ns" / "pid")
         ours = daemon_pid is None or all(
             os.readlink(proc / str(p) / "ns" / "pid") == own
-            for p in (daemon_pid, *descendants(daemon_pid, proc)[:1])
+            for p in (daemon_pid, *procs.descendants(daemon_pid, proc)[:1])
         )
         if ours:
             return reported
-        for p in descendants(daemon_pid, proc) if daemon_pid is not None else ():
-            ids = _nspid(proc, p)
+        for p in procs.descendants(daemon_pid, proc) if daemon_pid is not None else ():
+            ids = procs.nspid(p, proc)
             if ids is not None and len(ids) >= 3 and ids[-2] == reported:
                 return p
     return reported

@@ -23,6 +23,7 @@ from ..spec import ContainerSpec
 from . import nspawn_agent as agent
 from . import nspawn_cgroup as cg
 from . import nspawn_image as images
+from . import procs
 from .base import (
     DEFAULT_EXEC_TIMEOUT,
     MAX_OUTPUT,
@@ -117,7 +118,7 @@ class NspawnContainer(Container):
                 try:
                     self.proc.wait(STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
-                    agent.kill_tree(self.proc.pid)
+                    procs.kill_tree(self.proc.pid)
                     self.proc.wait(STOP_TIMEOUT)
             cg.kill_and_remove(self.cgroups)
             remove_nspawn_files(self.name, self.state / "rootfs")
@@ -199,7 +200,7 @@ class NspawnContainer(Container):
         deadline = time.monotonic() + 2.0
         pid = None
         while time.monotonic() < deadline:
-            pid = pid or agent.find_inner(self.proc.pid, 2)
+            pid = pid or procs.find_inner(self.proc.pid, 2)
             if pid is not None:
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -296,7 +297,7 @@ class NspawnRuntime:
             try:
                 token = (d / "nspawn.pid").read_text().strip()
                 if session.owner_alive(token):
-                    agent.kill_tree(int(token.partition(".")[0]))
+                    procs.kill_tree(int(token.partition(".")[0]))
             except (OSError, ValueError):
                 pass
             try:

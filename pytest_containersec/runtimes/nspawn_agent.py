@@ -25,13 +25,13 @@ import errno
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from ..errors import ContainerStartError, ExecTimeout, ProbeError, RuntimeUnavailable
+from . import procs
 from .base import PROBE_BUSYBOX, PROBE_DIR, ExecResult
 from .oci import BoundedBuffer
 
@@ -205,98 +205,6 @@ def write_nul(path: Path, argv: list[str]) -> None:
     path.write_bytes(b"".join(a.encode() + b"\0" for a in argv))
 
 
-# -- host processes ---------------------------------------------------------------------
-
-
-def _ppids() -> dict[int, int]:
-    out: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        out[int(entry.name)] = int(stat[stat.rfind(")") + 2 :].split()[1])
-    return out
-
-
-def _children(pid: int) -> list[int] | None:
-    """Children of ``pid`` from /proc/<pid>/task/*/children (None: not supported)."""
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    for tid in tasks:
-        try:
-            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-        except FileNotFoundError:
-            if Path(f"/proc/{pid}").exists() and not Path(f"/proc/{pid}/task/{tid}").exists():
-                continue  # the thread ended
-            return None if Path(f"/proc/{pid}").exists() else []
-        except OSError:
-            continue
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (breadth first), read from /proc."""
-    direct = _children(pid)
-    if direct is not None:  # the kernel lists children: walk them (fast)
-        out, todo = [], list(direct)
-        while todo:
-            c = todo.pop(0)
-            out.append(c)
-            todo += _children(c) or []
-        return out
-    children: dict[int, list[int]] = {}
-    for child, parent in _ppids().items():
-        children.setdefault(parent, []).append(child)
-    out = []
-    todo = [pid]
-    while todo:
-        for c in children.get(todo.pop(0), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def nspid(pid: int) -> list[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                return [int(x) for x in line.split()[1:]]
-    except (OSError, ValueError):
-        pass
-    return []
-
-
-def find_inner(root: int, inner_pid: int) -> int | None:
-    """The host pid of the descendant of ``root`` whose pid in its namespace is ``inner_pid``."""
-    for pid in descendants(root):
-        ns = nspid(pid)
-        if len(ns) >= 2 and ns[-1] == inner_pid:
-            return pid
-    return None
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and its descendants (repeated: a fork may race the first pass)."""
-    for _ in range(5):
-        victims = [pid, *descendants(pid)]
-        alive = False
-        for v in victims:
-            try:
-                os.kill(v, signal.SIGKILL)
-                alive = True
-            except ProcessLookupError:
-                pass
-        if not alive:
-            return
-        time.sleep(0.01)
-
-
 # -- host side of the protocol ----------------------------------------------------------
 
 
@@ -364,10 +272,10 @@ class AgentClient:
             if not self._pump(fds, bufs, time.monotonic() + timeout):
                 cmd = self._command_pid(d, container_root)
                 if cmd is not None:
-                    parent = _ppids().get(cmd)
-                    kill_tree(cmd)
+                    parent = procs.parent(cmd)
+                    procs.kill_tree(cmd)
                     if parent is not None:
-                        kill_tree(parent)  # the agent's handler subshell
+                        procs.kill_tree(parent)  # the agent's handler subshell
                 raise ExecTimeout(self.runtime, argv, timeout)
             rc_text = bufs["rc"].text().strip()
             rc = int(rc_text) if rc_text.isdigit() else -1
@@ -411,7 +319,7 @@ class AgentClient:
             except (OSError, ValueError):
                 time.sleep(0.01)
                 continue
-            return find_inner(container_root, inner)
+            return procs.find_inner(container_root, inner)
         return None
 
 

@@ -10,12 +10,10 @@ and stops it in :meth:`PodmanService.stop`.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from .. import hostinfo, session
 from ..errors import RuntimeUnavailable
+from . import procs
 
 ROOTFUL_SOCKET = Path("/run/podman/podman.sock")
 ROOTFUL_RUN_DIR = Path("/run/containersec")
@@ -106,14 +105,6 @@ def answers(sock: Path, timeout: float = 2.0) -> bool:
     except OSError:
         return False
     return head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
 class PodmanService:
@@ -200,7 +191,7 @@ class PodmanService:
                 what = (
                     "exited" if proc.poll() is not None else f"did not answer in {START_TIMEOUT:g}s"
                 )
-                tail = _tail(log)
+                tail = procs.tail(log)
                 svc.stop(keep_log=True)
                 raise RuntimeUnavailable(
                     runtime,
@@ -261,39 +252,13 @@ def reap_services(rootless: bool) -> int:
             continue
         if session.owner_alive(owner):
             continue
-        if _running(pid, token) and _kill(pid, token):
+        if procs.running(pid, token) and procs.terminate(pid, token):
             n += 1
         for key in ("socket", "log"):
             if isinstance(record.get(key), str) and record[key].startswith(str(state.parent)):
                 Path(record[key]).unlink(missing_ok=True)
         state.unlink(missing_ok=True)
     return n
-
-
-def _running(pid: int, token: str) -> bool:
-    """``token`` still names a live process (a zombie left for init to reap is dead)."""
-    if not session.owner_alive(token):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
-
-
-def _kill(pid: int, token: str) -> bool:
-    """SIGTERM, then SIGKILL, a process still identified by ``token`` (pid + start time)."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return False
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while _running(pid, token) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _running(pid, token):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return True
 
 
 @dataclass(frozen=True)

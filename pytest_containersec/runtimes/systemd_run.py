@@ -51,6 +51,7 @@ from .. import hostinfo, session
 from ..errors import ContainerStartError, ExecTimeout, ProbeError
 from ..spec import ContainerSpec
 from . import nspawn_agent as agent
+from . import procs
 from . import systemd_run_declared as decl
 from . import systemd_run_host as sdhost
 from .base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
@@ -157,7 +158,7 @@ class UnitAgent(agent.AgentClient):
                 lines = bufs["rc"].text().split()
                 pid = self.inst.host_pid(int(lines[0])) if lines and lines[0].isdigit() else None
                 if pid is not None:
-                    agent.kill_tree(pid)
+                    procs.kill_tree(pid)
                 raise ExecTimeout(NAME, argv, timeout)
             lines = bufs["rc"].text().split()
             rc = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1

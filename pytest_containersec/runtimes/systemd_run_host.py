@@ -29,8 +29,8 @@ from pathlib import Path
 from .. import hostinfo, procfs, session
 from ..errors import ContainerStartError, RuntimeUnavailable
 from ..model import unmap_id
-from . import nspawn_agent as agent
 from . import nspawn_cgroup as cg
+from . import procs
 from .base import PROBE_DIR
 from .nspawn import state_root
 
@@ -112,7 +112,7 @@ class SystemdInstance:
         """The host pid of ``inner``, a pid as this systemd sees it (NSpid of the leader)."""
         if self.kind == "host" or inner <= 0:
             return inner if inner > 0 else None
-        return agent.find_inner(self.leader, inner)
+        return procs.find_inner(self.leader, inner)
 
     def inner_ids(self, host_uid: int, host_gid: int) -> tuple[int, int]:
         """``(uid, gid)`` as this systemd (and the idmapped run folder) sees host ids."""
@@ -164,7 +164,7 @@ class SystemdInstance:
         deadline = started + BOOT_TIMEOUT
         while not self.leader:
             self._check_booting(deadline, "no PID 1 in the container")
-            self.leader = agent.find_inner(self.proc.pid, 1) or 0
+            self.leader = procs.find_inner(self.proc.pid, 1) or 0
             time.sleep(0.01)
         self._uid_map = procfs.parse_id_map(Path(f"/proc/{self.leader}/uid_map").read_text())
         self._gid_map = procfs.parse_id_map(Path(f"/proc/{self.leader}/gid_map").read_text())
@@ -194,9 +194,9 @@ class SystemdInstance:
         remove its cgroups, rootfs copy and state folder. The host kind has nothing."""
         if self.kind == "booted":
             if self.leader:
-                agent.kill_tree(self.leader)
+                procs.kill_tree(self.leader)
             if self.proc is not None:
-                agent.kill_tree(self.proc.pid)
+                procs.kill_tree(self.proc.pid)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(5)
             cg.kill_and_remove(self.cgroups)
@@ -284,7 +284,7 @@ def reap() -> int:
         with contextlib.suppress(OSError, ValueError):
             token = (d / "nspawn.pid").read_text().strip()
             if session.owner_alive(token):
-                agent.kill_tree(int(token.partition(".")[0]))
+                procs.kill_tree(int(token.partition(".")[0]))
         try:
             dirs = [Path(p) for p in json.loads((d / "cgroups").read_text())]
         except (OSError, ValueError):

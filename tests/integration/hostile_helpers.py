@@ -19,6 +19,7 @@ from pathlib import Path
 from pytest_containersec import hostinfo, session
 from pytest_containersec.runtimes import docker_daemons as dd
 from pytest_containersec.runtimes import podman_service as svc
+from pytest_containersec.runtimes import procs
 from pytest_containersec.runtimes.nspawn import NSPAWN_RUN, state_root
 from pytest_containersec.runtimes.nspawn_cgroup import CGROUP_ROOT, PARENT
 
@@ -207,7 +208,7 @@ class Dockerd:
     def remember_tree(self) -> None:
         """Note containerd, shims and container processes (a SIGKILL orphans them)."""
         if self.proc is not None:
-            pids = dd.descendants(self.proc.pid)
+            pids = procs.descendants(self.proc.pid)
             pids += [p for p in _by_cmdline(str(self.run)) if p not in pids]
             self.tree = [(p, session.owner_token(p)) for p in pids]
 

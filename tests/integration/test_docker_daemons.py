@@ -24,9 +24,8 @@ from typing import cast
 import pytest
 
 from pytest_containersec import expect, hostinfo, session
-from pytest_containersec.runtimes import Container, Runtime
+from pytest_containersec.runtimes import Container, Runtime, procs
 from pytest_containersec.runtimes import docker_daemons as dd
-from pytest_containersec.runtimes import podman_service as svc
 from pytest_containersec.runtimes.docker import DockerRuntime
 from pytest_containersec.spec import ContainerSpec
 
@@ -185,7 +184,7 @@ def own_daemon(request: pytest.FixtureRequest) -> Iterator[tuple[str, dd.DaemonC
     yield name, cfg
     record = dd.Record.read(cfg.path(".json"))
     if record is not None and record.running:
-        dd.stop_tree(record.pid, record.token)
+        procs.stop_tree(record.pid, record.token)
     data = next(a.split("=", 1)[1] for a in cfg.argv if a.startswith("--data-root="))
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -196,12 +195,12 @@ def own_daemon(request: pytest.FixtureRequest) -> Iterator[tuple[str, dd.DaemonC
 def tree_of(cfg: dd.DaemonConfig) -> list[tuple[int, str]]:
     record = dd.Record.read(cfg.path(".json"))
     assert record is not None
-    pids = [record.pid, *dd.descendants(record.pid)]
+    pids = [record.pid, *procs.descendants(record.pid)]
     return [(p, session.owner_token(p)) for p in pids]
 
 
 def assert_gone(cfg: dd.DaemonConfig, tree: list[tuple[int, str]]) -> None:
-    assert not any(svc._running(p, t) for p, t in tree)
+    assert not any(procs.running(p, t) for p, t in tree)
     for path in (cfg.socket, cfg.pidfile, cfg.path(".json"), cfg.run_dir / "exec"):
         assert not path.exists(), path
 

@@ -18,7 +18,7 @@ import pytest
 
 from pytest_containersec import hostinfo, session
 from pytest_containersec.errors import RuntimeUnavailable
-from pytest_containersec.runtimes import RUNTIME_NAMES, _create
+from pytest_containersec.runtimes import RUNTIME_NAMES, _create, procs
 from pytest_containersec.runtimes import docker_daemons as dd
 from pytest_containersec.runtimes import podman_service as svc
 from pytest_containersec.runtimes.docker import DockerRuntime
@@ -56,7 +56,7 @@ def base(tmp_path: Path) -> Iterator[Path]:
     for state in (tmp_path / "run").glob("*.json"):  # never leave a fake daemon running
         record = dd.Record.read(state)
         if record is not None and record.running:
-            dd.stop_tree(record.pid, record.token)
+            procs.stop_tree(record.pid, record.token)
 
 
 def daemon(base: Path, script: str = FAKE_DAEMON, child: bool = False) -> dd.DockerDaemon:
@@ -68,7 +68,7 @@ def pid_of(base: Path) -> int:
 
 
 def alive(pid: int) -> bool:
-    return svc._running(pid, session.owner_token(pid))
+    return procs.running(pid, session.owner_token(pid))
 
 
 # -- lifecycle --------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_reap_stops_a_daemon_whose_sessions_are_dead(base: Path) -> None:
     d = daemon(base, child=True)
     d.ensure(owner=DEAD)  # as if started by a session that was killed
     pid = pid_of(base)
-    child = dd.descendants(pid)
+    child = procs.descendants(pid)
     assert child
     assert all(os.getsid(c) == c for c in child)
     d._proc = None  # forget we started it: a later session reaps it by pid + token
@@ -321,7 +321,7 @@ def test_translate_pid_daemon_in_our_namespace(tmp_path: Path) -> None:
     })  # fmt: skip
     assert dd.translate_pid(30, 20, proc) == 30
     assert dd.translate_pid(30, None, proc) == 30
-    assert dd.descendants(20, proc) == [21]
+    assert procs.descendants(20, proc) == [21]
 
 
 def test_translate_pid_daemon_in_a_pid_namespace_of_its_own(tmp_path: Path) -> None:
@@ -340,4 +340,4 @@ def test_translate_pid_daemon_in_a_pid_namespace_of_its_own(tmp_path: Path) -> N
 def test_stop_tree_of_a_dead_process_is_harmless() -> None:
     proc = subprocess.Popen(["true"])
     proc.wait()
-    dd.stop_tree(proc.pid, session.owner_token(proc.pid))
+    procs.stop_tree(proc.pid, session.owner_token(proc.pid))

@@ -1,0 +1,175 @@
+"""Host processes the adapters start or watch: trees, identities, stopping them.
+
+A process is named by its ``pid`` plus its start time (``session.owner_token``), so a
+reused pid is never mistaken for it. ``proc`` is the /proc to read (tests pass a fake one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .. import session
+
+STOP_TIMEOUT = 5.0
+PROC = Path("/proc")
+
+
+def _ppids(proc: Path) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            out[int(entry.name)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def parent(pid: int, proc: Path = PROC) -> int | None:
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        return int(stat[stat.rfind(")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _children(pid: int, proc: Path) -> list[int] | None:
+    """Children of ``pid`` from <proc>/<pid>/task/*/children (None: not supported)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(proc / str(pid) / "task")
+    except OSError:
+        return None if (proc / str(pid)).exists() else []
+    for tid in tasks:
+        try:
+            text = (proc / str(pid) / "task" / tid / "children").read_text()
+            out += [int(c) for c in text.split()]
+        except FileNotFoundError:
+            if (proc / str(pid)).exists() and not (proc / str(pid) / "task" / tid).exists():
+                continue  # the thread ended
+            return None if (proc / str(pid)).exists() else []
+        except OSError:
+            continue
+    return out
+
+
+def descendants(pid: int, proc: Path = PROC) -> list[int]:
+    """Every live descendant of ``pid``, breadth first (children first)."""
+    direct = _children(pid, proc)
+    if direct is not None:  # the kernel lists children: walk them (fast)
+        out, todo = [], list(direct)
+        while todo:
+            c = todo.pop(0)
+            out.append(c)
+            todo += _children(c, proc) or []
+        return out
+    children: dict[int, list[int]] = {}
+    for child, par in _ppids(proc).items():
+        children.setdefault(par, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(0), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def nspid(pid: int, proc: Path = PROC) -> list[int]:
+    """The pid in each nested pid namespace, outermost first ([] when unreadable)."""
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        return []
+    return [pid]
+
+
+def find_inner(root: int, inner_pid: int, proc: Path = PROC) -> int | None:
+    """Our pid of the descendant of ``root`` whose pid in its own namespace is ``inner_pid``."""
+    for pid in descendants(root, proc):
+        ns = nspid(pid, proc)
+        if len(ns) >= 2 and ns[-1] == inner_pid:
+            return pid
+    return None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants (repeated: a fork may race the first pass)."""
+    for _ in range(5):
+        alive = False
+        for v in [pid, *descendants(pid)]:
+            try:
+                os.kill(v, signal.SIGKILL)
+                alive = True
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return
+        time.sleep(0.01)
+
+
+def running(pid: int, token: str) -> bool:
+    """``token`` still names a live process (a zombie left for init to reap is dead)."""
+    if not session.owner_alive(token):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
+
+
+def terminate(pid: int, token: str, timeout: float = STOP_TIMEOUT) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``, a process still named by ``token``."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while running(pid, token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if running(pid, token):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def stop_tree(pid: int, token: str, popen: subprocess.Popen[bytes] | None = None) -> None:
+    """Terminate ``pid``, then whatever it started that still runs.
+
+    The tree is taken first: a daemon's helpers may run in their own session (dockerd's
+    containerd) and would be orphaned if the daemon died without stopping them.
+    """
+    tree = [(p, session.owner_token(p)) for p in descendants(pid)]
+    terminate(pid, token)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(STOP_TIMEOUT)
+    survivors = [(p, t) for p, t in tree if running(p, t)]
+    for p, _ in survivors:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(running(p, t) for p, t in survivors) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p, t in survivors:
+        if running(p, t):
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
