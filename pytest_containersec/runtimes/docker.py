@@ -28,7 +28,6 @@ from ..spec import ContainerSpec
 from . import oci
 from .base import (
     DEFAULT_EXEC_TIMEOUT,
-    PROBE_BUSYBOX,
     PROBE_DIR,
     Availability,
     Container,
@@ -181,41 +180,7 @@ class DockerContainer(Container):
 
 def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]) -> dict[str, Any]:
     """Normalize ``docker inspect`` into the fields the Facts compare against (pure)."""
-    hc = attrs.get("HostConfig") or {}
-    cfg = attrs.get("Config") or {}
-    sec = list(hc.get("SecurityOpt") or [])
-    seccomp = "default"
-    for opt in sec:
-        if opt.startswith("seccomp="):
-            seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
-    if hc.get("Privileged"):
-        seccomp = "unconfined"
-    nano = hc.get("NanoCpus") or 0
-    quota, period = hc.get("CpuQuota") or 0, hc.get("CpuPeriod") or 0
-    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else None)
-    pids = hc.get("PidsLimit")
-    return {
-        "engine": "docker",
-        "user": cfg.get("User") or None,
-        "cap_add": sorted(hc.get("CapAdd") or []),
-        "cap_drop": sorted(hc.get("CapDrop") or []),
-        "privileged": bool(hc.get("Privileged")),
-        "seccomp": seccomp,
-        "no_new_privileges": any(
-            o in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true")
-            for o in sec
-        ),
-        "read_only": bool(hc.get("ReadonlyRootfs")),
-        "memory": hc.get("Memory") or None,
-        "cpus": cpus,
-        "pids_limit": pids if pids and pids > 0 else None,
-        "userns_mode": hc.get("UsernsMode")
-        or ("remap" if any(o.startswith("name=userns") for o in daemon_options) else None),
-        "network_mode": hc.get("NetworkMode"),
-        "binds": [b for b in (hc.get("Binds") or []) if PROBE_BUSYBOX not in b],
-        "apparmor_profile": attrs.get("AppArmorProfile") or None,
-        "daemon_security_options": list(daemon_options),
-    }
+    return oci.declared_from_inspect(attrs, "docker", daemon_options=daemon_options)
 
 
 class DockerRuntime:

@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ContainerStartError, ExecTimeout
 from ..spec import ContainerSpec
-from .base import MAX_OUTPUT, PROBE_BUSYBOX, ExecResult
+from .base import MAX_OUTPUT, PROBE_BUSYBOX, PROBE_DIR, ExecResult
 
 # The idle main process used when the spec names no command: the probe's own busybox,
 # so the container stays up on any image (scratch and distroless included).
@@ -177,3 +178,60 @@ def k8s_log_tail(path: Path, lines: int, limit: int = MAX_OUTPUT) -> str:
             out += b"\n" if parts[2] == b"F" else b""
     text = out.decode("utf-8", "replace").splitlines(keepends=True)
     return "".join(text[-lines:]) if lines > 0 else ""
+
+
+def _flag_opt(options: list[str], name: str) -> bool:
+    """``name``, ``name:true`` or ``name=true`` among security options (not ``:false``)."""
+    for opt in options:
+        key, sep, value = opt.replace("=", ":", 1).partition(":")
+        if key == name:
+            return not sep or value.lower() in ("true", "1", "yes")
+    return False
+
+
+def declared_from_inspect(
+    attrs: dict[str, Any],
+    engine: str,
+    *,
+    daemon_options: tuple[str, ...] = (),
+    oci_config: dict[str, Any] | None = None,
+    bind_text: Callable[[str], str] = str,
+) -> dict[str, Any]:
+    """Normalize ``docker inspect`` / ``podman inspect`` into the declared keys the Facts
+    are compared with (pure). ``oci_config``: the OCI config.json the engine handed to the
+    runtime, when readable (no ``linux.seccomp`` there means no filter, whatever inspect
+    says). The probe's own bind mount is left out."""
+    hc = attrs.get("HostConfig") or {}
+    cfg = attrs.get("Config") or {}
+    sec = list(hc.get("SecurityOpt") or [])
+    seccomp = "default"
+    for opt in sec:
+        if opt.startswith("seccomp="):
+            seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
+    if hc.get("Privileged"):
+        seccomp = "unconfined"
+    if oci_config is not None and not (oci_config.get("linux") or {}).get("seccomp"):
+        seccomp = "unconfined"
+    nano = hc.get("NanoCpus") or 0
+    quota, period = hc.get("CpuQuota") or 0, hc.get("CpuPeriod") or 0
+    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else None)
+    pids = hc.get("PidsLimit")
+    remapped = any(o.startswith("name=userns") for o in daemon_options)
+    return {
+        "engine": engine,
+        "user": cfg.get("User") or None,
+        "cap_add": sorted(hc.get("CapAdd") or []),
+        "cap_drop": sorted(hc.get("CapDrop") or []),
+        "privileged": bool(hc.get("Privileged")),
+        "seccomp": seccomp,
+        "no_new_privileges": _flag_opt(sec, "no-new-privileges"),
+        "read_only": bool(hc.get("ReadonlyRootfs")),
+        "memory": hc.get("Memory") or None,
+        "cpus": cpus,
+        "pids_limit": pids if pids and pids > 0 else None,
+        "userns_mode": hc.get("UsernsMode") or ("remap" if remapped else None),
+        "network_mode": hc.get("NetworkMode"),
+        "binds": [bind_text(b) for b in (hc.get("Binds") or []) if f":{PROBE_DIR}:" not in f"{b}:"],
+        "apparmor_profile": attrs.get("AppArmorProfile") or None,
+        "daemon_security_options": list(daemon_options),
+    }

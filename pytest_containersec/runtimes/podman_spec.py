@@ -132,44 +132,8 @@ def _bind_text(bind: str) -> str:
 def declared_from_inspect(
     attrs: dict[str, Any], rootless: bool, oci_config: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Normalize ``podman inspect`` into docker's declared keys (pure).
-
-    ``oci_config``: the OCI config.json the engine handed to the runtime, when readable;
-    a missing ``linux.seccomp`` there means no filter whatever inspect says.
-    """
-    hc = attrs.get("HostConfig") or {}
-    cfg = attrs.get("Config") or {}
-    sec = list(hc.get("SecurityOpt") or [])
-    seccomp = "default"
-    for opt in sec:
-        if opt.startswith("seccomp="):
-            seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
-    if hc.get("Privileged"):
-        seccomp = "unconfined"
-    if oci_config is not None and not (oci_config.get("linux") or {}).get("seccomp"):
-        seccomp = "unconfined"
-    nano = hc.get("NanoCpus") or 0
-    quota, period = hc.get("CpuQuota") or 0, hc.get("CpuPeriod") or 0
-    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else None)
-    pids = hc.get("PidsLimit")
-    return {
-        "engine": "podman",
-        "rootless": rootless,
-        "user": cfg.get("User") or None,
-        "cap_add": sorted(hc.get("CapAdd") or []),
-        "cap_drop": sorted(hc.get("CapDrop") or []),
-        "privileged": bool(hc.get("Privileged")),
-        "seccomp": seccomp,
-        "no_new_privileges": any(o.startswith("no-new-privileges") for o in sec),
-        "read_only": bool(hc.get("ReadonlyRootfs")),
-        "memory": hc.get("Memory") or None,
-        "cpus": cpus,
-        "pids_limit": pids if pids and pids > 0 else None,
-        "userns_mode": hc.get("UsernsMode") or None,
-        "network_mode": hc.get("NetworkMode"),
-        "binds": [
-            _bind_text(b) for b in (hc.get("Binds") or []) if f":{PROBE_DIR}:" not in f"{b}:"
-        ],
-        "apparmor_profile": attrs.get("AppArmorProfile") or None,
-        "daemon_security_options": [],
-    }
+    """Normalize ``podman inspect`` into docker's declared keys (pure), plus ``rootless``."""
+    declared = oci.declared_from_inspect(
+        attrs, "podman", oci_config=oci_config, bind_text=_bind_text
+    )
+    return {**declared, "rootless": rootless}
