@@ -84,7 +84,7 @@ class Inner:
         return [r for f in self.path.glob("started.*") for r in json.loads(f.read_text())]
 
     def wait_started(self, proc: subprocess.Popen[str], count: int = 1) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # a booting systemd (systemd-run) under load is slow
         while time.monotonic() < deadline:
             if len(list(self.path.glob("started.*"))) >= count:
                 time.sleep(0.3)  # let the files be written completely
@@ -96,7 +96,7 @@ class Inner:
                 pytest.fail(f"inner pytest ended early ({proc.returncode}):\n{out}")
             time.sleep(0.2)
         proc.kill()
-        pytest.fail("the inner test did not start its containers within 120 s")
+        pytest.fail("the inner test did not start its containers within 240 s")
 
     def finish(self, proc: subprocess.Popen[str], timeout: float = 120) -> str:
         out, _ = proc.communicate(timeout=timeout)
