@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pytest
 
-from .spec import SPEC_FIELDS, ContainerSpec
-
 if TYPE_CHECKING:
     from .runtimes.base import Runtime
+    from .spec import ContainerSpec
 
 DEFAULT_IMAGE = "containersec/probe"
 KEEP_CHOICES: tuple[str, ...] = ("never", "failed", "always")
@@ -251,6 +250,8 @@ def marker_fields(node: pytest.Item | pytest.Function) -> dict[str, Any]:
 
 def marker_errors(node: pytest.Item, known: tuple[str, ...]) -> list[str]:
     """Usage errors of the node's containersec markers (empty list when valid)."""
+    from .spec import SPEC_FIELDS, ContainerSpec
+
     errors = []
     for mark in node.iter_markers("containersec"):
         if mark.args:
@@ -277,6 +278,8 @@ def marker_errors(node: pytest.Item, known: tuple[str, ...]) -> list[str]:
 
 
 def item_spec(node: pytest.Item, image: str) -> ContainerSpec:
+    from .spec import SPEC_FIELDS, ContainerSpec
+
     fields = {k: v for k, v in marker_fields(node).items() if k in SPEC_FIELDS}
     fields.setdefault("image", image)
     return ContainerSpec(**fields)

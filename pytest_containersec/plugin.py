@@ -18,6 +18,7 @@ from . import options
 
 if TYPE_CHECKING:
     from .matrix import Matrix
+    from .session_report import SessionResults
 
 RUNTIME_FIXTURE = "containersec_runtime"
 USAGE_ERROR_KEY = pytest.StashKey[str]()
@@ -238,14 +239,21 @@ class ContainersecMatrixHooks:
     """Builds the session matrix from reports (on the xdist controller or a plain run)."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from .session_report import SessionResults
-
         self.config = config
         self.matrix: Matrix | None = None
-        self.results = SessionResults()
+        self._results: SessionResults | None = None
         self.strict: list[str] = []
         self.exposure: list[str] = []
         self.usage_errors: dict[str, None] = {}
+
+    @property
+    def results(self) -> SessionResults:
+        """Made on the first container report: sessions without any pay nothing."""
+        if self._results is None:
+            from .session_report import SessionResults
+
+            self._results = SessionResults()
+        return self._results
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         error = getattr(report, "containersec_usage_error", None)
