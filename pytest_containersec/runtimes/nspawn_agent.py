@@ -42,9 +42,9 @@ NAME_HINT = "nspawn"
 AGENT_ARGV0 = "containersec-agent"
 EOF_GRACE = 1.0  # seconds to wait for stdout/stderr EOF after the exit code came back
 
-AGENT_SCRIPT = r"""set -f
-run=$1; shift
-resolve() {
+# Shell functions both agents (nspawn's and systemd-run's) use: PATH lookup done by the
+# script itself (busybox would otherwise run its own applet instead of the image's binary).
+SH_RESOLVE = r"""resolve() {
   case $1 in */*) r=$1; return 0;; esac
   r=; o=$IFS; IFS=:
   for p in ${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}; do
@@ -53,7 +53,14 @@ resolve() {
   IFS=$o; [ -n "$r" ]
 }
 notfound() { echo "containersec: $1: executable file not found in \$PATH"; }
-handle() {
+"""
+
+AGENT_SCRIPT = (
+    r"""set -f
+run=$1; shift
+"""
+    + SH_RESOLVE
+    + r"""handle() {
   d=$run/$1; set --; first=1
   while IFS= read -r -d '' a; do set -- "$@" "$a"; done <"$run/prefix"
   while IFS= read -r -d '' a; do
@@ -90,6 +97,7 @@ done
 serve </dev/null &
 exec "$@"
 """
+)
 
 
 def payload_argv(main: list[str]) -> list[str]:

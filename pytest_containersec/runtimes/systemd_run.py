@@ -64,18 +64,12 @@ if TYPE_CHECKING:
 NAME = sdhost.NAME
 START_TIMEOUT = 30.0
 
-AGENT_SCRIPT = r"""set -f
+AGENT_SCRIPT = (
+    r"""set -f
 run=$1; shift
-resolve() {
-  case $1 in */*) r=$1; return 0;; esac
-  r=; o=$IFS; IFS=:
-  for p in ${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}; do
-    if [ -f "${p:-.}/$1" ] && [ -x "${p:-.}/$1" ]; then r=${p:-.}/$1; break; fi
-  done
-  IFS=$o; [ -n "$r" ]
-}
-notfound() { echo "containersec: $1: executable file not found in \$PATH"; }
-handle() {
+"""
+    + agent.SH_RESOLVE
+    + r"""handle() {
   d=$run/$1; set --; first=1
   while IFS= read -r -d '' a; do
     if [ $first = 1 ]; then
@@ -115,6 +109,7 @@ done
 serve </dev/null &
 exec "$@"
 """
+)
 
 
 def agent_command(busybox: str, run_dir: str, main: list[str]) -> list[str]:
