@@ -27,7 +27,6 @@ from ..errors import (
 from ..spec import ContainerSpec
 from . import oci
 from .base import (
-    DEFAULT_EXEC_TIMEOUT,
     PROBE_DIR,
     Availability,
     Container,
@@ -105,9 +104,11 @@ def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
     return kw
 
 
-class DockerContainer(Container):
+class DockerContainer(oci.EngineContainer):
+    _engine_errors = ENGINE_ERRORS
+
     def __init__(self, runtime: DockerRuntime, sdk: SdkContainer, spec: ContainerSpec) -> None:
-        self._rt = runtime
+        self._rt = self._api = runtime
         self._sdk = sdk
         self.runtime = runtime.name
         self.id = sdk.id or ""
@@ -115,13 +116,6 @@ class DockerContainer(Container):
         self.spec = spec
         self.engine_rootless = runtime.rootless
         self.host_pid = runtime.host_pid(int(sdk.attrs["State"]["Pid"]))
-        self._stopped = False
-
-    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
-        try:
-            return self._exec(argv, timeout)
-        except ENGINE_ERRORS as exc:
-            raise self._rt.engine_error("exec", exc) from None
 
     def _exec(self, argv: list[str], timeout: float) -> ExecResult:
         api = self._rt.client.api
@@ -151,12 +145,12 @@ class DockerContainer(Container):
 
         return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
 
-    def declared(self) -> dict[str, Any]:
-        try:
-            self._sdk.reload()
-        except ENGINE_ERRORS as exc:
-            raise self._rt.engine_error("inspect", exc) from None
-        return declared_from_inspect(self._sdk.attrs, self._rt.security_options)
+    def _inspect(self) -> dict[str, Any]:
+        self._sdk.reload()
+        return self._sdk.attrs
+
+    def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return declared_from_inspect(attrs, self._rt.security_options)
 
     def logs(self) -> str:
         try:
@@ -165,17 +159,9 @@ class DockerContainer(Container):
             return f"(logs unavailable: {exc})"
         return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
 
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        try:
+    def _remove(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
             self._sdk.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except ENGINE_ERRORS as exc:  # still ours: a later stop() or close() tries again
-            raise self._rt.engine_error(f"remove {self.name}", exc) from None
-        self._stopped = True
-        self._rt.forget(self)
 
 
 def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]) -> dict[str, Any]:

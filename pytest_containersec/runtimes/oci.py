@@ -10,11 +10,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import ContainerStartError, ExecTimeout
+from ..errors import ContainerSecError, ContainerStartError, ExecTimeout
 from ..spec import ContainerSpec
-from .base import MAX_OUTPUT, PROBE_BUSYBOX, PROBE_DIR, ExecResult
+from .base import DEFAULT_EXEC_TIMEOUT, MAX_OUTPUT, PROBE_BUSYBOX, PROBE_DIR, Container, ExecResult
 
 # The idle main process used when the spec names no command: the probe's own busybox,
 # so the container stays up on any image (scratch and distroless included).
@@ -235,3 +235,55 @@ def declared_from_inspect(
         "apparmor_profile": attrs.get("AppArmorProfile") or None,
         "daemon_security_options": list(daemon_options),
     }
+
+
+class EngineApi(Protocol):
+    """What an EngineContainer needs of its runtime."""
+
+    def engine_error(self, what: str, exc: Exception) -> ContainerSecError: ...
+
+    def forget(self, c: Container) -> None: ...
+
+
+class EngineContainer(Container):
+    """A container behind an engine API (docker, podman): whatever the API raises becomes
+    a ContainerSecError naming the runtime; a failed removal stays retryable."""
+
+    _api: EngineApi
+    _engine_errors: tuple[type[Exception], ...]
+    _stopped: bool = False
+
+    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
+        raise NotImplementedError
+
+    def _inspect(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        raise NotImplementedError
+
+    def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        try:
+            return self._exec(argv, timeout)
+        except self._engine_errors as exc:
+            raise self._api.engine_error("exec", exc) from None
+
+    def declared(self) -> dict[str, Any]:
+        try:
+            attrs = self._inspect()
+        except self._engine_errors as exc:
+            raise self._api.engine_error("inspect", exc) from None
+        return self._declared(attrs)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        try:
+            self._remove()
+        except self._engine_errors as exc:  # still ours: a later stop() or close() retries
+            raise self._api.engine_error(f"remove {self.name}", exc) from None
+        self._stopped = True
+        self._api.forget(self)

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..spec import ContainerSpec
 from . import oci
-from .base import DEFAULT_EXEC_TIMEOUT, Availability, Container, ExecResult
+from .base import Availability, Container, ExecResult
 from .podman_service import (
     PodmanService,
     RootlessIds,
@@ -62,9 +62,11 @@ def _host_pid(pid: int) -> bool:
     return True
 
 
-class PodmanContainer(Container):
+class PodmanContainer(oci.EngineContainer):
+    _engine_errors = ENGINE_ERRORS
+
     def __init__(self, runtime: PodmanRuntime, sdk: SdkContainer, spec: ContainerSpec) -> None:
-        self._rt = runtime
+        self._rt = self._api = runtime
         self._sdk = sdk
         self.runtime = runtime.name
         self.id = str(sdk.id or "")
@@ -72,13 +74,6 @@ class PodmanContainer(Container):
         self.spec = spec
         self.engine_rootless = runtime.rootless
         self.host_pid = int(sdk.attrs["State"]["Pid"])
-        self._stopped = False
-
-    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
-        try:
-            return self._exec(argv, timeout)
-        except ENGINE_ERRORS as exc:
-            raise self._rt.engine_error("exec", exc) from None
 
     def _exec(self, argv: list[str], timeout: float) -> ExecResult:
         api = self._rt.client.api
@@ -120,12 +115,11 @@ class PodmanContainer(Container):
 
         return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
 
-    def declared(self) -> dict[str, Any]:
-        try:
-            self._sdk.reload()
-        except ENGINE_ERRORS as exc:
-            raise self._rt.engine_error("inspect", exc) from None
-        attrs = cast(dict[str, Any], self._sdk.attrs)
+    def _inspect(self) -> dict[str, Any]:
+        self._sdk.reload()
+        return cast(dict[str, Any], self._sdk.attrs)
+
+    def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         oci_config: dict[str, Any] | None = None
         with contextlib.suppress(OSError, ValueError, TypeError):
             oci_config = json.loads(Path(attrs["OCIConfigPath"]).read_text())
@@ -134,15 +128,8 @@ class PodmanContainer(Container):
     def logs(self) -> str:
         return _logs(self._sdk, 200)
 
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        try:
-            self._rt.remove(self.id)
-        except ENGINE_ERRORS as exc:  # still ours: a later stop() or close() tries again
-            raise self._rt.engine_error(f"remove {self.name}", exc) from None
-        self._stopped = True
-        self._rt.forget(self)
+    def _remove(self) -> None:
+        self._rt.remove(self.id)
 
 
 def end_exec_monitors(container_id: str) -> None:
