@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,33 @@ NSPAWN_RUN = Path("/run/systemd/nspawn")
 
 def state_root() -> Path:
     return Path(os.environ.get("CONTAINERSEC_STATE") or session.STATE_DIR)
+
+
+def reap_state_dirs(base: Path, finish: Callable[[Path], None]) -> int:
+    """For each state dir under ``base`` whose owner session is dead: kill its nspawn
+    process tree, remove its cgroups, then ``finish(dir)``. Returns how many."""
+    n = 0
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        try:
+            owner = (d / "owner").read_text().strip()
+        except OSError:
+            owner = ""
+            if time.time() - d.stat().st_mtime < 60:
+                continue  # being created right now
+        if owner and session.owner_alive(owner):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            token = (d / "nspawn.pid").read_text().strip()
+            if session.owner_alive(token):
+                procs.kill_tree(int(token.partition(".")[0]))
+        try:
+            dirs = [Path(p) for p in json.loads((d / "cgroups").read_text())]
+        except (OSError, ValueError):
+            dirs = []
+        cg.kill_and_remove([p for p in dirs if p.parent.name == cg.PARENT])
+        finish(d)
+        n += 1
+    return n
 
 
 def remove_nspawn_files(name: str, rootfs: Path) -> None:
@@ -283,32 +311,12 @@ class NspawnRuntime:
 
     def reap(self) -> int:
         """Remove state dirs (processes, cgroups, rootfs copies) of dead sessions."""
-        base = state_root() / "nspawn"
-        n = 0
-        for d in sorted(base.iterdir()) if base.is_dir() else []:
-            try:
-                owner = (d / "owner").read_text().strip()
-            except OSError:
-                owner = ""
-                if time.time() - d.stat().st_mtime < 60:
-                    continue  # being created right now
-            if owner and session.owner_alive(owner):
-                continue
-            try:
-                token = (d / "nspawn.pid").read_text().strip()
-                if session.owner_alive(token):
-                    procs.kill_tree(int(token.partition(".")[0]))
-            except (OSError, ValueError):
-                pass
-            try:
-                dirs = [Path(p) for p in json.loads((d / "cgroups").read_text())]
-            except (OSError, ValueError):
-                dirs = []
-            cg.kill_and_remove([p for p in dirs if p.parent.name == cg.PARENT])
+
+        def finish(d: Path) -> None:
             remove_nspawn_files(d.name, d / "rootfs")
             shutil.rmtree(d, ignore_errors=True)
-            n += 1
-        return n
+
+        return reap_state_dirs(state_root() / "nspawn", finish)
 
     def close(self) -> None:
         with self._lock:

@@ -32,7 +32,7 @@ from ..model import unmap_id
 from . import nspawn_cgroup as cg
 from . import procs
 from .base import PROBE_DIR
-from .nspawn import state_root
+from .nspawn import reap_state_dirs, state_root
 
 NAME = "systemd-run"
 ROOTFS_KEY = "systemd-bookworm"
@@ -270,31 +270,13 @@ def stop_unit(inst: SystemdInstance, unit: str) -> None:
 def reap() -> int:
     """Remove instances of dead sessions: a booted system (processes, cgroups, rootfs
     copy), or on a systemd host the units listed in the state folder."""
-    base = base_dir()
-    n = 0
-    for d in sorted(base.iterdir()) if base.is_dir() else []:
-        try:
-            owner = (d / "owner").read_text().strip()
-        except OSError:
-            owner = ""
-            if time.time() - d.stat().st_mtime < 60:
-                continue  # being created right now
-        if owner and session.owner_alive(owner):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            token = (d / "nspawn.pid").read_text().strip()
-            if session.owner_alive(token):
-                procs.kill_tree(int(token.partition(".")[0]))
-        try:
-            dirs = [Path(p) for p in json.loads((d / "cgroups").read_text())]
-        except (OSError, ValueError):
-            dirs = []
-        cg.kill_and_remove([p for p in dirs if p.parent.name == cg.PARENT])
+
+    def finish(d: Path) -> None:
         if (d / "units").is_dir():  # a systemd host: the units are the host's own
             host = SystemdInstance("host", d)
             for unit in sorted(p.name for p in (d / "units").iterdir()):
                 stop_unit(host, unit)
         remove_propagation(d.name)
         remove_tree(d)
-        n += 1
-    return n
+
+    return reap_state_dirs(base_dir(), finish)
