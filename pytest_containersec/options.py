@@ -57,8 +57,8 @@ def register(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME[,NAME...]",
         help="runtimes to run container tests on: docker, podman, podman-rootless, nspawn, "
-        "... (default: every available one; a named runtime that is unavailable is a usage "
-        "error)",
+        "docker-userns, docker-rootless, systemd-run (default: every available one; a named "
+        "runtime that is unavailable is a usage error)",
     )
     group.addoption(
         "--containersec-image",
