@@ -91,21 +91,31 @@ def test_default_seccomp_profile_versus_unconfined(containersec_start: Any) -> N
     confined = containersec_start()
     unconfined = containersec_start(seccomp="unconfined")
     expect.seccomp(confined, "filter")
-    expect.seccomp(unconfined, "disabled")
-    assert "observed disabled" in flagged(expect.seccomp, unconfined, "filter")
+    if unconfined.facts().seccomp == "filter":
+        # asked for and not in effect (systemd units under nspawn's own filter): the gap
+        # is reported, not hidden
+        assert any(m.field == "seccomp" for m in unconfined.facts().mismatches)
+        assert "observed filter" in flagged(expect.seccomp, unconfined, "disabled")
+    else:
+        expect.seccomp(unconfined, "disabled")
+        assert "observed disabled" in flagged(expect.seccomp, unconfined, "filter")
 
 
 @pytest.mark.containersec(memory="64m", pids_limit=50)
 def test_memory_limits_and_rootless_engines_on_cgroup_v1(
     containersec_container: Any, containersec_runtime: Runtime
 ) -> None:
-    """Rootless engines on cgroup v1 accept --memory and do not enforce it."""
+    """Rootless engines on cgroup v1 accept --memory and do not enforce it (and systemd
+    without a delegated memory controller neither): the limit is checked where it is in
+    effect, and where it is not the gap is reported."""
     facts = containersec_container.facts()
-    if containersec_runtime.name in ROOTLESS_ENGINES and facts.cgroup.version == 1:
+    if facts.cgroup.memory_max is None:
         why = flagged(expect.cgroup, containersec_container, memory="64m", pids=50)
-        assert "ignores resource limits" in why
+        if containersec_runtime.name in ROOTLESS_ENGINES and facts.cgroup.version == 1:
+            assert "ignores resource limits" in why
         assert any(m.field == "cgroup.memory_max" for m in facts.mismatches)
     else:
+        assert containersec_runtime.name not in ROOTLESS_ENGINES or facts.cgroup.version == 2
         expect.cgroup(containersec_container, memory="64m", pids=50)
 
 
