@@ -15,6 +15,7 @@ class User:
     gid: int
     host_uid: int  # as the host sees it (after the user-namespace map)
     host_gid: int
+    groups: tuple[int, ...] = ()  # supplementary groups, as the container sees them
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Facts:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["uid_map"] = [list(m) for m in self.uid_map]
+        d["user"]["groups"] = list(self.user.groups)
         d["gid_map"] = [list(m) for m in self.gid_map]
         for name in (
             "mounts",
@@ -128,7 +130,7 @@ class Facts:
             runtime=d["runtime"],
             engine_rootless=bool(d["engine_rootless"]),
             host_pid=int(d["host_pid"]),
-            user=User(**d["user"]),
+            user=User(**{**d["user"], "groups": tuple(d["user"].get("groups", ()))}),
             uid_map=tuple((int(a), int(b), int(c)) for a, b, c in d["uid_map"]),
             gid_map=tuple((int(a), int(b), int(c)) for a, b, c in d["gid_map"]),
             capabilities=Capabilities(**{k: tuple(v) for k, v in d["capabilities"].items()}),

@@ -244,13 +244,14 @@ def parse_mountinfo(text: str, source: str = "/proc/<pid>/mountinfo") -> tuple[M
 
 
 def to_mount(mi: MountInfo) -> Mount:
-    """The public :class:`model.Mount` of a mountinfo line (read-only from per-mount 'ro')."""
+    """The public :class:`model.Mount` of a mountinfo line. Read-only when the mount or its
+    file system (a read-only superblock, e.g. squashfs) is."""
     return Mount(
         mountpoint=mi.mountpoint,
         fstype=mi.fstype,
         source=mi.source,
         root=mi.root,
-        read_only="ro" in mi.options,
+        read_only="ro" in mi.options or "ro" in mi.super_options,
         options=mi.options,
     )
 

@@ -58,6 +58,7 @@ def test_limited_docker_container() -> None:
         Cgroup(1, "/docker/x", 64 * 1024**2, 50, 0.5),
     )
     assert (f.user.uid, f.user.host_uid) == (1000, 1000)
+    assert f.user.groups == (1000,)
     assert f.capabilities.effective == ()
     assert f.capabilities.bounding == ()
     assert f.seccomp == "filter"
@@ -105,6 +106,7 @@ def test_rootless_podman_user_maps_to_subuid() -> None:
     )
     assert f.uid_map == ((0, 1001, 1), (1, 100000, 65536))
     assert (f.user.uid, f.user.host_uid) == (1000, 100999)
+    assert f.user.groups == (1000,)  # host gid 100999, as the container sees it
     assert checks.root_unprivileged(f) == []
 
 

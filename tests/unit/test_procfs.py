@@ -414,3 +414,11 @@ def test_fuzz_attr_current_and_lsm_list(text: str) -> None:
     names = fuzz(procfs.parse_lsm_list, text)
     if names is not None:
         assert ",".join(names) == text.strip()
+
+
+def test_a_read_only_superblock_makes_the_mount_read_only() -> None:
+    line = "30 1 0:40 / / rw,relatime - squashfs /dev/loop0 ro\n"
+    [mi] = procfs.parse_mountinfo(line)
+    assert procfs.to_mount(mi).read_only
+    rw = "30 1 0:40 / / rw,relatime - ext4 /dev/vda rw\n"
+    assert not procfs.to_mount(procfs.parse_mountinfo(rw)[0]).read_only
