@@ -32,3 +32,6 @@ test: setup lint
 bench: setup
 	$(PY)/python benchmarks/startup.py
 	$(PY)/python benchmarks/facts.py
+	$(PY)/python benchmarks/plugin_overhead.py
+	$(PY)/python benchmarks/module20.py
+	$(PY)/python benchmarks/session.py all
