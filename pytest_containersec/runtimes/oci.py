@@ -92,6 +92,7 @@ def run_exec(
             failure.append(exc)
 
     t = threading.Thread(target=pump, daemon=True, name=f"containersec-exec-{runtime}")
+    started = time.monotonic()
     t.start()
     first = min(NOTE_AFTER, timeout)
     t.join(first)
@@ -110,7 +111,9 @@ def run_exec(
             break
         time.sleep(0.02)
         rc = exit_code()
-    if rc == TIMEOUT_RC and argv[:2] == [PROBE_BUSYBOX, "timeout"]:
+    # 137 is also any SIGKILL (the OOM killer): only ours when the timeout had come
+    ours = time.monotonic() - started >= max(1, math.ceil(timeout)) - 0.1
+    if rc == TIMEOUT_RC and ours and argv[:2] == [PROBE_BUSYBOX, "timeout"]:
         kill()  # what the command started: busybox timeout killed the command only
         raise ExecTimeout(runtime, argv[5:], timeout)
     return ExecResult(rc if rc is not None else -1, out.text(), err.text())

@@ -335,3 +335,11 @@ def test_access_verdicts_refused_when_the_main_process_dropped_to_another_user()
         assert any(m.field == "user.uid" and m.source == "inside" for m in f.mismatches)
         why = fails(expect.denied, c, "/proc/sys/kernel/core_pattern", "w")
         assert "user.uid: main process 1000, probe 0" in why
+
+
+def test_a_command_killed_by_sigkill_is_not_mistaken_for_a_timeout() -> None:
+    """Exit status 137 (SIGKILL, e.g. the OOM killer) before the timeout is a result."""
+    rt = runtime_or_skip("docker")
+    with rt.start(ContainerSpec()) as c:
+        r = c.probe_exec(["sh", "-c", "kill -9 $$"], timeout=30)
+        assert r.rc == 137
