@@ -11,7 +11,6 @@ from . import cgroups, probe, procfs
 from .errors import ContainerSecError, ExecTimeout, ProbeError
 from .model import (
     AccessResult,
-    Capabilities,
     Facts,
     Lsm,
     Mismatch,
@@ -237,13 +236,7 @@ def compose(
         ),
         uid_map=uid_map,
         gid_map=gid_map,
-        capabilities=Capabilities(
-            effective=status.cap_effective,
-            permitted=status.cap_permitted,
-            bounding=status.cap_bounding,
-            ambient=status.cap_ambient,
-            inheritable=status.cap_inheritable,
-        ),
+        capabilities=status.capabilities(),
         seccomp=status.seccomp,
         no_new_privs=status.no_new_privs,
         lsm=lsm,
