@@ -232,7 +232,9 @@ def compose(
             gid=65534 if gid is None else gid,
             host_uid=host_uid,
             host_gid=host_gid,
-            groups=tuple(g for g in (unmap_id(gid_map, h) for h in status.groups) if g is not None),
+            groups=tuple(
+                65534 if g is None else g for g in (unmap_id(gid_map, h) for h in status.groups)
+            ),
         ),
         uid_map=uid_map,
         gid_map=gid_map,

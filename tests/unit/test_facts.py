@@ -16,7 +16,13 @@ def proc(case: str, name: str) -> str:
     return (DATA / "proc" / case / name).read_text()
 
 
-def compose(case: str, probe_case: str, declared: dict[str, Any], cgroup: Cgroup) -> facts.Facts:
+def compose(
+    case: str,
+    probe_case: str,
+    declared: dict[str, Any],
+    cgroup: Cgroup,
+    status_text: str | None = None,
+) -> facts.Facts:
     out = probe.parse((DATA / "probe" / f"{probe_case}.txt").read_text(), KEYS)
     host_mountinfo = (
         DATA / "cgroup" / "docker-v1-limits" / "proc" / "self" / "mountinfo"
@@ -25,7 +31,7 @@ def compose(case: str, probe_case: str, declared: dict[str, Any], cgroup: Cgroup
         runtime="docker",
         engine_rootless=False,
         pid=4242,
-        status=procfs.parse_status(proc(case, "status")),
+        status=procfs.parse_status(status_text or proc(case, "status")),
         uid_map=procfs.parse_id_map(proc(case, "uid_map")),
         gid_map=procfs.parse_id_map(proc(case, "gid_map")),
         mountinfo=procfs.parse_mountinfo(proc(case, "mountinfo")),
@@ -116,3 +122,18 @@ def test_host_paths_of_bind_mounts() -> None:
     assert hosts["/etc/hosts"].startswith("/var/lib/docker/containers/")  # type: ignore[union-attr]
     assert hosts["/proc"] is None
     assert checks.no_sensitive_mounts(f) == []
+
+
+def test_unmapped_supplementary_group_shows_as_overflow_gid() -> None:
+    # a host group outside the gid map: the container sees it as 65534; it is not dropped
+    status = proc("podman-rootless-user1000", "status").replace(
+        "Groups:\t100999", "Groups:\t100999 27"
+    )
+    f = compose(
+        "podman-rootless-user1000",
+        "docker-user1000-capdropall-ro",
+        {},
+        Cgroup(1, "/x", None, None, None),
+        status_text=status,
+    )
+    assert f.user.groups == (1000, 65534)
