@@ -55,6 +55,17 @@ SH_RESOLVE = r"""resolve() {
 notfound() { echo "containersec: $1: executable file not found in \$PATH"; }
 """
 
+# Both agents end alike: resolve the main command on PATH, serve execs in the
+# background, then become the main command ($i counts over the first $n arguments).
+SH_EXEC_MAIN = r"""while [ $i -lt $n ]; do
+  a=$1; shift
+  if [ $i = 0 ]; then resolve "$a" || { notfound "$a" >&2; exit 127; }; a=$r; fi
+  set -- "$@" "$a"; i=$((i+1))
+done
+serve </dev/null &
+exec "$@"
+"""
+
 AGENT_SCRIPT = (
     r"""set -f
 run=$1; shift
@@ -89,14 +100,8 @@ serve() {
 n=$#
 while IFS= read -r -d '' a; do set -- "$@" "$a"; done <"$run/prefix"
 i=0
-while [ $i -lt $n ]; do
-  a=$1; shift
-  if [ $i = 0 ]; then resolve "$a" || { notfound "$a" >&2; exit 127; }; a=$r; fi
-  set -- "$@" "$a"; i=$((i+1))
-done
-serve </dev/null &
-exec "$@"
 """
+    + SH_EXEC_MAIN
 )
 
 

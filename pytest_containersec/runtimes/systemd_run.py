@@ -101,14 +101,8 @@ serve() {
   done
 }
 i=0; n=$#
-while [ $i -lt $n ]; do
-  a=$1; shift
-  if [ $i = 0 ]; then resolve "$a" || { notfound "$a" >&2; exit 127; }; a=$r; fi
-  set -- "$@" "$a"; i=$((i+1))
-done
-serve </dev/null &
-exec "$@"
 """
+    + agent.SH_EXEC_MAIN
 )
 
 
