@@ -310,6 +310,13 @@ def lsm(f: Facts, label: str | None = None, confined: bool = True) -> list[Viola
 # -- resources --------------------------------------------------------------------------
 
 
+def _limits_hint(f: Facts) -> str:
+    """Why limits may be missing: rootless engines on cgroup v1 ignore them."""
+    if f.engine_rootless and f.cgroup.version == 1:
+        return CGROUP_V1_ROOTLESS_HINT.format(runtime=f.runtime)
+    return ""
+
+
 def cgroup(
     f: Facts,
     memory: str | int | None = None,
@@ -318,11 +325,7 @@ def cgroup(
 ) -> list[Violation]:
     """Each given limit must be in effect and no looser than asked (a stricter one passes)."""
     out = []
-    hint = (
-        CGROUP_V1_ROOTLESS_HINT.format(runtime=f.runtime)
-        if (f.engine_rootless and f.cgroup.version == 1)
-        else ""
-    )
+    hint = _limits_hint(f)
     if memory is not None:
         want = parse_size(memory)
         got = f.cgroup.memory_max
@@ -402,11 +405,7 @@ def limits_set(
     f: Facts, memory: bool = False, pids: bool = False, cpus: bool = False
 ) -> list[Violation]:
     """Some limit is in effect for each resource asked (any value)."""
-    hint = (
-        CGROUP_V1_ROOTLESS_HINT.format(runtime=f.runtime)
-        if (f.engine_rootless and f.cgroup.version == 1)
-        else ""
-    )
+    hint = _limits_hint(f)
     out = []
     for wanted, name, value in (
         (memory, "memory", f.cgroup.memory_max),
