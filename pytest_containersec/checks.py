@@ -132,6 +132,13 @@ def probe_differs(f: Facts) -> Violation | None:
     the main process only when the probe ran with its identity and confinement; when the
     main process changed itself (an entrypoint that drops to another user, a setuid
     binary), they do not, and no access verdict is given."""
+    modified = f.probe_modified
+    if modified is not None:
+        return Violation(
+            "access", f.runtime, "an unmodified probe", f"the probe was modified from inside: "
+            f"{modified}", "the container rewrote or covered its read-only /.containersec "
+            "(root with CAP_SYS_ADMIN and no user namespace can); no access verdict is given",
+        )  # fmt: skip
     diffs = [m for m in f.mismatches if m.source == "inside"]
     if not diffs:
         return None
@@ -145,13 +152,13 @@ def probe_differs(f: Facts) -> Violation | None:
 def denied(f: Facts, path: str, mode: str = "r", errno: str | None = None) -> list[Violation]:
     """The access must fail (ENOENT counts: the path is not reachable); with ``errno``,
     it must fail with exactly that errno."""
+    differs = probe_differs(f)
+    if differs:
+        return [differs]
     r = _access(f, path, mode)
     what = f"{path}:{mode}"
     if r is None:
         return [Violation("access", f.runtime, f"{what} denied", "not probed")]
-    differs = probe_differs(f)
-    if differs:
-        return [differs]
     if r.allowed:
         hint = ""
         if f.user.uid == 0 and "CAP_DAC_OVERRIDE" in f.capabilities.effective:
@@ -165,25 +172,25 @@ def denied(f: Facts, path: str, mode: str = "r", errno: str | None = None) -> li
 
 
 def allowed(f: Facts, path: str, mode: str = "r") -> list[Violation]:
+    differs = probe_differs(f)
+    if differs:
+        return [differs]
     r = _access(f, path, mode)
     what = f"{path}:{mode}"
     if r is None:
         return [Violation("access", f.runtime, f"{what} allowed", "not probed")]
-    differs = probe_differs(f)
-    if differs:
-        return [differs]
     if not r.allowed:
         return [Violation("access", f.runtime, f"{what} allowed", f"denied with {r.errno}")]
     return []
 
 
 def operation_denied(f: Facts, name: str) -> list[Violation]:
-    r = f.operations.get(name)
-    if r is None:
-        return [Violation("operation", f.runtime, f"{name} denied", "not probed")]
     differs = probe_differs(f)
     if differs:
         return [differs]
+    r = f.operations.get(name)
+    if r is None:
+        return [Violation("operation", f.runtime, f"{name} denied", "not probed")]
     if r.allowed:
         return [Violation("operation", f.runtime, f"{name} denied", "allowed")]
     return []

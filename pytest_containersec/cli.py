@@ -126,12 +126,13 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_reap(a: argparse.Namespace) -> int:
-    from .runtimes import RUNTIME_NAMES, get_runtime
+    from .runtimes import RUNTIME_NAMES, get_runtime, probe_copy
 
     for name in RUNTIME_NAMES:
         rt = get_runtime(name)
         if rt.availability().available:
             print(f"{name}: removed {rt.reap()} leftover(s) of dead sessions")
+    print(f"probe folders: removed {probe_copy.reap()} of dead sessions")
     return EXIT_OK
 
 

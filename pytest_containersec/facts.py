@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import cgroups, probe, procfs
 from .errors import ContainerSecError, ExecTimeout, ProbeError
 from .model import (
+    PROBE_MISMATCH_FIELD,
     AccessResult,
     Facts,
     Lsm,
@@ -24,7 +25,14 @@ from .spec import ContainerSpec
 if TYPE_CHECKING:
     from .runtimes.base import Container
 
-__all__ = ["AccessResult", "Facts", "collect", "compose", "declared_mismatches"]
+__all__ = [
+    "AccessResult",
+    "Facts",
+    "collect",
+    "compose",
+    "declared_mismatches",
+    "mark_probe_tampered",
+]
 
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 PROBE_TIMEOUT = 30.0
@@ -145,20 +153,31 @@ def collect(
         namespaces = _namespaces(pid, proc)
     except ProbeError as exc:
         raise ProbeError(runtime, f"{exc.reason}; logs:\n{container.logs()[-2000:]}") from None
-    try:
-        result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
-    except ExecTimeout:  # named by what it probed, not by the script's text
-        raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
-    if result.rc != 0:
-        raise ProbeError(
-            runtime,
-            f"the probe exec failed with status {result.rc}: {result.stderr.strip()[-1000:]}",
-        )
-    try:
-        out = probe.parse(result.stdout, keys)
-        inside_status = procfs.parse_status(out.status_text)
-    except ContainerSecError as exc:
-        raise ProbeError(runtime, str(exc)) from None
+    # The probe folder is checked before and after the exec: results from a probe the
+    # container modified (even for a moment it did not cover up) are never used.
+    tampered = container.check_probe()
+    if not tampered:
+        try:
+            result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+        except ExecTimeout:  # named by what it probed, not by the script's text
+            tampered = container.check_probe()
+            if not tampered:
+                raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
+        else:
+            tampered = container.check_probe()
+    if tampered:
+        out, inside_status = probe.ProbeOutput("", {}, {}, {}), host_status
+    else:
+        if result.rc != 0:
+            raise ProbeError(
+                runtime,
+                f"the probe exec failed with status {result.rc}: {result.stderr.strip()[-1000:]}",
+            )
+        try:
+            out = probe.parse(result.stdout, keys)
+            inside_status = procfs.parse_status(out.status_text)
+        except ContainerSecError as exc:
+            raise ProbeError(runtime, str(exc)) from None
     declared = container.declared()
     facts = compose(
         runtime=runtime,
@@ -183,7 +202,23 @@ def collect(
     seen = {m.field for m in facts.mismatches if m.source == "declared"}
     extra = [m for m in declared_mismatches(facts, requested(container.spec), "spec")
              if m.field not in seen]  # fmt: skip
-    return replace(facts, mismatches=facts.mismatches + tuple(extra))
+    facts = replace(facts, mismatches=facts.mismatches + tuple(extra))
+    return mark_probe_tampered(facts, tampered) if tampered else facts
+
+
+def mark_probe_tampered(facts: Facts, problems: tuple[str, ...]) -> Facts:
+    """Facts of a container that modified its probe folder: no access or operation result
+    is kept, and a ``probe`` mismatch says what changed. Checks then give no access or
+    operation verdict (checks.probe_differs) and count the attempts as exposed."""
+    if facts.probe_modified is not None:
+        return facts
+    found = Mismatch(PROBE_MISMATCH_FIELD, "unmodified", "; ".join(problems), "probe")
+    return replace(
+        facts,
+        access={},
+        operations={},
+        mismatches=(*facts.mismatches, found),
+    )
 
 
 def _read_optional(path: Path) -> str:

@@ -125,12 +125,15 @@ class ContainersecState:
         import fcntl
         import tempfile
 
+        from .runtimes import probe_copy
+
         self._reaped.add(name)
         lock = Path(tempfile.gettempdir()) / f"containersec-reap-{name}.lock"
         with open(lock, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 self.runtime(name).reap()
+                probe_copy.reap()  # probe folders of dead sessions, whatever their runtime
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import platform
@@ -100,42 +99,3 @@ def static_busybox() -> str:
         "no statically linked busybox on the host",
         "apt-get install busybox-static (or set CONTAINERSEC_BUSYBOX)",
     )
-
-
-@functools.cache
-def probe_dir() -> str:
-    """A host directory bind-mounted read-only at /.containersec in every container.
-
-    It holds a copy of the static busybox, an empty ``mnt`` (the probe's tmpfs mount
-    point), ``notamodule.ko`` (bytes the kernel must reject as a module) and the empty
-    mount points ``run`` and ``tools`` (nspawn binds its agent folders there). It lives in
-    the state folder, world-readable so rootless engines can mount it too, and is named
-    after the busybox's content, so concurrent sessions share it safely.
-    """
-    import hashlib
-    import tempfile
-
-    src = Path(static_busybox())
-    data = src.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    base = Path(os.environ.get("CONTAINERSEC_STATE", "/var/lib/containersec")) / "probe"
-    target = base / f"{digest}-2"  # -2: the layout's version
-    if (target / "busybox").is_file():
-        return str(target)
-    base.mkdir(parents=True, exist_ok=True)
-    for p in (base.parent, base):
-        with contextlib.suppress(OSError):
-            p.chmod(0o755)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
-    for sub in ("mnt", "run", "tools"):
-        (tmp / sub).mkdir()
-    (tmp / "busybox").write_bytes(data)
-    (tmp / "busybox").chmod(0o755)
-    (tmp / "notamodule.ko").write_bytes(b"\x7fELF containersec: not a kernel module\n")
-    (tmp / "notamodule.ko").chmod(0o644)
-    tmp.chmod(0o755)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race: use its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)

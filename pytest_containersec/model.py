@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MapEntry = tuple[int, int, int]  # inside, outside (host), count
+# The mismatch (source "probe") of a container that modified its own probe folder.
+PROBE_MISMATCH_FIELD = "probe"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class Mismatch:
     field: str
     expected: Any  # declared by the engine, or seen from the host
     observed: Any  # observed from the host, or claimed from inside
-    source: str  # "declared" (engine config vs host) or "inside" (container's claim vs host)
+    # "declared" (engine config vs host), "spec" (asked for vs host), "inside" (the probe's
+    # own view vs host), "systemd-analyze", or "probe" (the probe folder was modified)
+    source: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,15 @@ class Facts:
     host_capabilities: tuple[str, ...] = ()
 
     # -- derived views ---------------------------------------------------------------
+
+    @property
+    def probe_modified(self) -> str | None:
+        """What the container changed in its probe folder, or None: then no access or
+        operation result exists and none may be trusted."""
+        for m in self.mismatches:
+            if m.source == "probe":
+                return str(m.observed)
+        return None
 
     def host_uid_of(self, inside: int) -> int | None:
         """The host uid that container uid ``inside`` is, or None if unmapped."""

@@ -75,6 +75,10 @@ def band(value: float) -> str:
 
 
 def _allowed(f: Facts, key: str, operation: bool = False) -> bool:
+    """Whether the attempt succeeded; a container that modified its probe gave no
+    trustworthy answer, so every attempt counts as allowed (exposed)."""
+    if f.probe_modified is not None:
+        return True
     r = (f.operations if operation else f.access).get(key)
     return r is not None and r.allowed
 

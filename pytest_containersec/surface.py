@@ -81,6 +81,8 @@ def privileged_signs(f: Facts) -> list[str]:
     """What in the observed state is the signature of privileged mode."""
     caps_sign = privileged_caps(f)
     signs = [caps_sign] if caps_sign else []
+    if f.probe_modified is not None:
+        signs.append("it rewrote or covered its read-only probe mount (/.containersec)")
     if f.seccomp == "disabled":
         signs.append("seccomp is disabled")
     for key, what in (("write_sysfs", "/sys is writable"),):

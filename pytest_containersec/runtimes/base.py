@@ -11,6 +11,7 @@ from ..spec import ContainerSpec
 
 if TYPE_CHECKING:
     from ..facts import AccessResult, Facts
+    from .probe_copy import ProbeCopy
 
 # Where the host's static busybox is bind-mounted read-only in every container: the probe
 # never depends on the image's own shell or tools (distroless, scratch, faked /bin/sh).
@@ -79,6 +80,34 @@ class Container(abc.ABC):
     def probe_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """Run an applet of the bind-mounted static busybox (``argv[0]`` is the applet)."""
         return self.exec([PROBE_BUSYBOX, *argv], timeout=timeout)
+
+    # -- the container's own probe folder (see probe_copy) ------------------------------
+
+    probe_copy: ProbeCopy | None = None
+    # What the host found changed in this container's probe folder (sticky: once
+    # modified, nothing the probe reports is trusted again).
+    probe_tampered: tuple[str, ...] = ()
+
+    def check_probe(self) -> tuple[str, ...]:
+        """Verify the container's probe folder, host side and as the container sees it;
+        returns (and remembers) what was modified from inside, () when intact."""
+        if self.probe_copy is not None and not self.probe_tampered:
+            self.probe_tampered = tuple(self.probe_copy.problems(self.host_pid or None))
+        return self.probe_tampered
+
+    def release_probe(self) -> None:
+        """After the container is gone: a last check (a modification then is still shown
+        in the cached Facts), then remove the copy. Idempotent."""
+        copy, self.probe_copy = self.probe_copy, None
+        if copy is None:
+            return
+        if not self.probe_tampered:
+            self.probe_tampered = tuple(copy.host_problems())
+        if self.probe_tampered and self._facts_cache is not None:
+            from ..facts import mark_probe_tampered
+
+            self._facts_cache = mark_probe_tampered(self._facts_cache, self.probe_tampered)
+        copy.remove()
 
     _facts_cache: Facts | None = None
 

@@ -32,6 +32,7 @@ from .base import (
     Container,
     ExecResult,
 )
+from .probe_copy import ProbeCopy
 
 if TYPE_CHECKING:
     from .docker_daemons import DockerDaemon
@@ -48,8 +49,9 @@ def _hint(base_url: str) -> str:
     return f"start the daemon that serves {base_url} (make setup)"
 
 
-def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
-    """docker-py ``containers.create`` keyword arguments for ``spec`` (pure)."""
+def host_config(spec: ContainerSpec, runtime: str, probe: str) -> dict[str, Any]:
+    """docker-py ``containers.create`` keyword arguments for ``spec`` (pure); ``probe``
+    is the container's own probe folder on the host."""
     kw: dict[str, Any] = {}
     if spec.properties:
         raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
@@ -95,7 +97,7 @@ def host_config(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
             "not per container; choose the runtime instead (docker-userns, docker-rootless, "
             "podman, nspawn)",
         )
-    binds = [f"{hostinfo.probe_dir()}:{PROBE_DIR}:ro"]
+    binds = [f"{probe}:{PROBE_DIR}:ro"]
     binds += [str(v) for v in spec.volumes]
     kw["volumes"] = binds
     kw["network_mode"] = spec.network
@@ -224,19 +226,33 @@ class DockerRuntime:
 
     def start(self, spec: ContainerSpec) -> Container:
         client = self.client
+        sess = session.current()
+        name = sess.next_name(self.name)
+        copy = ProbeCopy.create(name)
+        try:
+            c = self._start(client, spec, name, copy)
+        except BaseException:
+            copy.remove()
+            raise
+        c.probe_copy = copy
+        with self._lock:
+            self._live[c.id] = c
+        return c
+
+    def _start(
+        self, client: docker.DockerClient, spec: ContainerSpec, name: str, copy: ProbeCopy
+    ) -> DockerContainer:
         try:
             client.images.get(spec.image)
         except docker.errors.ImageNotFound:
             raise ImageNotFound(self.name, spec.image) from None
         except ENGINE_ERRORS as exc:
             raise self.engine_error(f"look up image {spec.image}", exc) from None
-        kw = host_config(spec, self.name)
-        sess = session.current()
-        name = sess.next_name(self.name)
+        kw = host_config(spec, self.name, str(copy.path))
         argv = [f"{k}={v!r}" for k, v in kw.items()]
         try:
             sdk = client.containers.create(
-                spec.image, name=name, labels=sess.labels, detach=True, **kw
+                spec.image, name=name, labels=session.current().labels, detach=True, **kw
             )
         except docker.errors.APIError as exc:
             raise ContainerStartError(self.name, argv, None, str(exc.explanation or exc)) from None
@@ -256,10 +272,7 @@ class DockerRuntime:
             if isinstance(exc, ENGINE_ERRORS):
                 raise self.engine_error("start", exc) from None
             raise
-        c = DockerContainer(self, sdk, spec)
-        with self._lock:
-            self._live[c.id] = c
-        return c
+        return DockerContainer(self, sdk, spec)
 
     @staticmethod
     def _status(sdk: SdkContainer) -> tuple[bool, int | None]:

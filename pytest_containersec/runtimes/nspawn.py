@@ -46,6 +46,7 @@ from .nspawn_spec import (
     spec_args,
 )
 from .oci import START_WAIT
+from .probe_copy import ProbeCopy
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -151,6 +152,7 @@ class NspawnContainer(Container):
             cg.kill_and_remove(self.cgroups)
             remove_nspawn_files(self.name, self.state / "rootfs")
             shutil.rmtree(self.state, ignore_errors=True)
+            self.release_probe()
         finally:
             self._rt.forget(self)
 
@@ -172,6 +174,7 @@ class NspawnContainer(Container):
             if home and "HOME" not in dict(_env(self.spec)):
                 env["HOME"] = home
         self.agent.prepare(prefix)
+        copy = self.probe_copy = ProbeCopy.create(self.name)
         if not systemd:
             dirs = cg.plan(hostinfo.cgroup_version(), self.name)
             self.cgroups = cg.unique(dirs)
@@ -179,7 +182,7 @@ class NspawnContainer(Container):
             cg.create(hostinfo.cgroup_version(), dirs, *self._limits())
         self.argv = nspawn_argv(
             self.spec, options, name=self.name, rootfs=rootfs, run=self.state / "run",
-            probe_dir=hostinfo.probe_dir(), tools=tools, systemd=systemd, extra_env=env,
+            probe_dir=str(copy.path), tools=tools, systemd=systemd, extra_env=env,
         )  # fmt: skip
         (self.state / "argv.json").write_text(json.dumps(self.argv))
         with (self.state / "log").open("wb") as log:

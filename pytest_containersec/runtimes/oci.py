@@ -289,4 +289,5 @@ class EngineContainer(Container):
         except self._engine_errors as exc:  # still ours: a later stop() or close() retries
             raise self._api.engine_error(f"remove {self.name}", exc) from None
         self._stopped = True
+        self.release_probe()
         self._api.forget(self)

@@ -39,6 +39,7 @@ from .podman_service import (
     version_line,
 )
 from .podman_spec import create_kwargs, declared_from_inspect
+from .probe_copy import ProbeCopy
 
 API_TIMEOUT = 60
 # What talking to the service can raise: podman-py errors and (APIError) HTTP errors.
@@ -200,7 +201,25 @@ class PodmanRuntime:
 
     def start(self, spec: ContainerSpec) -> Container:
         client = self.client
-        kw = create_kwargs(spec, self.name, self._ids if self.rootless else None)
+        sess = session.current()
+        name = sess.next_name(self.name)
+        copy = ProbeCopy.create(name)
+        try:
+            c = self._start(client, spec, name, copy)
+        except BaseException:
+            copy.remove()
+            raise
+        c.probe_copy = copy
+        with self._lock:
+            self._live[c.id] = c
+        return c
+
+    def _start(
+        self, client: PodmanClient, spec: ContainerSpec, name: str, copy: ProbeCopy
+    ) -> PodmanContainer:
+        kw = create_kwargs(
+            spec, self.name, self._ids if self.rootless else None, probe=str(copy.path)
+        )
         try:
             if not client.images.exists(spec.image):
                 raise ImageNotFound(self.name, spec.image)
@@ -208,11 +227,11 @@ class PodmanRuntime:
             if isinstance(err := self.engine_error("look up the image", exc), RuntimeUnavailable):
                 raise err from None
             raise ContainerStartError(self.name, [spec.image], None, _explain(exc)) from None
-        sess = session.current()
-        name = sess.next_name(self.name)
         argv = [f"{k}={v!r}" for k, v in kw.items()]
         try:
-            sdk = client.containers.create(spec.image, name=name, labels=sess.labels, **kw)
+            sdk = client.containers.create(
+                spec.image, name=name, labels=session.current().labels, **kw
+            )
         except SdkImageNotFound:
             raise ImageNotFound(self.name, spec.image) from None
         except (*ENGINE_ERRORS, TypeError, ValueError) as exc:
@@ -232,10 +251,7 @@ class PodmanRuntime:
             if isinstance(exc, ENGINE_ERRORS):
                 raise ContainerStartError(self.name, argv, None, _explain(exc)) from None
             raise
-        c = PodmanContainer(self, sdk, spec)
-        with self._lock:
-            self._live[c.id] = c
-        return c
+        return PodmanContainer(self, sdk, spec)
 
     def remove(self, container_id: str) -> None:
         """Kill and delete at once (no stop timeout: pid 1 may ignore SIGTERM)."""

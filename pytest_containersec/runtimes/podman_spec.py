@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import hostinfo
 from ..errors import UnsupportedSpec
 from ..spec import ContainerSpec, Volume
 from . import oci
@@ -54,9 +53,10 @@ def _idmaps(spec: ContainerSpec, runtime: str, ids: RootlessIds | None) -> dict[
 
 
 def create_kwargs(
-    spec: ContainerSpec, runtime: str, rootless: RootlessIds | None = None
+    spec: ContainerSpec, runtime: str, rootless: RootlessIds | None = None, *, probe: str
 ) -> dict[str, Any]:
-    """podman-py ``containers.create`` keyword arguments for ``spec`` (pure).
+    """podman-py ``containers.create`` keyword arguments for ``spec`` (pure); ``probe``
+    is the container's own probe folder on the host.
 
     ``rootless``: the user's ids when the engine is rootless (explicit userns maps name
     host ids; rootless Podman wants ids of the user's namespace, so they are translated).
@@ -107,7 +107,7 @@ def create_kwargs(
     elif spec.userns is not None:
         kw["userns_mode"] = "private"  # the API ignores idmappings without it
         kw["idmappings"] = _idmaps(spec, runtime, rootless)
-    mounts = [_bind(hostinfo.probe_dir(), PROBE_DIR, True)]
+    mounts = [_bind(probe, PROBE_DIR, True)]
     for v in spec.volumes:
         vol = v if isinstance(v, Volume) else Volume.parse(v)
         mounts.append(_bind(vol.source, vol.target, vol.read_only))

@@ -56,6 +56,7 @@ from . import systemd_run_declared as decl
 from . import systemd_run_host as sdhost
 from .base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
 from .oci import IDLE_COMMAND, START_WAIT, BoundedBuffer
+from .probe_copy import ProbeCopy
 from .systemd_run_declared import pairs, run_argv, unit_properties
 
 if TYPE_CHECKING:
@@ -213,7 +214,8 @@ class SystemdRunContainer(Container):
         self.agent.prepare([])
         busybox = PROBE_BUSYBOX
         if self.inst.kind == "host":
-            busybox = f"{hostinfo.probe_dir()}/busybox"  # systemd-run checks it exists
+            assert self.probe_copy is not None
+            busybox = f"{self.probe_copy.path}/busybox"  # systemd-run checks it exists
             (self.inst.state / "units").mkdir(exist_ok=True)
             (self.inst.state / "units" / self.unit).touch()
         main = list(self.spec.command) or [PROBE_BUSYBOX, *IDLE_COMMAND]
@@ -272,6 +274,7 @@ class SystemdRunContainer(Container):
             shutil.rmtree(self.agent.run, ignore_errors=True)
             with contextlib.suppress(OSError):
                 (self.inst.state / "units" / self.unit).unlink()
+            self.release_probe()
         finally:
             self._rt.forget(self)
 
@@ -311,8 +314,12 @@ class SystemdRunRuntime:
     def start(self, spec: ContainerSpec) -> Container:
         props = unit_properties(spec, hostinfo.systemd_is_pid1())
         inst = self.instance()
-        props += inst.unit_extra_properties(hostinfo.probe_dir())
-        c = SystemdRunContainer(self, inst, spec, session.current().next_name(NAME))
+        name = session.current().next_name(NAME)
+        # booted: one copy that its user namespace cannot write; a systemd host: the unit's own
+        copy = inst.probe.shared() if inst.probe is not None else ProbeCopy.create(name)
+        props += inst.unit_extra_properties(str(copy.path))
+        c = SystemdRunContainer(self, inst, spec, name)
+        c.probe_copy = copy
         with self._lock:
             self._live[c.name] = c
         try:

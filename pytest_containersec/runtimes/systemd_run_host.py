@@ -33,6 +33,7 @@ from . import nspawn_cgroup as cg
 from . import procs
 from .base import PROBE_DIR
 from .nspawn import reap_state_dirs, state_root
+from .probe_copy import ProbeCopy
 
 NAME = "systemd-run"
 ROOTFS_KEY = "systemd-bookworm"
@@ -86,6 +87,7 @@ class SystemdInstance:
         self.argv: list[str] = []
         self.boot_seconds = 0.0
         self.name = state.name
+        self.probe: ProbeCopy | None = None  # the booted kind's, bound for every unit
         identity: tuple[tuple[int, int, int], ...] = ((0, 0, 2**32 - 1),)
         self._uid_map = self._gid_map = identity
 
@@ -121,9 +123,11 @@ class SystemdInstance:
         return (65534 if uid is None else uid), (65534 if gid is None else gid)
 
     def unit_extra_properties(self, probe_dir: str) -> list[tuple[str, str]]:
-        """What each unit needs to see the probe and its agent folder (host kind only)."""
+        """What each unit needs to see the probe and its agent folder. Either way the unit
+        gets a mount namespace of its own, so what one unit mounts over /.containersec
+        stays its own (the booted kind binds the instance's folder onto itself)."""
         if self.kind == "booted":
-            return []
+            return [("BindReadOnlyPaths", f"{PROBE_DIR}:{PROBE_DIR}")]
         return [
             ("BindReadOnlyPaths", f"{probe_dir}:{PROBE_DIR}"),
             ("BindReadOnlyPaths", f"{self.run_host}:{RUN_INSIDE}"),
@@ -152,8 +156,9 @@ class SystemdInstance:
         self.cgroups = cg.unique(dirs)
         (self.state / "cgroups").write_text(json.dumps([str(d) for d in self.cgroups]))
         cg.create(version, dirs, None, None, None)
+        self.probe = ProbeCopy.create(self.name)
         self.argv = nspawn_argv(
-            self.name, self.state / "rootfs", hostinfo.probe_dir(), self.run_host
+            self.name, self.state / "rootfs", str(self.probe.path), self.run_host
         )
         with (self.state / "log").open("wb") as log:
             self.proc = subprocess.Popen(
@@ -201,6 +206,8 @@ class SystemdInstance:
                     self.proc.wait(5)
             cg.kill_and_remove(self.cgroups)
             remove_propagation(self.name)
+        if self.probe is not None:
+            self.probe.remove()
         remove_tree(self.state)
 
 

@@ -22,6 +22,7 @@ from pytest_containersec.runtimes import podman_service as svc
 from pytest_containersec.runtimes import procs
 from pytest_containersec.runtimes.nspawn import NSPAWN_RUN, state_root
 from pytest_containersec.runtimes.nspawn_cgroup import CGROUP_ROOT, PARENT
+from pytest_containersec.runtimes.probe_copy import copies_root
 
 CLI_TIMEOUT = 60
 
@@ -108,6 +109,7 @@ def host_leftovers(names: NameSet) -> list[str]:
     """State dirs, cgroups, nspawn's /run files and processes named after ``names``."""
     found: list[str] = []
     dirs = [state_root() / "nspawn", state_root() / "systemd-run", NSPAWN_RUN / "propagate"]
+    dirs.append(copies_root())  # each container's probe folder
     dirs += [ctrl / PARENT for ctrl in CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
     for d in dirs:
         with contextlib.suppress(OSError):

@@ -8,20 +8,14 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import hostinfo
 from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX, PROBE_DIR
 from pytest_containersec.runtimes.docker import declared_from_inspect, host_config
 from pytest_containersec.spec import ContainerSpec
 
 
-@pytest.fixture(autouse=True)
-def probe_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hostinfo, "probe_dir", lambda: "/host/probe")
-
-
 def test_defaults_idle_probe_and_no_network() -> None:
-    kw = host_config(ContainerSpec(), "docker")
+    kw = host_config(ContainerSpec(), "docker", "/host/probe")
     assert kw["entrypoint"] == [PROBE_BUSYBOX]
     assert kw["command"] == ["sleep", "2147483647"]
     assert kw["volumes"] == [f"/host/probe:{PROBE_DIR}:ro"]
@@ -39,7 +33,7 @@ def test_every_field(tmp_path: Path) -> None:
         cpus=0.5, pids_limit=50, userns="host", volumes=["/srv:/data:ro"], network="host",
         env={"A": "1"},
     )  # fmt: skip
-    kw = host_config(spec, "docker")
+    kw = host_config(spec, "docker", "/host/probe")
     assert "entrypoint" not in kw  # the image's entrypoint stays, as with docker run
     assert kw["command"] == ["httpd", "-f"]
     assert kw["user"] == "1000:1000"
@@ -60,7 +54,7 @@ def test_every_field(tmp_path: Path) -> None:
 
 
 def test_unconfined_and_privileged() -> None:
-    kw = host_config(ContainerSpec(seccomp="unconfined", privileged=True), "docker")
+    kw = host_config(ContainerSpec(seccomp="unconfined", privileged=True), "docker", "/host/probe")
     assert kw["security_opt"] == ["seccomp=unconfined"]
     assert kw["privileged"] is True
 
@@ -77,7 +71,7 @@ def test_unconfined_and_privileged() -> None:
 )
 def test_unsupported_fields_name_field_and_runtime(spec: ContainerSpec, field: str) -> None:
     with pytest.raises(UnsupportedSpec) as info:
-        host_config(spec, "docker-userns")
+        host_config(spec, "docker-userns", "/host/probe")
     assert (info.value.field, info.value.runtime) == (field, "docker-userns")
 
 

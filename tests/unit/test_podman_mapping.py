@@ -28,13 +28,8 @@ BUSYBOX = "/host/busybox"
 IDS = RootlessIds(uid=1001, gid=1001, subuid=(100000, 65536), subgid=(200000, 65536))
 
 
-@pytest.fixture(autouse=True)
-def _busybox(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hostinfo, "probe_dir", lambda: BUSYBOX)
-
-
 def kw(rootless: RootlessIds | None = None, **spec: Any) -> dict[str, Any]:
-    return create_kwargs(ContainerSpec(**spec), "podman", rootless)
+    return create_kwargs(ContainerSpec(**spec), "podman", rootless, probe=BUSYBOX)
 
 
 def render(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +189,7 @@ def test_explicit_maps_rootless_are_translated() -> None:
 def test_rootless_maps_outside_the_users_ranges_are_unsupported(userns: str) -> None:
     ids = RootlessIds(1001, 1001, (100000, 65536), (100000, 65536))
     with pytest.raises(UnsupportedSpec) as exc:
-        create_kwargs(ContainerSpec(userns=userns), "podman-rootless", ids)
+        create_kwargs(ContainerSpec(userns=userns), "podman-rootless", ids, probe=BUSYBOX)
     assert (exc.value.field, exc.value.runtime) == ("userns", "podman-rootless")
 
 
@@ -225,7 +220,7 @@ def test_every_spec_field_reaches_the_payload(tmp_path: Path) -> None:
         "no_new_privileges", "read_only", "memory", "cpus", "pids_limit", "userns",
         "volumes", "network", "env",
     }  # fmt: skip
-    render(create_kwargs(spec, "podman", None))
+    render(create_kwargs(spec, "podman", None, probe=BUSYBOX))
 
 
 INSPECT: dict[str, Any] = {

@@ -130,8 +130,8 @@ def test_volumes_and_userns_on_a_systemd_host() -> None:
 def test_other_runtimes_refuse_properties() -> None:
     spec = ContainerSpec(properties={"ProtectHome": "yes"})
     for call in (
-        lambda: docker.host_config(spec, "docker"),
-        lambda: podman_spec.create_kwargs(spec, "podman"),
+        lambda: docker.host_config(spec, "docker", "/probe"),
+        lambda: podman_spec.create_kwargs(spec, "podman", probe="/probe"),
         lambda: nspawn_spec.spec_args(spec, False),
     ):
         with pytest.raises(UnsupportedSpec) as info:

@@ -1,0 +1,253 @@
+"""Each container's own probe folder, and the checks that it is still what the host wrote.
+
+Every container gets a fresh copy of the probe folder (the host's static busybox,
+``notamodule.ko`` and the empty mount points ``mnt``, ``run`` and ``tools``), bind-mounted
+read-only at /.containersec. A container that can remount the bind read-write (root with
+CAP_SYS_ADMIN and no user namespace: ``privileged=True``, ``cap_add=["SYS_ADMIN"]``) can
+change only its own copy, which no other container ever sees and which is removed with it.
+
+Nothing the container can write is trusted. Before and after each probe exec (and when the
+container stops) :meth:`ProbeCopy.problems` checks, as root on the host:
+
+- the host folder: the same entries, types, owners, modes, inodes, sizes, mtime and ctime
+  as written, no extra entry, and the files' SHA-256 (a rewrite restored afterwards still
+  changes the ctime);
+- what the container sees: ``/proc/<pid>/root/.containersec`` and the files in it are
+  the very inodes of that folder (nothing mounted over them, no symlink in their place).
+
+Layout: ``$STATE/probe/c/<container name>/owner`` (the session's owner token, never
+mounted) and ``.../probe/`` (the folder the container gets); :func:`reap` removes the
+copies of dead sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import hostinfo, session
+from .base import PROBE_DIR
+
+NOT_A_MODULE = b"\x7fELF containersec: not a kernel module\n"
+FILES: dict[str, int] = {"busybox": 0o755, "notamodule.ko": 0o644}
+DIRS: tuple[str, ...] = ("mnt", "run", "tools")
+MAX_DIFFS = 8  # problems named at most (one per entry is plenty)
+
+
+def copies_root() -> Path:
+    return session.STATE_DIR / "probe" / "c"
+
+
+@functools.cache
+def _busybox() -> tuple[bytes, str]:
+    data = Path(hostinfo.static_busybox()).read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Stat:
+    kind: int  # S_IFMT
+    mode: int
+    uid: int
+    gid: int
+    ino: int
+    dev: int
+    size: int
+    nlink: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Stat:
+        return cls(
+            stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+            st.st_ino, st.st_dev, st.st_size, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns,
+        )  # fmt: skip
+
+
+def _describe(name: str, want: _Stat, got: _Stat) -> str:
+    fields = [
+        f for f in ("kind", "mode", "uid", "gid", "ino", "size", "nlink", "mtime_ns", "ctime_ns")
+        if getattr(want, f) != getattr(got, f)
+    ]  # fmt: skip
+    return f"{name}: {', '.join(fields)} changed"
+
+
+class ProbeCopy:
+    """One container's probe folder on the host (``path`` is what gets bind-mounted)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "probe"
+        self._stats: dict[str, _Stat] = {}
+        self._digests: dict[str, str] = {}
+        self._owned = True
+
+    @property
+    def owned(self) -> bool:
+        """False for a :meth:`shared` handle (removed by whoever created the folder)."""
+        return self._owned
+
+    def shared(self) -> ProbeCopy:
+        """A handle on the same folder for a container that shares it (the units of one
+        booted systemd, whose user namespace cannot write it): checks it, never removes it."""
+        other = ProbeCopy(self.root)
+        other._stats, other._digests, other._owned = self._stats, self._digests, False
+        return other
+
+    @classmethod
+    def create(cls, name: str) -> ProbeCopy:
+        """Write a fresh copy for the container ``name`` (world-readable, root-owned, so
+        rootless engines can mount it and nobody but root can change it)."""
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"bad container name for a probe copy: {name!r}")
+        base = copies_root()
+        base.mkdir(parents=True, exist_ok=True)
+        for p in (base.parent.parent, base.parent, base):
+            with contextlib.suppress(OSError):
+                p.chmod(0o755)
+        root = base / name
+        root.mkdir(mode=0o755)  # FileExistsError: never reuse a folder
+        try:
+            root.chmod(0o755)
+            (root / "owner").write_text(session.current().owner)
+            probe = root / "probe"
+            probe.mkdir()
+            for sub in DIRS:
+                (probe / sub).mkdir()
+            data, _ = _busybox()
+            contents = {"busybox": data, "notamodule.ko": NOT_A_MODULE}
+            for fname, mode in FILES.items():
+                fd = os.open(probe / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(contents[fname])
+                os.chmod(probe / fname, mode)
+            for folder in (probe, *(probe / sub for sub in DIRS)):
+                folder.chmod(0o755)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        copy = cls(base / name)
+        copy._record()
+        return copy
+
+    def _record(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            self._stats["."] = _Stat.of(os.fstat(fd))
+            for name in (*FILES, *DIRS):
+                self._stats[name] = _Stat.of(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            for name in FILES:
+                self._digests[name] = _digest(fd, name)
+        finally:
+            os.close(fd)
+
+    # -- checks -------------------------------------------------------------------------
+
+    def host_problems(self) -> list[str]:
+        """How the host folder differs from what was written ([] when intact)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            return [f"{self.path}: {exc.strerror}"]
+        out: list[str] = []
+        try:
+            got = _Stat.of(os.fstat(fd))
+            if got != self._stats["."]:
+                out.append(_describe("the folder", self._stats["."], got))
+            extra = sorted(set(os.listdir(fd)) - set(self._stats))
+            out += [f"{n}: added" for n in extra[:MAX_DIFFS]]
+            for name, want in self._stats.items():
+                if name == ".":
+                    continue
+                try:
+                    now = _Stat.of(os.stat(name, dir_fd=fd, follow_symlinks=False))
+                except OSError as exc:
+                    out.append(f"{name}: {exc.strerror}")
+                    continue
+                if now != want:
+                    out.append(_describe(name, want, now))
+                elif name in self._digests and _digest(fd, name) != self._digests[name]:
+                    out.append(f"{name}: content changed")
+        finally:
+            os.close(fd)
+        return out[:MAX_DIFFS]
+
+    def inside_problems(self, pid: int, proc: Path = Path("/proc")) -> list[str]:
+        """How what process ``pid`` sees at /.containersec differs from this folder: a
+        mount over it or over a file in it, or a symlink in its place ([] when the same)."""
+        where = f"{proc}/{pid}/root{PROBE_DIR}"
+        try:
+            if stat.S_ISLNK(os.lstat(where).st_mode):
+                return [f"{PROBE_DIR} is a symlink inside"]
+            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return [f"{PROBE_DIR} is gone inside (or process {pid} exited)"]
+        except OSError as exc:
+            return [f"{PROBE_DIR} inside: {exc.strerror}"]
+        out: list[str] = []
+        try:
+            st = os.fstat(fd)
+            want = self._stats["."]
+            if (st.st_dev, st.st_ino) != (want.dev, want.ino):
+                out.append(f"{PROBE_DIR} inside is not the container's probe folder")
+            for name in FILES:
+                want = self._stats[name]
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    out.append(f"{PROBE_DIR}/{name} inside: {exc.strerror}")
+                    continue
+                if (st.st_dev, st.st_ino) != (want.dev, want.ino):
+                    out.append(f"{PROBE_DIR}/{name} inside is another file")
+        finally:
+            os.close(fd)
+        return out
+
+    def problems(self, pid: int | None) -> list[str]:
+        """Both checks (the inside one only for a live ``pid``)."""
+        out = self.host_problems()
+        if pid:
+            out += self.inside_problems(pid)
+        return out
+
+    def remove(self) -> None:
+        """Delete the folder (not for a :meth:`shared` handle). Idempotent."""
+        if self._owned:
+            shutil.rmtree(self.root, ignore_errors=True)  # fd-based: never follows links
+
+
+def _digest(dir_fd: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def reap() -> int:
+    """Remove the probe copies of sessions whose process is dead."""
+    n = 0
+    try:
+        entries = list(os.scandir(copies_root()))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            owner = Path(entry.path, "owner").read_text().strip()
+        except OSError:
+            owner = ""
+        if owner and session.owner_alive(owner):
+            continue
+        if not owner and time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
+            continue  # being written right now
+        shutil.rmtree(entry.path, ignore_errors=True)
+        n += 1
+    return n
