@@ -44,6 +44,9 @@ def main() -> None:
         def bare() -> object:
             return subprocess.run(["docker", "exec", c.id, "true"], check=True)
 
+        def probe_check() -> object:  # one of the two per snapshot (before, after)
+            return c.check_probe()
+
         def with_testinfra() -> object:
             # the same facts, one command each, the way a testinfra test reads them
             facts = [
@@ -62,13 +65,14 @@ def main() -> None:
                 facts.append(host.run_test(f"test {flag} {path}").rc)
             return facts
 
-        for fn in (ours, bare, with_testinfra):
+        for fn in (ours, bare, with_testinfra, probe_check):
             fn()  # warm up
-        samples: dict[str, list[float]] = {"ours": [], "bare": [], "testinfra": []}
+        samples: dict[str, list[float]] = {"ours": [], "bare": [], "testinfra": [], "check": []}
         for _ in range(n):
             samples["ours"].append(timed(ours))
             samples["bare"].append(timed(bare))
             samples["testinfra"].append(timed(with_testinfra))
+            samples["check"].append(timed(probe_check))
     close_all()
     m = {k: statistics.median(v) for k, v in samples.items()}
     print("| measurement | median | ratio |")
@@ -78,6 +82,11 @@ def main() -> None:
     print(
         f"| full snapshot, 10 extra access probes | {t_ours * 1000:.0f} ms "
         f"| {t_ours / t_bare:.2f} |"
+    )
+    t_check = m["check"]
+    print(
+        f"| of which: the probe folder check (x2: before and after the exec) "
+        f"| {t_check * 1000:.1f} ms | {t_check / t_bare:.2f} each |"
     )
     print(
         f"| same facts via pytest-testinfra (docker backend) | {t_ti * 1000:.0f} ms "

@@ -97,6 +97,19 @@ class ProbeError(ContainerSecError):
         super().__init__(f"{runtime}: cannot observe the container: {reason}")
 
 
+class ProbeModified(ProbeError):
+    """The container modified its probe folder: no exec goes through it any more."""
+
+    def __init__(self, runtime: str, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            runtime,
+            "the probe was modified from inside (" + "; ".join(self.problems) + "); nothing "
+            "is executed through it any more: a container that can remount /.containersec "
+            "(root with CAP_SYS_ADMIN and no user namespace) could forge what it reports",
+        )
+
+
 class PolicyError(ContainerSecError):
     """A policy file is malformed; names file, line and key."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import cgroups, probe, procfs
-from .errors import ContainerSecError, ExecTimeout, ProbeError
+from .errors import ContainerSecError, ExecTimeout, ProbeError, ProbeModified
 from .model import (
     PROBE_MISMATCH_FIELD,
     AccessResult,
@@ -153,18 +153,19 @@ def collect(
         namespaces = _namespaces(pid, proc)
     except ProbeError as exc:
         raise ProbeError(runtime, f"{exc.reason}; logs:\n{container.logs()[-2000:]}") from None
-    # The probe folder is checked before and after the exec: results from a probe the
-    # container modified (even for a moment it did not cover up) are never used.
-    tampered = container.check_probe()
-    if not tampered:
-        try:
-            result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
-        except ExecTimeout:  # named by what it probed, not by the script's text
-            tampered = container.check_probe()
-            if not tampered:
-                raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
-        else:
-            tampered = container.check_probe()
+    # The probe folder is checked before (every exec does) and after the exec: results
+    # of a probe the container modified, even for a moment it did not cover up, are
+    # never used.
+    try:
+        result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+    except ProbeModified as exc:
+        tampered = exc.problems
+    except ExecTimeout:  # named by what it probed, not by the script's text
+        tampered = container.check_probe()
+        if not tampered:
+            raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
+    else:
+        tampered = container.check_probe()
     if tampered:
         out, inside_status = probe.ProbeOutput("", {}, {}, {}), host_status
     else:

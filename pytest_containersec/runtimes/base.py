@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..errors import ProbeModified
 from ..spec import ContainerSpec
 
 if TYPE_CHECKING:
@@ -94,6 +95,13 @@ class Container(abc.ABC):
         if self.probe_copy is not None and not self.probe_tampered:
             self.probe_tampered = tuple(self.probe_copy.problems(self.host_pid or None))
         return self.probe_tampered
+
+    def guard_probe(self) -> None:
+        """Before every exec (each goes through the probe's busybox): raise ProbeModified
+        when the container modified its probe folder, so its output is never trusted."""
+        problems = self.check_probe()
+        if problems:
+            raise ProbeModified(self.runtime, problems)
 
     def release_probe(self) -> None:
         """After the container is gone: a last check (a modification then is still shown

@@ -121,6 +121,7 @@ class NspawnContainer(Container):
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         assert self.proc is not None
+        self.guard_probe()
         return self.agent.exec(list(argv), timeout, self.proc.pid)
 
     def declared(self) -> dict[str, Any]:

@@ -269,6 +269,7 @@ class EngineContainer(Container):
         raise NotImplementedError
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        self.guard_probe()
         try:
             return self._exec(argv, timeout)
         except self._engine_errors as exc:

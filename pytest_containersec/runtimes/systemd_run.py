@@ -176,6 +176,7 @@ class SystemdRunContainer(Container):
         self._stopped = False
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        self.guard_probe()
         return self.agent.exec(list(argv), timeout)
 
     def show(self) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from pytest_containersec import expect, hostinfo
+from pytest_containersec.errors import ProbeModified
 from pytest_containersec.model import Facts
 from pytest_containersec.runtimes import RUNTIME_NAMES, Runtime
 from pytest_containersec.runtimes.base import Container
@@ -114,6 +115,8 @@ def test_a_hostile_container_is_caught_and_others_are_unaffected(runtime: str) -
                     expect.denied(f, "/etc/shadow", "r")
                 with pytest.raises(expect.CheckFailed, match="probe mount"):
                     expect.not_privileged(f)
+                with pytest.raises(ProbeModified, match="modified from inside"):
+                    hostile.exec(["id"])  # nothing runs through a modified probe
             else:  # the engine refused both: an ordinary snapshot
                 assert f.probe_modified is None, f.probe_modified
                 assert f.access
