@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import cgroups, probe, procfs
+from . import cgroups, masking, probe, procfs
 from .errors import ContainerSecError, ExecTimeout, ProbeError
 from .model import (
     AccessResult,
@@ -145,8 +145,10 @@ def collect(
         namespaces = _namespaces(pid, proc)
     except ProbeError as exc:
         raise ProbeError(runtime, f"{exc.reason}; logs:\n{container.logs()[-2000:]}") from None
+    masks = masking.assess(mountinfo)  # the probe opens the paths no mount decides
+    probed = keys + tuple(k for k in masking.probe_keys(masks) if k not in keys)
     try:
-        result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+        result = container.probe_exec(probe.argv(probed), timeout=PROBE_TIMEOUT)
     except ExecTimeout:  # named by what it probed, not by the script's text
         raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
     if result.rc != 0:
@@ -155,7 +157,7 @@ def collect(
             f"the probe exec failed with status {result.rc}: {result.stderr.strip()[-1000:]}",
         )
     try:
-        out = probe.parse(result.stdout, keys)
+        out = probe.parse(result.stdout, probed)
         inside_status = procfs.parse_status(out.status_text)
     except ContainerSecError as exc:
         raise ProbeError(runtime, str(exc)) from None
@@ -183,7 +185,12 @@ def collect(
     seen = {m.field for m in facts.mismatches if m.source == "declared"}
     extra = [m for m in declared_mismatches(facts, requested(container.spec), "spec")
              if m.field not in seen]  # fmt: skip
-    return replace(facts, mismatches=facts.mismatches + tuple(extra))
+    return replace(
+        facts,
+        mismatches=facts.mismatches + tuple(extra),
+        masked=masking.settle(masks, out.access),
+        access={k: v for k, v in facts.access.items() if k in keys},
+    )
 
 
 def _read_optional(path: Path) -> str:
