@@ -83,6 +83,21 @@ RECORDED = {
         "/proc/sys": UNCOVERED,
         "/proc/kcore": ABSENT_HERE,
     },
+    # The adapters' own containers: nspawn with a private network gets a tmpfs /sys
+    # skeleton (no firmware folder at all); systemd-run's unit in the booted systemd.
+    "nspawn-adapter": {
+        "/sys/firmware": ("masked", "no-kernel-fs"),
+        "/proc/keys": UNCOVERED,
+        "/proc/timer_list": UNCOVERED,  # the probe finds it unreachable (EACCES) live
+        "/sys/dev/block": RO_MOUNT,
+        "/proc/acpi": RO_BIND,
+        "/sys/fs/selinux": ABSENT_HERE,  # an empty mount point inside, not the kernel's
+    },
+    "systemd-run-adapter": {
+        "/proc/keys": UNCOVERED,
+        "/sys/firmware": RO_MOUNT,
+        "/proc/sys": RO_BIND,
+    },
     # Crafted from runc's maskPath / readonlyPath, crun and systemd 257's nspawn-mount.c
     # on a trixie-like kernel that has kcore, sysrq-trigger, scsi, powercap.
     "docker-trixie-crafted": {
