@@ -13,6 +13,7 @@ from . import report, runner, sarif
 from .checks import Violation
 from .errors import ImageNotFound
 from .results import CheckResult
+from .verdict import ABSENT, split_absent
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -38,13 +39,15 @@ def evaluate(
                 continue
             violations = exp.evaluate(obs.facts)
             cell[obs.runtime] = violations
+            findings, absent = split_absent(violations)
+            outcome = "failed" if findings else "skipped" if absent else "passed"
             results.append(
                 CheckResult(
                     exp.name,
                     violations[0].check if violations else exp.family,
                     obs.runtime,
-                    "failed" if violations else "passed",
-                    "\n".join(str(v) for v in violations),
+                    outcome,
+                    "\n".join(str(v) for v in findings or absent),
                     pol.path,
                     exp.line,
                 )
@@ -125,7 +128,7 @@ def run(a: argparse.Namespace) -> int:
     print(f"containersec check: {summary}", flush=True)
     if failed:
         return EXIT_FAILED
-    if skipped and a.strict:
+    if a.strict and [r for r in skipped if ABSENT not in r.message]:
         print("containersec check: --strict: a runtime was unavailable")
         return EXIT_UNAVAILABLE
     if not passed:

@@ -4,12 +4,14 @@ observed and a hint. Thin wrappers over :mod:`pytest_containersec.checks`."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 from . import checks
 from .checks import Violation
 from .model import Facts, MapEntry
+from .verdict import split_absent
 
 if TYPE_CHECKING:
     from .runtimes.base import Container
@@ -32,10 +34,24 @@ class CheckFailed(AssertionError):
         super().__init__("\n".join(str(v) for v in violations))
 
 
-def _raise(violations: list[Violation]) -> None:
+class PathAbsentWarning(UserWarning):
+    """A masked-path expectation could not be judged: the host kernel lacks the path."""
+
+
+AbsentPolicy = Literal["warn", "skip", "fail"]
+
+
+def _raise(violations: list[Violation], absent: AbsentPolicy = "fail") -> None:
     __tracebackhide__ = True
-    if violations:
-        raise CheckFailed(violations)
+    findings, notes = split_absent(violations)
+    if findings or (notes and absent == "fail"):
+        raise CheckFailed(findings + notes if absent == "fail" else findings)
+    if notes and absent == "skip":
+        import pytest
+
+        pytest.skip("; ".join(str(v) for v in notes))
+    for v in notes:
+        warnings.warn(PathAbsentWarning(str(v)), stacklevel=3)
 
 
 def root_unprivileged(target: Target) -> None:
@@ -153,3 +169,24 @@ def non_root(target: Target) -> None:
     """The main process does not run as uid 0 (as the container sees it)."""
     __tracebackhide__ = True
     _raise(checks.non_root(facts_of(target)))
+
+
+def masked(target: Target, path: str, absent: AbsentPolicy = "warn") -> None:
+    """``path`` is masked as the engines mean it: ``/dev/null`` or an empty tmpfs mounted
+    over it, an inaccessible node, or the workload cannot open it (a masked
+    ``/proc/kcore`` opens as ``/dev/null`` and passes). For /proc/sys, /proc/sysrq-trigger,
+    /proc/bus, /proc/fs, /proc/irq and /proc/asound, whose engine notion is read-only, a
+    read-only bind passes too. ``path`` is one of ``masking.STANDARD_PATHS``.
+
+    ``absent``: what to do when the host kernel has no such path (nothing to mask, so
+    nothing is proven): ``"warn"`` (a ``PathAbsentWarning``, the test goes on),
+    ``"skip"`` (the test is skipped with that reason) or ``"fail"``."""
+    __tracebackhide__ = True
+    _raise(checks.masked(facts_of(target), path), absent)
+
+
+def readonly_path(target: Target, path: str, absent: AbsentPolicy = "warn") -> None:
+    """``path`` (one of ``masking.STANDARD_PATHS``) cannot be written from inside: it is
+    read-only or masked. ``absent`` as for :func:`masked`."""
+    __tracebackhide__ = True
+    _raise(checks.readonly_path(facts_of(target), path), absent)

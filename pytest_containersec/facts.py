@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import cgroups, probe, procfs
+from . import cgroups, masking, probe, procfs
 from .errors import ContainerSecError, ExecTimeout, ProbeError, ProbeModified
 from .model import (
     PROBE_MISMATCH_FIELD,
@@ -156,8 +156,10 @@ def collect(
     # The probe folder is checked before (every exec does) and after the exec: results
     # of a probe the container modified, even for a moment it did not cover up, are
     # never used.
+    masks = masking.assess(mountinfo)  # the probe opens the paths no mount decides
+    probed = keys + tuple(k for k in masking.probe_keys(masks) if k not in keys)
     try:
-        result = container.probe_exec(probe.argv(keys), timeout=PROBE_TIMEOUT)
+        result = container.probe_exec(probe.argv(probed), timeout=PROBE_TIMEOUT)
     except ProbeModified as exc:
         tampered = exc.problems
     except ExecTimeout:  # named by what it probed, not by the script's text
@@ -175,7 +177,7 @@ def collect(
                 f"the probe exec failed with status {result.rc}: {result.stderr.strip()[-1000:]}",
             )
         try:
-            out = probe.parse(result.stdout, keys)
+            out = probe.parse(result.stdout, probed)
             inside_status = procfs.parse_status(out.status_text)
         except ContainerSecError as exc:
             raise ProbeError(runtime, str(exc)) from None
@@ -203,7 +205,12 @@ def collect(
     seen = {m.field for m in facts.mismatches if m.source == "declared"}
     extra = [m for m in declared_mismatches(facts, requested(container.spec), "spec")
              if m.field not in seen]  # fmt: skip
-    facts = replace(facts, mismatches=facts.mismatches + tuple(extra))
+    facts = replace(
+        facts,
+        mismatches=facts.mismatches + tuple(extra),
+        masked=masking.settle(masks, out.access),
+        access={k: v for k, v in facts.access.items() if k in keys},
+    )
     return mark_probe_tampered(facts, tampered) if tampered else facts
 
 

@@ -64,6 +64,17 @@ class AccessResult:
 
 
 @dataclass(frozen=True)
+class MaskedPath:
+    """How a kernel path the engines mask (or make read-only) is seen inside."""
+
+    state: str  # "masked" | "readonly" | "exposed" | "absent" (the host kernel lacks it)
+    how: str  # the mechanism: "dev-null", "tmpfs", "inaccessible", "read-only-bind", ...
+    mount: str | None = None  # mount point of the mount that decides it
+    source: str | None = None  # that mount's "fstype:root", e.g. "tmpfs:/null"
+    errno: str | None = None  # the probe's open() from inside, when it failed
+
+
+@dataclass(frozen=True)
 class Mismatch:
     field: str
     expected: Any  # declared by the engine, or seen from the host
@@ -97,6 +108,8 @@ class Facts:
     mismatches: tuple[Mismatch, ...] = ()
     # The observer's own bounding set: the most any engine on this host could grant.
     host_capabilities: tuple[str, ...] = ()
+    # The engines' masked and read-only kernel paths (masking.STANDARD_PATHS) -> state.
+    masked: dict[str, MaskedPath] = field(default_factory=dict)
 
     # -- derived views ---------------------------------------------------------------
 
@@ -161,6 +174,7 @@ class Facts:
             declared=dict(d.get("declared", {})),
             mismatches=tuple(Mismatch(**m) for m in d.get("mismatches", ())),
             host_capabilities=tuple(d.get("host_capabilities", ())),
+            masked={k: MaskedPath(**v) for k, v in d.get("masked", {}).items()},
         )
 
     @classmethod

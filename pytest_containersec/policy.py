@@ -44,6 +44,8 @@ FAMILIES: dict[str, tuple[Evaluator, Any]] = {
     "no_new_privs": (lambda f, v: checks.no_new_privs(f, bool(v)), "bool"),
     "seccomp": (lambda f, v: checks.seccomp(f, v), "str"),
     "operation_denied": (lambda f, v: checks.operation_denied(f, v), "str"),
+    "masked": (lambda f, v: checks.masked(f, v), "str"),
+    "readonly_path": (lambda f, v: checks.readonly_path(f, v), "str"),
     "max_exposure": (_exposure, "float"),
     "uid_map": (lambda f, v: checks.uid_map(f, [tuple(e) for e in v]), "list"),
     "user": (lambda f, v: checks.user(f, v.get("uid"), v.get("gid")), {"uid", "gid"}),
@@ -189,7 +191,7 @@ def _expectation(path: str, node: yaml.Node) -> Expectation:
 
 
 def _dry_run(exp: Expectation) -> None:
-    from . import caps, probe
+    from . import caps, masking, probe
     from .spec import parse_size
 
     v = exp.value
@@ -202,6 +204,8 @@ def _dry_run(exp: Expectation) -> None:
         raise ValueError(f"must be one of {', '.join(checks.SECCOMP_MODES)}")
     elif exp.family == "operation_denied" and v not in probe.OPERATIONS:
         raise ValueError(f"must be one of {', '.join(probe.OPERATIONS)}")
+    elif exp.family in ("masked", "readonly_path") and v not in masking.STANDARD_PATHS:
+        raise ValueError(f"must be one of {', '.join(masking.STANDARD_PATHS)}")
     elif exp.family == "cgroup" and v.get("memory") is not None:
         parse_size(v["memory"])
     elif exp.family in ("denied", "allowed"):

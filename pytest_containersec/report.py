@@ -13,6 +13,7 @@ from typing import Any
 from .checks import Violation, fmt_map
 from .model import Facts
 from .score import score
+from .verdict import ABSENT
 
 MISMATCH_MARK = "≠"
 
@@ -87,7 +88,20 @@ FACT_ROWS: tuple[tuple[str, str, Callable[[Facts], str], str | None], ...] = (
                                                     if v == "host") or "none", None),
     ("facts", "engine sockets", lambda f: ",".join(f.engine_sockets) or "none", None),
     ("facts", "host root mounted at", lambda f: ",".join(f.host_root_mounts) or "no", None),
+    ("facts", "masked kernel paths", lambda f: masked_text(f), None),
 )  # fmt: skip
+
+
+def masked_text(f: Facts) -> str:
+    """``12 masked, 5 read-only, 6 absent; exposed: /proc/interrupts`` (or "-" if unknown)."""
+    if not f.masked:
+        return "-"
+    states = [m.state for m in f.masked.values()]
+    parts = [f"{states.count(s)} {label}" for s, label in
+             (("masked", "masked"), ("readonly", "read-only"), ("absent", "absent"))
+             if s in states]  # fmt: skip
+    exposed = [p for p, m in f.masked.items() if m.state == "exposed"]
+    return ", ".join(parts) + (f"; exposed: {', '.join(exposed)}" if exposed else "")
 
 
 def from_facts(
@@ -130,8 +144,11 @@ def from_facts(
         for rt, violations in per_runtime.items():
             if violations is None:
                 cells[rt] = Cell("skipped", "skip")
+            elif violations and all(v.absent for v in violations):
+                cells[rt] = Cell(ABSENT, "skip")
             elif violations:
-                cells[rt] = Cell("; ".join(v.observed for v in violations), "fail")
+                cells[rt] = Cell("; ".join(v.observed for v in violations if not v.absent),
+                                 "fail")  # fmt: skip
             else:
                 cells[rt] = Cell("ok", "pass")
         m.rows.append(Row("checks", name, cells))

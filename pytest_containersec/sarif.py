@@ -29,6 +29,8 @@ RULES: dict[str, str] = {
     "namespaces": "Host namespaces must not be shared",
     "non_root": "The process must not run as root",
     "exposure": "The exposure score must stay under the limit",
+    "masked": "Kernel paths the engines mask must be masked (absent on the host: not judged)",
+    "readonly_path": "Kernel paths the engines make read-only must not be writable",
     "test": "A containersec test failed",
 }
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .masking import READONLY_SUFFICES, STANDARD_PATHS, describe
 from .model import Facts, Mount, map_id
-from .verdict import Violation, caps_text
+from .verdict import ABSENT, Violation, caps_text
 
 # Host paths whose exposure inside a container hands over the host (or its engine).
 SENSITIVE_HOST_PATHS = (
@@ -181,3 +182,49 @@ def namespaces_private(
             Violation("namespaces", f.runtime, f"private {', '.join(unknown)}", "not observed")
         )
     return out
+
+
+# -- masked kernel paths ----------------------------------------------------------------
+
+_MASK_HINT = (
+    "the engine did not mask it: --privileged, --security-opt systempaths=unconfined "
+    "(unmask), or an engine that does not mask this path"
+)
+
+
+def _masked_path(f: Facts, path: str, family: str, accept: frozenset[str]) -> list[Violation]:
+    if path not in STANDARD_PATHS:
+        raise ValueError(f"{path!r} is not observed; one of {', '.join(STANDARD_PATHS)}")
+    want = "masked" if family == "masked" else "read-only or masked"
+    m = f.masked.get(path)
+    if m is None:
+        return [Violation(family, f.runtime, f"{path} {want}", "not observed (older Facts)")]
+    if m.state in accept:
+        return []
+    if m.state == "absent":
+        return [
+            Violation(
+                family,
+                f.runtime,
+                f"{path} {want}",
+                f"{ABSENT} (the host has no {path}: nothing to mask, not proven here)",
+                "prove it on a host whose kernel has the path",
+                absent=True,
+            )
+        ]
+    return [Violation(family, f.runtime, f"{path} {want}", describe(m), _MASK_HINT)]
+
+
+def masked(f: Facts, path: str) -> list[Violation]:
+    """``path`` (one of the engines' masked or read-only paths) is masked: something is
+    mounted over it (``/dev/null``, an empty tmpfs, an inaccessible node) or the workload
+    cannot open it. For /proc/sys, /proc/sysrq-trigger, /proc/bus, /proc/fs, /proc/irq and
+    /proc/asound, whose engine notion is a read-only bind, read-only passes too. A path the
+    host kernel lacks gives an ``absent`` note, not a pass."""
+    accept = {"masked", "readonly"} if path in READONLY_SUFFICES else {"masked"}
+    return _masked_path(f, path, "masked", frozenset(accept))
+
+
+def readonly_path(f: Facts, path: str) -> list[Violation]:
+    """``path`` cannot be written from inside: masked or read-only."""
+    return _masked_path(f, path, "readonly_path", frozenset({"masked", "readonly"}))

@@ -15,10 +15,22 @@ class Violation:
     expected: str
     observed: str
     hint: str = ""
+    # True when the check could not be judged because the path is absent from this host's
+    # kernel: not a failure of confinement, shown as such (a warning, a skip, a matrix note).
+    absent: bool = False
 
     def __str__(self) -> str:
         text = f"[{self.runtime}] {self.check}: expected {self.expected}, observed {self.observed}"
         return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+ABSENT = "absent on this kernel"
+
+
+def split_absent(violations: Iterable[Violation]) -> tuple[list[Violation], list[Violation]]:
+    """(findings, absent-path notes) of a check's result."""
+    items = list(violations)
+    return [v for v in items if not v.absent], [v for v in items if v.absent]
 
 
 def caps_text(names: Iterable[str]) -> str:
