@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,8 @@ import pytest
 
 from . import options
 from .options import marker_fields
+from .prestart import Prestart, stop_all
+from .prestart import scope_key as prestart_scope
 from .spec import SPEC_FIELDS, ContainerSpec
 
 if TYPE_CHECKING:
@@ -64,7 +66,8 @@ class ContainersecState:
         self.usage_error = False
         self._old_sigterm: Any = None
         self._handlers = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._prestart: Prestart | None = None
 
     # -- runtimes ----------------------------------------------------------------------
 
@@ -88,9 +91,20 @@ class ContainersecState:
         return self.settings.runtimes or self.known()
 
     def runtime(self, name: str) -> Runtime:
-        if name not in self._runtimes:
-            self._runtimes[name] = self.factories()[name]()
-        return self._runtimes[name]
+        with self._lock:
+            if name not in self._runtimes:
+                self._runtimes[name] = self.factories()[name]()
+            return self._runtimes[name]
+
+    def availabilities(self, names: Iterable[str]) -> list[Availability]:
+        """Each runtime's availability, asked concurrently (each may contact an engine)."""
+        names = list(names)
+        if len(names) < 2 or self.settings.parallel < 2:
+            return [self.availability(n) for n in names]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(names), self.settings.parallel)) as ex:
+            return list(ex.map(self.availability, names))
 
     def availability(self, name: str) -> Availability:
         from .runtimes.base import Availability
@@ -120,14 +134,15 @@ class ContainersecState:
 
     def reap_once(self, name: str) -> None:
         """Remove what dead sessions left on ``name`` (serialized between xdist workers)."""
-        if name in self._reaped:
-            return
         import fcntl
         import tempfile
 
         from .runtimes import probe_copy
 
-        self._reaped.add(name)
+        with self._lock:
+            if name in self._reaped:
+                return
+            self._reaped.add(name)
         lock = Path(tempfile.gettempdir()) / f"containersec-reap-{name}.lock"
         with open(lock, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -151,11 +166,45 @@ class ContainersecState:
         if threading.current_thread() is threading.main_thread():
             self._old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
 
+    # -- concurrent starts ---------------------------------------------------------------
+
+    @property
+    def prestart(self) -> Prestart:
+        with self._lock:
+            if self._prestart is None:
+                self._prestart = Prestart(self.settings.parallel, self._ready_runtime)
+            return self._prestart
+
+    def _ready_runtime(self, name: str) -> Runtime | None:
+        """For a start ahead: the runtime, reaped once, or None when it is unavailable."""
+        if not self.availability(name).available:
+            return None
+        self.reap_once(name)
+        return self.runtime(name)
+
+    def plan_scope(self, item: pytest.Item, scope: str) -> None:
+        """Start ahead what the tests of ``item``'s reuse scope will ask for."""
+        if self.settings.parallel < 2:
+            return
+        wanted = []
+        for other in item.session.items:
+            info = other.stash.get(ITEM_KEY, None)
+            if info is None or info.runtime is None or other.get_closest_marker("skip"):
+                continue
+            if "containersec_container" not in getattr(other, "fixturenames", ()):
+                continue
+            if prestart_scope(other, self.settings.reuse) == scope:
+                wanted.append((info.runtime, info.spec))
+        self.prestart.plan(scope, wanted)
+
     def close(self) -> None:
         """Stop every container still pooled (keep policy applies) and every runtime."""
         with self._lock:
             pools, self.pools = self.pools, []
             runtimes, self._runtimes = self._runtimes, {}
+            prestart, self._prestart = self._prestart, None
+        if prestart is not None:
+            prestart.close()
         for pool in pools:
             self.kept += pool.release(self.settings.keep)
         for rt in runtimes.values():
@@ -207,11 +256,15 @@ def state(config: pytest.Config) -> ContainersecState:
 class Pool:
     """Containers of one runtime shared within one reuse scope, by (spec, slot)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, scope: str | None = None, st: ContainersecState | None = None
+    ) -> None:
         self.runtime = runtime
+        self.scope = scope  # the reuse scope's node id; None: no starts ahead
+        self.state = st
         self.entries: dict[tuple[ContainerSpec, int], Entry] = {}
 
-    def acquire(self, item: pytest.Item, spec: ContainerSpec) -> Container:
+    def acquire(self, item: pytest.Item, spec: ContainerSpec, ahead: bool = False) -> Container:
         from .errors import UnsupportedSpec
 
         info = item_info(item)
@@ -220,7 +273,12 @@ class Pool:
         entry = self.entries.get((spec, slot))
         if entry is None:
             try:
-                container = self.runtime.start(spec)
+                container = None
+                if ahead and slot == 0 and self.scope is not None and self.state is not None:
+                    self.state.plan_scope(item, self.scope)
+                    container = self.state.prestart.take(self.scope, self.runtime.name, spec)
+                if container is None:
+                    container = self.runtime.start(spec)
             except UnsupportedSpec as exc:
                 pytest.skip(str(exc))
             entry = self.entries[(spec, slot)] = Entry(container)
@@ -232,15 +290,27 @@ class Pool:
         """Stop the containers, except those the keep policy retains; their messages."""
         kept = []
         entries, self.entries = list(self.entries.values()), {}
+        stops = []
         for e in entries:
             c = e.container
             if keep == "always" or (keep == "failed" and e.failed):
                 self.runtime.forget(c)
                 kept.append(keep_message(e))
                 continue
-            with contextlib.suppress(Exception):
-                c.stop()
+            stops.append(_quiet_stop(c))
+        parallel = self.state.settings.parallel if self.state is not None else 1
+        if self.scope is not None and self.state is not None:
+            self.state.prestart.discard(self.scope, self.runtime.name)
+        stop_all(parallel, stops)
         return kept
+
+
+def _quiet_stop(c: Container) -> Callable[[], None]:
+    def stop() -> None:
+        with contextlib.suppress(Exception):
+            c.stop()
+
+    return stop
 
 
 def keep_message(e: Entry) -> str:
@@ -301,7 +371,8 @@ def _containersec_pool(
 ) -> Iterator[Pool]:
     """Containers shared within the ``--containersec-reuse`` scope (default: module)."""
     st = state(request.config)
-    pool = Pool(containersec_runtime)
+    scope = request.node.nodeid if st.settings.reuse != "function" else None
+    pool = Pool(containersec_runtime, scope, st)
     st.pools.append(pool)
     yield pool
     if pool in st.pools:
@@ -318,7 +389,7 @@ def containersec_container(request: pytest.FixtureRequest, _containersec_pool: P
     scope ends (``--containersec-keep`` may keep it). Without a marker: the default image.
     """
     item = request.node
-    return _containersec_pool.acquire(item, item_info(item).spec)
+    return _containersec_pool.acquire(item, item_info(item).spec, ahead=True)
 
 
 class ContainersecStart:

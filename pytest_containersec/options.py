@@ -20,6 +20,7 @@ DEFAULT_IMAGE = "containersec/probe"
 KEEP_CHOICES: tuple[str, ...] = ("never", "failed", "always")
 REUSE_CHOICES: tuple[str, ...] = ("function", "class", "module", "session")
 REPORT_SUFFIXES: tuple[str, ...] = (".json", ".md", ".html")
+DEFAULT_PARALLEL = 4  # container starts at once: mostly waiting on engines, fine on 2 cores
 Keep = Literal["never", "failed", "always"]
 Reuse = Literal["function", "class", "module", "session"]
 RuntimeFactory = Callable[[], "Runtime"]
@@ -109,7 +110,16 @@ def register(parser: pytest.Parser) -> None:
         help="fail the session when any container's exposure score (0.0 confined .. 10.0 "
         "host-equivalent) is above SCORE",
     )
+    group.addoption(
+        "--containersec-parallel",
+        default=None,
+        type=int,
+        metavar="N",
+        help="start (and stop) the containers a reuse scope's tests need N at a time, ahead "
+        f"of the tests (default: {DEFAULT_PARALLEL}; 1 = one by one, when a test asks)",
+    )
     parser.addini("containersec_runtime", "default for --containersec-runtime", default="")
+    parser.addini("containersec_parallel", "default for --containersec-parallel", default="")
     parser.addini("containersec_image", "default for --containersec-image", default="")
     parser.addini("containersec_keep", "default for --containersec-keep", default="")
     parser.addini("containersec_reuse", "default for --containersec-reuse", default="")
@@ -139,6 +149,7 @@ class Settings:
     report: tuple[Path, ...]
     sarif: Path | None = None
     max_exposure: float | None = None
+    parallel: int = DEFAULT_PARALLEL
 
     @property
     def wants_facts(self) -> bool:
@@ -197,6 +208,14 @@ def read_settings(config: pytest.Config) -> Settings:
             raise pytest.UsageError("containersec_max_exposure must be a number") from None
     if limit is not None and not 0.0 <= limit <= 10.0:
         raise pytest.UsageError("--containersec-max-exposure must be between 0.0 and 10.0")
+    parallel = config.getoption("containersec_parallel")
+    if parallel is None:
+        text = str(config.getini("containersec_parallel")).strip()
+        if text and not text.isdigit():
+            raise pytest.UsageError(f"containersec_parallel = {text!r} is not a whole number")
+        parallel = int(text) if text else DEFAULT_PARALLEL
+    if not 1 <= parallel <= 64:
+        raise pytest.UsageError("--containersec-parallel must be between 1 and 64")
     return Settings(
         runtimes=names or None,
         image=image.strip() or DEFAULT_IMAGE,
@@ -206,6 +225,7 @@ def read_settings(config: pytest.Config) -> Settings:
         report=report,
         sarif=sarif,
         max_exposure=limit,
+        parallel=int(parallel),
     )
 
 

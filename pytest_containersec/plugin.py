@@ -157,7 +157,8 @@ def pytest_report_collectionfinish(
     st = state(config) if names else None
     if st is None or st.usage_error:
         return []
-    return [f"containersec: {st.availability(n).line()}" for n in st.selected() if n in names]
+    used = [n for n in st.selected() if n in names]
+    return [f"containersec: {av.line()}" for av in st.availabilities(used)]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -6,6 +6,8 @@ runtimes with fakes, so no engine is contacted. Environment knobs (set by the ou
 - ``CONTAINERSEC_FAKE_EVENTS``: a file; every start/stop/reap appends a JSON line.
 - ``CONTAINERSEC_FAKE_UNAVAILABLE``: comma-separated runtime names reported unavailable.
 - ``CONTAINERSEC_FAKE_UNSUPPORTED``: a spec field every fake refuses (UnsupportedSpec).
+- ``CONTAINERSEC_FAKE_START_DELAY``: seconds each start takes (events carry the times).
+- ``CONTAINERSEC_FAKE_FAIL_USER``: a spec ``user`` whose start fails (ContainerStartError).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_containersec.errors import UnsupportedSpec
+from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
 from pytest_containersec.model import Capabilities, Cgroup, Facts, Lsm, User
 from pytest_containersec.runtimes import RUNTIME_NAMES
 from pytest_containersec.runtimes.base import Availability, Container, ExecResult, Runtime
@@ -114,9 +117,14 @@ class FakeRuntime:
         field = os.environ.get("CONTAINERSEC_FAKE_UNSUPPORTED")
         if field and spec.non_default_fields().get(field) is not None:
             raise UnsupportedSpec(field, self.name, "the fake cannot express it")
+        began = time.monotonic()
+        time.sleep(float(os.environ.get("CONTAINERSEC_FAKE_START_DELAY") or 0))
+        if spec.user is not None and spec.user == os.environ.get("CONTAINERSEC_FAKE_FAIL_USER"):
+            raise ContainerStartError(self.name, ["fake"], 1, "the fake refused to start")
         c = FakeContainer(self, spec)
         self.live[c.id] = c
-        _event(op="start", runtime=self.name, name=c.name, spec=spec.to_dict())
+        _event(op="start", runtime=self.name, name=c.name, spec=spec.to_dict(), began=began,
+               ended=time.monotonic())  # fmt: skip
         return c
 
     def reap(self) -> int:

@@ -1,0 +1,98 @@
+"""Concurrent starts: a scope's containers are started together, ahead of its tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plugin.helpers import FakeEnv
+
+MODULE = """
+import json, os, time, pytest
+
+def mark(name):
+    with open(os.environ["CONTAINERSEC_FAKE_EVENTS"], "a") as fh:
+        fh.write(json.dumps({"op": "test", "name": name, "t": time.monotonic()}) + "\\n")
+
+@pytest.mark.containersec(user="1")
+def test_a(containersec_container):
+    mark("a")
+
+@pytest.mark.containersec(user="2")
+def test_b(containersec_container):
+    mark("b")
+
+@pytest.mark.containersec(user="3")
+def test_c(containersec_container):
+    mark("c")
+"""
+
+
+def _order(fake: FakeEnv) -> list[str]:
+    return [e["op"] for e in fake.events() if e["op"] in ("start", "test")]
+
+
+def test_a_modules_containers_start_together_before_its_first_test(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_START_DELAY", "0.3")
+    fake.run("--containersec-runtime=docker,podman").assert_outcomes(passed=6)
+    starts = fake.events("start")
+    first_test = min(e["t"] for e in fake.events("test"))
+    # the default 4 at a time: the first four began before any test ran
+    assert sorted(e["began"] for e in starts)[3] < first_test
+    # the starts overlapped: some began before another ended
+    overlapping = [
+        (a["name"], b["name"]) for a in starts for b in starts
+        if a is not b and a["began"] < b["began"] < a["ended"]
+    ]  # fmt: skip
+    assert overlapping
+    assert len(fake.events("stop")) == 6
+
+
+def test_parallel_1_starts_each_when_its_test_asks(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.run("--containersec-runtime=docker", "--containersec-parallel=1").assert_outcomes(passed=3)
+    assert _order(fake) == ["start", "test"] * 3
+
+
+def test_a_failed_start_fails_only_its_tests(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_FAIL_USER", "2")
+    r = fake.run("--containersec-runtime=docker")
+    r.assert_outcomes(passed=2, errors=1)
+    r.stdout.fnmatch_lines(["*ERROR at setup of test_b*", "*the fake refused to start*"])
+    assert len(fake.events("stop")) == 2
+
+
+def test_containers_no_test_took_are_stopped_with_their_scope(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(
+        MODULE
+        + """
+@pytest.mark.skipif(True, reason="not today")
+@pytest.mark.containersec(user="4")
+def test_d(containersec_container):
+    pass
+"""
+    )
+    fake.run("--containersec-runtime=docker").assert_outcomes(passed=3, skipped=1)
+    started = {e["name"] for e in fake.events("start")}
+    assert started == {e["name"] for e in fake.events("stop")}
+
+
+def test_unsupported_and_unavailable_still_skip_with_their_reason(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.unavailable("podman")
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_UNSUPPORTED", "user")
+    r = fake.run("--containersec-runtime=docker")
+    r.assert_outcomes(skipped=3)
+    r.stdout.no_fnmatch_line("*Traceback*")
+
+
+@pytest.mark.parametrize("value", ["0", "x", "65"])
+def test_a_bad_parallel_value_is_a_usage_error(fake: FakeEnv, value: str) -> None:
+    fake.pytester.makepyfile("def test_a(): pass")
+    r = (
+        fake.run(f"--containersec-parallel={value}")
+        if value != "x"
+        else fake.run("-o", "containersec_parallel=x")
+    )
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
