@@ -249,3 +249,29 @@ def test_remove_if_same_leaves_what_the_names_point_to(tmp_path: Path) -> None:
     assert sorted(os.listdir(victim)) == ["keep"]
     assert os.listdir(run / "moved") == []  # the folder the host made: emptied
     assert (run / "1").is_symlink()  # not the host's: left to the state folder's removal
+
+
+def test_a_podman_service_record_names_only_its_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rootless service's record lives in the unprivileged user's folder: the reaper
+    (root) once unlinked any path that merely started with that folder's name."""
+    import json
+
+    from pytest_containersec.runtimes import podman_service as svc
+
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("host file\n")
+    own = run / "podman-abc-1.sock"
+    own.write_text("")
+    dead = "999999999.0"  # no such process: the owner session is dead
+    record = {"pid": 999999999, "token": dead, "owner": dead}
+    (run / "podman-abc-1.json").write_text(json.dumps({**record, "socket": str(own),
+                                                       "log": f"{run}/../victim"}))  # fmt: skip
+    monkeypatch.setattr(svc, "run_dir", lambda user: run)
+    svc.reap_services(False)
+    assert victim.read_text() == "host file\n"
+    assert not own.exists()
+    assert os.listdir(run) == []
