@@ -120,9 +120,8 @@ class NspawnContainer(Container):
         self._stopped = False
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
-        assert self.proc is not None
         self.guard_probe()
-        return self.agent.exec(list(argv), timeout, self.proc.pid)
+        return self.agent.exec(list(argv), timeout, self.host_pid)
 
     def declared(self) -> dict[str, Any]:
         out = declared_from_argv(self.argv, self._env, self.spec)

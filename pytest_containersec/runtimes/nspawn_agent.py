@@ -15,32 +15,34 @@ Protocol (RUN is a host directory bind-mounted at /.containersec/run):
   each item in a variable and the command runs as ``"$@"``) and FIFOs ``out``, ``err``,
   ``rc`` the host reads; ``pid`` holds the command's pid (for a kill on timeout).
 
+RUN is writable by the container (root inside may replace any name in it): the host side
+(:mod:`.agent_client`) builds each request folder out of reach and renames it in with its
+FIFOs already open, never resolves a path through RUN, reads ``pid`` bounded and kills it
+only when it is a process below the container's main process.
+
 argv[0] without a slash is looked up in ``$PATH`` by the script itself: busybox would
 otherwise run its own applet of that name instead of the image's binary.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import select
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from ..errors import ContainerStartError, ExecTimeout, ProbeError, RuntimeUnavailable
-from . import procs
-from .base import PROBE_BUSYBOX, PROBE_DIR, ExecResult
-from .oci import BoundedBuffer
+from ..errors import RuntimeUnavailable
+from .agent_client import EOF_GRACE, AgentClient, Request, nul_bytes
+from .base import PROBE_BUSYBOX, PROBE_DIR
+
+__all__ = ["EOF_GRACE", "AgentClient", "Request", "nul_bytes"]
 
 RUN_DIR = f"{PROBE_DIR}/run"
 TOOLS_DIR = f"{PROBE_DIR}/tools"
 LOADER = "ld.so"
 NAME_HINT = "nspawn"
 AGENT_ARGV0 = "containersec-agent"
-EOF_GRACE = 1.0  # seconds to wait for stdout/stderr EOF after the exit code came back
 
 # Shell functions both agents (nspawn's and systemd-run's) use: PATH lookup done by the
 # script itself (busybox would otherwise run its own applet instead of the image's binary).
@@ -213,133 +215,4 @@ def setpriv_tools(dest: Path) -> Path:
 
 
 def write_nul(path: Path, argv: list[str]) -> None:
-    if any("\0" in a for a in argv):
-        raise ValueError("an argument contains a NUL byte")
-    path.write_bytes(b"".join(a.encode() + b"\0" for a in argv))
-
-
-# -- host side of the protocol ----------------------------------------------------------
-
-
-class AgentClient:
-    """Talks to one container's agent through its run directory."""
-
-    def __init__(self, runtime: str, run: Path) -> None:
-        self.runtime = runtime
-        self.run = run
-        self._counter = 0
-        self._req: int | None = None
-        self._ready: int | None = None
-
-    def prepare(self, prefix: list[str]) -> None:
-        """Before nspawn starts: the run directory, its FIFOs and the prefix."""
-        self.run.mkdir(mode=0o700)
-        write_nul(self.run / "prefix", prefix)
-        os.mkfifo(self.run / "req", 0o600)
-        os.mkfifo(self.run / "ready", 0o600)
-        self._ready = os.open(self.run / "ready", os.O_RDONLY | os.O_NONBLOCK)
-
-    def wait_ready(self, pidfd: int, timeout: float, argv: list[str]) -> bool:
-        """True when the agent listens; False when nspawn exited first."""
-        assert self._ready is not None
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            r, _, _ = select.select([self._ready, pidfd], [], [], left)
-            if self._ready in r and os.read(self._ready, 64):
-                try:
-                    self._req = os.open(self.run / "req", os.O_WRONLY | os.O_NONBLOCK)
-                except OSError as exc:  # ENXIO: no reader, the payload exited at once
-                    if exc.errno != errno.ENXIO:
-                        raise
-                    return False
-                os.set_blocking(self._req, True)
-                return True
-            if pidfd in r:
-                return False
-        raise ContainerStartError(self.runtime, argv, None, f"agent not ready after {timeout}s")
-
-    def close(self) -> None:
-        for fd in (self._req, self._ready):
-            if fd is not None:
-                os.close(fd)
-        self._req = self._ready = None
-
-    def exec(self, argv: list[str], timeout: float, container_root: int) -> ExecResult:
-        if self._req is None:
-            raise ProbeError(self.runtime, "the container is stopped")
-        self._counter += 1
-        n = self._counter
-        d = self.run / str(n)
-        d.mkdir(mode=0o700)
-        fds: dict[int, str] = {}
-        try:
-            write_nul(d / "argv", argv)
-            for name in ("out", "err", "rc"):
-                os.mkfifo(d / name, 0o600)
-                fds[os.open(d / name, os.O_RDONLY | os.O_NONBLOCK)] = name
-            try:
-                os.write(self._req, f"{n}\n".encode())
-            except OSError as exc:
-                raise ProbeError(self.runtime, f"the agent is gone ({exc})") from None
-            bufs = {"out": BoundedBuffer(), "err": BoundedBuffer(), "rc": BoundedBuffer(64)}
-            if not self._pump(fds, bufs, time.monotonic() + timeout):
-                cmd = self._command_pid(d, container_root)
-                if cmd is not None:
-                    parent = procs.parent(cmd)
-                    procs.kill_tree(cmd)
-                    if parent is not None:
-                        procs.kill_tree(parent)  # the agent's handler subshell
-                raise ExecTimeout(self.runtime, argv, timeout)
-            rc_text = bufs["rc"].text().strip()
-            rc = int(rc_text) if rc_text.isdigit() else -1
-            return ExecResult(rc, bufs["out"].text(), bufs["err"].text())
-        finally:
-            for fd in fds:
-                os.close(fd)
-            _rmtree_flat(d)
-
-    @staticmethod
-    def _pump(fds: dict[int, str], bufs: dict[str, BoundedBuffer], deadline: float) -> bool:
-        """Read until every FIFO hit EOF; False on timeout."""
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        open_fds = set(fds)
-        rc_at: float | None = None
-        while open_fds:
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            if rc_at is not None and now - rc_at > EOF_GRACE:
-                return True  # a background child keeps stdout open: docker would wait
-            wait = min(deadline, rc_at + EOF_GRACE if rc_at else deadline) - now
-            for fd, ev in poller.poll(max(1, int(wait * 1000))):
-                chunk = os.read(fd, 65536) if ev & (select.POLLIN | select.POLLHUP) else b""
-                if chunk:
-                    bufs[fds[fd]].add(chunk)
-                elif ev & (select.POLLHUP | select.POLLERR | select.POLLIN):
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
-                    if fds[fd] == "rc":
-                        rc_at = time.monotonic()
-        return True
-
-    @staticmethod
-    def _command_pid(d: Path, container_root: int) -> int | None:
-        for _ in range(50):
-            try:
-                inner = int((d / "pid").read_text().strip())
-            except (OSError, ValueError):
-                time.sleep(0.01)
-                continue
-            return procs.find_inner(container_root, inner)
-        return None
-
-
-def _rmtree_flat(d: Path) -> None:
-    try:
-        for entry in os.scandir(d):
-            os.unlink(entry.path)
-        d.rmdir()
-    except OSError:
-        pass
+    path.write_bytes(nul_bytes(argv))

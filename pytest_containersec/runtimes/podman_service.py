@@ -237,6 +237,22 @@ def _extra_groups(user: ServiceUser | None) -> list[int] | None:
     return os.getgrouplist(user.name, user.gid)
 
 
+def own_file(state: Path, recorded: object) -> Path | None:
+    """``recorded`` if it names a file of this service beside its state file, else None.
+
+    For rootless Podman the folder is the unprivileged user's, so the record is as
+    untrusted as that user: a path like ``DIR/../../etc/shadow`` must never be unlinked.
+    """
+    if not isinstance(recorded, str):
+        return None
+    path = Path(recorded)
+    if path.parent != state.parent or path.name in ("", ".", ".."):
+        return None
+    if not path.name.startswith(state.stem):
+        return None
+    return path
+
+
 def reap_services(rootless: bool) -> int:
     """Stop services whose owning session is dead; remove their files. Returns the count."""
     try:
@@ -255,8 +271,9 @@ def reap_services(rootless: bool) -> int:
         if procs.running(pid, token) and procs.terminate(pid, token):
             n += 1
         for key in ("socket", "log"):
-            if isinstance(record.get(key), str) and record[key].startswith(str(state.parent)):
-                Path(record[key]).unlink(missing_ok=True)
+            leftover = own_file(state, record.get(key))
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
         state.unlink(missing_ok=True)
     return n
 

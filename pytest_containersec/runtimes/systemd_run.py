@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import hostinfo, session
-from ..errors import ContainerStartError, ExecTimeout, ProbeError
+from ..errors import ContainerStartError
 from ..spec import ContainerSpec
 from . import nspawn_agent as agent
 from . import procs
@@ -113,50 +113,45 @@ def agent_command(busybox: str, run_dir: str, main: list[str]) -> list[str]:
 
 class UnitAgent(agent.AgentClient):
     """The nspawn agent's client, with files owned by the unit's user and the command's
-    pid sent as the first line of the ``rc`` FIFO (a read-only root allows FIFOs only)."""
+    pid sent as the first line of the ``rc`` FIFO (a read-only root allows FIFOs only).
+    The stage is the instance's own state folder (``run_host`` is what the units see)."""
 
     def __init__(self, run: Path, inst: sdhost.SystemdInstance) -> None:
-        super().__init__(NAME, run)
+        super().__init__(NAME, run, inst.state / "stage" / run.name)
         self.inst = inst
-        self.owner = (0, 0)
+
+    def prepare(self, prefix: list[str]) -> None:
+        self.stage.parent.mkdir(mode=0o700, exist_ok=True)
+        super().prepare(prefix)
 
     def grant(self, uid: int, gid: int) -> None:
+        """Hand the folder to the unit's user: its contents first, without following a
+        symlink, then the folder itself (the unit can enter it only after that)."""
         self.owner = (uid, gid)
-        for p in (self.run, self.run / "req", self.run / "ready", self.run / "prefix"):
-            os.chown(p, uid, gid)
+        for name in ("req", "ready", "prefix"):
+            os.chown(name, uid, gid, dir_fd=self._run_fd, follow_symlinks=False)
+        assert self._run_fd is not None
+        os.fchown(self._run_fd, uid, gid)
 
-    def exec(self, argv: list[str], timeout: float, container_root: int = 0) -> ExecResult:
-        if self._req is None:
-            raise ProbeError(NAME, "the unit is stopped")
-        self._counter += 1
-        d = self.run / str(self._counter)
-        d.mkdir(mode=0o700)
-        fds: dict[int, str] = {}
-        try:
-            agent.write_nul(d / "argv", argv)
-            for name in ("out", "err", "rc"):
-                os.mkfifo(d / name, 0o600)
-                fds[os.open(d / name, os.O_RDONLY | os.O_NONBLOCK)] = name
-            for p in (d, d / "argv", d / "out", d / "err", d / "rc"):
-                os.chown(p, *self.owner)
-            try:
-                os.write(self._req, f"{self._counter}\n".encode())
-            except OSError as exc:
-                raise ProbeError(NAME, f"the agent is gone ({exc})") from None
-            bufs = {"out": BoundedBuffer(), "err": BoundedBuffer(), "rc": BoundedBuffer(64)}
-            if not self._pump(fds, bufs, time.monotonic() + timeout):
-                lines = bufs["rc"].text().split()
-                pid = self.inst.host_pid(int(lines[0])) if lines and lines[0].isdigit() else None
-                if pid is not None:
-                    procs.kill_tree(pid)
-                raise ExecTimeout(NAME, argv, timeout)
-            lines = bufs["rc"].text().split()
-            rc = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1
-            return ExecResult(rc, bufs["out"].text(), bufs["err"].text())
-        finally:
-            for fd in fds:
-                os.close(fd)
-            shutil.rmtree(d, ignore_errors=True)
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def _result(self, bufs: dict[str, BoundedBuffer]) -> ExecResult:
+        lines = bufs["rc"].text().split()
+        rc = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else -1
+        return ExecResult(rc, bufs["out"].text(), bufs["err"].text())
+
+    def _reported_pid(self, req: agent.Request, bufs: dict[str, BoundedBuffer]) -> int | None:
+        lines = bufs["rc"].text().split()
+        return int(lines[0]) if lines and lines[0].isdigit() else None
+
+    def _kill(self, req: agent.Request, bufs: dict[str, BoundedBuffer], main_pid: int) -> None:
+        """Kill the command the unit reports, only if it is below the unit's main process."""
+        inner = self._reported_pid(req, bufs)
+        pid = self.inst.host_pid(inner) if inner is not None else None
+        if pid is not None and main_pid > 0 and pid in procs.descendants(main_pid):
+            procs.kill_tree(pid)
 
 
 class SystemdRunContainer(Container):
@@ -177,7 +172,7 @@ class SystemdRunContainer(Container):
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         self.guard_probe()
-        return self.agent.exec(list(argv), timeout)
+        return self.agent.exec(list(argv), timeout, self.host_pid)
 
     def show(self) -> dict[str, str]:
         r = self.inst.run(["systemctl", "show", self.unit, "-p", ",".join(decl.SHOW_PROPERTIES)])
