@@ -35,3 +35,4 @@ bench: setup
 	$(PY)/python benchmarks/plugin_overhead.py
 	$(PY)/python benchmarks/module20.py
 	$(PY)/python benchmarks/session.py all
+	$(PY)/python benchmarks/concurrency.py

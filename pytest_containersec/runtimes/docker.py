@@ -261,7 +261,9 @@ class DockerRuntime:
         try:
             sdk.start()
             sdk.reload()
-            oci.check_running(self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk))
+            oci.check_running(
+                self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk), oci.start_wait(spec)
+            )
         except BaseException as exc:
             with contextlib.suppress(*ENGINE_ERRORS):
                 sdk.remove(force=True)

@@ -45,7 +45,7 @@ from .nspawn_spec import (
     nspawn_argv,
     spec_args,
 )
-from .oci import START_WAIT
+from .oci import start_wait
 from .probe_copy import ProbeCopy
 
 START_TIMEOUT = 30.0
@@ -201,7 +201,7 @@ class NspawnContainer(Container):
             if not self.agent.wait_ready(pidfd, START_TIMEOUT, self.argv):
                 self._failed()
             self.host_pid = self._main_pid(prefix)
-            if select.select([pidfd], [], [], START_WAIT)[0]:
+            if select.select([pidfd], [], [], start_wait(self.spec))[0]:
                 self._failed()
         finally:
             os.close(pidfd)

@@ -32,6 +32,12 @@ def entrypoint_and_command(spec: ContainerSpec) -> tuple[list[str] | None, list[
     return list(IDLE_ENTRYPOINT), list(IDLE_COMMAND)
 
 
+def start_wait(spec: ContainerSpec) -> float:
+    """How long a fresh container must survive to count as started: START_WAIT for the
+    spec's own command (it may exit at once); none for the idle busybox sleep."""
+    return START_WAIT if spec.command else 0.0
+
+
 def wrap_with_timeout(argv: list[str], timeout: float) -> list[str]:
     """Run ``argv`` under the probe busybox's ``timeout``: the kill happens inside."""
     secs = max(1, math.ceil(timeout))
@@ -143,9 +149,11 @@ def check_running(
     argv: list[str],
     status: Callable[[], tuple[bool, int | None]],
     logs: Callable[[], str],
+    wait: float = START_WAIT,
 ) -> None:
-    """Raise ContainerStartError if the container's main process exited right away."""
-    deadline = time.monotonic() + START_WAIT
+    """Raise ContainerStartError if the container's main process exited right away
+    (within ``wait`` seconds; with 0, only if it is not running now)."""
+    deadline = time.monotonic() + wait
     while True:
         running, code = status()
         if not running:

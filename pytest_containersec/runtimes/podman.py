@@ -239,7 +239,9 @@ class PodmanRuntime:
         try:
             sdk.start()
             sdk.reload()
-            oci.check_running(self.name, argv, lambda: _status(sdk), lambda: _logs(sdk, 100))
+            oci.check_running(
+                self.name, argv, lambda: _status(sdk), lambda: _logs(sdk, 100), oci.start_wait(spec)
+            )
             pid = int(sdk.attrs["State"]["Pid"])
             if not _host_pid(pid):
                 raise ContainerStartError(

@@ -55,7 +55,7 @@ from . import procs
 from . import systemd_run_declared as decl
 from . import systemd_run_host as sdhost
 from .base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
-from .oci import IDLE_COMMAND, START_WAIT, BoundedBuffer
+from .oci import IDLE_COMMAND, BoundedBuffer, start_wait
 from .probe_copy import ProbeCopy
 from .systemd_run_declared import pairs, run_argv, unit_properties
 
@@ -239,7 +239,7 @@ class SystemdRunContainer(Container):
             if not self.agent.wait_ready(pidfd, START_TIMEOUT, self.argv):
                 self._failed(None, "the unit's main process exited")
             self.host_pid = self._exec_done(pid)
-            if select.select([pidfd], [], [], START_WAIT)[0]:
+            if select.select([pidfd], [], [], start_wait(self.spec))[0]:
                 self._failed(None, "the unit's main process exited")
         finally:
             os.close(pidfd)
