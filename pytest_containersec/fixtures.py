@@ -184,7 +184,7 @@ class ContainersecState:
 
     def plan_scope(self, item: pytest.Item, scope: str) -> None:
         """Start ahead what the tests of ``item``'s reuse scope will ask for."""
-        if self.settings.parallel < 2:
+        if self.settings.parallel < 2 or self.prestart.planned(scope):
             return
         wanted = []
         for other in item.session.items:

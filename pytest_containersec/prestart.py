@@ -54,6 +54,10 @@ class Prestart:
             self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="containersec")
         return self._pool
 
+    def planned(self, scope: str) -> bool:
+        with self._lock:
+            return scope in self._planned
+
     def plan(self, scope: str, wanted: Iterable[tuple[str, ContainerSpec]]) -> None:
         """Start, once per scope, each (runtime, spec) in ``wanted`` (first come first)."""
         if self.parallel < 2:
