@@ -103,6 +103,13 @@ class Container(abc.ABC):
         if problems:
             raise ProbeModified(self.runtime, problems)
 
+    def drop_probe(self) -> None:
+        """Remove the probe folder of a container this process gives up on (its engine is
+        gone: the container is removed by a later reap); it is never checked again."""
+        copy, self.probe_copy = self.probe_copy, None
+        if copy is not None:
+            copy.remove()
+
     def release_probe(self) -> None:
         """After the container is gone: a last check (a modification then is still shown
         in the cached Facts), then remove the copy. Idempotent."""

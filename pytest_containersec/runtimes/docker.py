@@ -315,6 +315,7 @@ class DockerRuntime:
         for c in live:
             with contextlib.suppress(ContainerSecError):  # a dead daemon: reaped when it is back
                 c.stop()
+            c.drop_probe()  # nothing may use it once we are gone
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -309,6 +309,7 @@ class PodmanRuntime:
         for c in live:
             with contextlib.suppress(ContainerSecError, OSError):  # a dead service: reaped later
                 c.stop()
+            c.drop_probe()  # nothing may use it once we are gone
         with self._lock:
             if self._client is not None:
                 cast(Any, self._client).close()
