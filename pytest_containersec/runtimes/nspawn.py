@@ -152,8 +152,8 @@ class NspawnContainer(Container):
             cg.kill_and_remove(self.cgroups)
             remove_nspawn_files(self.name, self.state / "rootfs")
             shutil.rmtree(self.state, ignore_errors=True)
-            self.release_probe()
         finally:
+            self.release_probe()
             self._rt.forget(self)
 
     def start(self, cache: Path, image_env: dict[str, str], options: list[str]) -> None:

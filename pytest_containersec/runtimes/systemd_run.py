@@ -270,8 +270,8 @@ class SystemdRunContainer(Container):
             shutil.rmtree(self.agent.run, ignore_errors=True)
             with contextlib.suppress(OSError):
                 (self.inst.state / "units" / self.unit).unlink()
-            self.release_probe()
         finally:
+            self.release_probe()
             self._rt.forget(self)
 
 
