@@ -25,7 +25,7 @@ from ..errors import (
     UnsupportedSpec,
 )
 from ..spec import ContainerSpec
-from . import oci
+from . import oci, procs
 from .base import (
     PROBE_DIR,
     Availability,
@@ -117,7 +117,12 @@ class DockerContainer(oci.EngineContainer):
         self.name = sdk.name or ""
         self.spec = spec
         self.engine_rootless = runtime.rootless
-        self.host_pid = runtime.host_pid(int(sdk.attrs["State"]["Pid"]))
+        reported = int(sdk.attrs["State"]["Pid"])
+        host_pid = runtime.host_pid(reported)
+        if host_pid is None:  # a rootless daemon named a process it did not start
+            why = f"State.Pid {reported} is not a process of the daemon's user"
+            raise ContainerStartError(runtime.name, [], None, why)
+        self.host_pid = host_pid
 
     def _exec(self, argv: list[str], timeout: float) -> ExecResult:
         api = self._rt.client.api
@@ -135,15 +140,16 @@ class DockerContainer(oci.EngineContainer):
 
         def note() -> None:  # our pid of a running exec (a rootless daemon reports its own)
             pid = api.exec_inspect(exec_id).get("Pid")
-            if pid:
-                noted.append(self._rt.host_pid(int(pid)))
+            ours = self._rt.host_pid(int(pid)) if pid else None
+            if ours:
+                noted.append(ours)
 
         def kill() -> None:
             pid = noted[0] if noted else 0
             if not pid and not self.engine_rootless:
                 pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
             if pid:
-                oci.kill_session(pid, self.host_pid)
+                oci.kill_session(pid, self.host_pid, self._rt.may_kill)
 
         return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
 
@@ -264,6 +270,7 @@ class DockerRuntime:
             oci.check_running(
                 self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk), oci.start_wait(spec)
             )
+            return DockerContainer(self, sdk, spec)
         except BaseException as exc:
             with contextlib.suppress(*ENGINE_ERRORS):
                 sdk.remove(force=True)
@@ -274,7 +281,6 @@ class DockerRuntime:
             if isinstance(exc, ENGINE_ERRORS):
                 raise self.engine_error("start", exc) from None
             raise
-        return DockerContainer(self, sdk, spec)
 
     @staticmethod
     def _status(sdk: SdkContainer) -> tuple[bool, int | None]:
@@ -286,7 +292,14 @@ class DockerRuntime:
         with self._lock:
             self._live.pop(c.id, None)
 
-    def host_pid(self, reported: int) -> int:
+    def may_kill(self, pid: int) -> bool:
+        """Whether a process an exec's timeout kills may be ``pid`` (a rootless daemon's
+        pids are its user's word: only that user's processes)."""
+        user = self.daemon.config.user if self.daemon is not None and self.rootless else None
+        return user is None or procs.owned_by_user(pid, user.uid, user.name)
+
+    def host_pid(self, reported: int) -> int | None:
+        """Our pid of a process the daemon reports (None: not one the daemon started)."""
         return self.daemon.host_pid(reported) if self.daemon is not None else reported
 
     def reap(self) -> int:

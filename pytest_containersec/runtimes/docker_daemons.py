@@ -15,7 +15,12 @@ while it imports the images (``python3 -m pytest_containersec.runtimes.docker_da
   /run/containersec and data root /var/lib/containersec/docker-userns.
 - ``docker-rootless``: dockerd-rootless.sh (rootlesskit) as the unprivileged user with
   rootless Docker's default socket, data root and exec root, host network (slirp4netns
-  needs /dev/net/tun) and no port driver.
+  needs /dev/net/tun) and no port driver. Its lock, log, state, leases and daemon.json
+  live in a folder only root writes (/run/containersec/rootless-UID, when we are root):
+  the user, who owns everything in its runtime folder, can neither forge the record whose
+  pid root stops nor plant a symlink where root writes. Only what the daemon itself
+  creates (socket, pid file, exec root, rootlesskit's state) is in the user's folder, and
+  root touches it through :mod:`.host_files`.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from pathlib import Path
 
 from .. import hostinfo, session
 from ..errors import RuntimeUnavailable
+from . import host_files, procs
 from . import podman_service as svc
-from . import procs
 from .base import Availability
 
 USERNS, ROOTLESS = "docker-userns", "docker-rootless"
@@ -52,7 +57,10 @@ SETUP_HINT = "run the project setup (make setup)"
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """Where one daemon lives and how it is started (``run_dir``: state, lock, leases, log)."""
+    """Where one daemon lives and how it is started (``run_dir``: state, lock, leases, log,
+    written by us alone; ``user_dir``: the rootless user's folder for what the daemon
+    creates; ``base``: a trusted folder above the daemon's own files, below which no
+    symlink is followed)."""
 
     runtime: str
     rootless: bool
@@ -66,6 +74,17 @@ class DaemonConfig:
     # (``<exec-root>.<uid>.<gid>``)
     cleanup_dirs: tuple[Path, ...] = ()
     require: Callable[[], None] = field(default=lambda: None, compare=False)
+    user_dir: Path | None = None
+    base: Path | None = None
+
+    @property
+    def trusted(self) -> Path:
+        return self.base or self.run_dir
+
+    @property
+    def socket_owner(self) -> int | None:
+        """The uid whose socket we talk to (None: ours, in a folder of ours)."""
+        return self.user.uid if self.user is not None else None
 
     def path(self, suffix: str) -> Path:
         return self.run_dir / f"{self.runtime}{suffix}"
@@ -104,7 +123,7 @@ def rootless_config() -> DaemonConfig:
     except RuntimeUnavailable as exc:
         raise RuntimeUnavailable(ROOTLESS, exc.reason, exc.hint) from None
     assert user is not None
-    xdg, run = user.runtime_dir, user.runtime_dir / "containersec"
+    xdg, run, own = user.runtime_dir, svc.run_dir(user), svc.socket_dir(user)
     script = next((s for s in map(_which, ROOTLESS_SCRIPTS) if s), ROOTLESS_SCRIPTS[1])
 
     def require() -> None:
@@ -116,7 +135,7 @@ def rootless_config() -> DaemonConfig:
                 why = f"{user.name} has no /etc/{kind} range"
                 raise RuntimeUnavailable(ROOTLESS, why, SETUP_HINT)
 
-    kit = run / "docker-rootless-kit"  # rootlesskit's state (else a temp dir left if killed)
+    kit = own / "docker-rootless-kit"  # rootlesskit's state (else a temp dir left if killed)
     env = {**user.env(), "DOCKERD_ROOTLESS_ROOTLESSKIT_NET": "host",
            "DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER": "none",
            "DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS": f"--state-dir={kit}"}  # fmt: skip
@@ -125,7 +144,7 @@ def rootless_config() -> DaemonConfig:
             f"--exec-root={xdg / 'docker'}", f"--pidfile={xdg / 'docker.pid'}",
             f"--config-file={run / 'docker-rootless.daemon.json'}", *COMMON_FLAGS)  # fmt: skip
     return DaemonConfig(ROOTLESS, True, xdg / "docker.sock", run, xdg / "docker.pid", argv, env,
-                        user, (xdg / "docker", kit), require)  # fmt: skip
+                        user, (xdg / "docker", kit), require, own, xdg)  # fmt: skip
 
 
 CONFIGS: dict[str, Callable[[], DaemonConfig]] = {USERNS: userns_config, ROOTLESS: rootless_config}
@@ -139,7 +158,7 @@ class Record:
     @classmethod
     def read(cls, path: Path) -> Record | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(host_files.read_small(path) or b"")
             return cls(int(data["pid"]), str(data["token"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -174,9 +193,12 @@ class DockerDaemon:
 
     def answers(self) -> bool:
         try:
-            return svc.answers(self.config.socket)
+            return self._answers()
         except RuntimeUnavailable:
             return False
+
+    def _answers(self, timeout: float = 2.0) -> bool:
+        return svc.answers(self.config.socket, timeout, self.config.socket_owner)
 
     def availability(self) -> Availability:
         """Whether the daemon can be started here (cheap: nothing is started)."""
@@ -191,20 +213,24 @@ class DockerDaemon:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The daemon's lock; creates its folder (the user's, for a rootless daemon)."""
+        """The daemon's lock; creates our folder (and the user's for a rootless one, which
+        only a start needs: a tampered user folder never keeps us from stopping)."""
         cfg, user = self.config, self.config.user
-        if user is not None:
-            if user.drop and not user.runtime_dir.is_dir():
-                user.make_dir(user.runtime_dir)
-            user.make_dir(cfg.run_dir)
-        else:
-            cfg.run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        with open(cfg.path(".lock"), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        try:
+            if user is not None and not user.drop:
+                user.prepare()  # our own folders: the records live there too
+            if user is None or user.drop:
+                host_files.private_dir(cfg.run_dir)
+            fd = os.open(cfg.path(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)  # fmt: skip
+        except OSError as exc:
+            raise RuntimeUnavailable(self.runtime, f"cannot prepare {cfg.run_dir}: {exc}",
+                                     SETUP_HINT) from None  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _live_leases(self) -> list[Path]:
         """Remove the leases of dead sessions; return the others."""
@@ -222,13 +248,20 @@ class DockerDaemon:
         with self._locked():
             self._live_leases()
             record = Record.read(cfg.path(".json"))
-            if svc.answers(cfg.socket):
+            if self._answers():
                 if record is not None and record.running:
                     self._take_lease(owner)
                 return self.url
             cfg.require()
             if record is not None:  # ours, but it no longer answers: replace it
                 self._stop(record)
+            if cfg.user is not None:
+                try:
+                    cfg.user.prepare()
+                    if cfg.user_dir is not None:
+                        cfg.user.make_dir(cfg.user_dir)
+                except OSError as exc:
+                    raise RuntimeUnavailable(self.runtime, str(exc), SETUP_HINT) from None
             self._start(owner)
         return self.url
 
@@ -246,10 +279,11 @@ class DockerDaemon:
     def _start(self, owner: str | None) -> None:
         cfg = self.config
         for stale in (cfg.socket, cfg.pidfile):
-            stale.unlink(missing_ok=True)
+            host_files.unlink_below(cfg.trusted, stale)
         log, drop = cfg.path(".log"), cfg.user is not None and cfg.user.drop
-        cfg.path(".daemon.json").write_text("{}\n")  # not /etc/docker/daemon.json: isolated
-        with open(log, "wb") as out:
+        # not /etc/docker/daemon.json: isolated; readable by the rootless daemon, not writable
+        host_files.write_private(cfg.path(".daemon.json"), b"{}\n", 0o644)
+        with open(host_files.open_log(log), "wb") as out:
             try:
                 proc = subprocess.Popen(  # own session: pytest's Ctrl-C must not reach it
                     cfg.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -264,10 +298,10 @@ class DockerDaemon:
         self._proc = proc
         record = {"pid": proc.pid, "token": session.owner_token(proc.pid),
                   "owner": owner or session.current().owner, "argv": list(cfg.argv)}  # fmt: skip
-        cfg.path(".json").write_text(json.dumps(record))
+        host_files.write_private(cfg.path(".json"), json.dumps(record).encode())
         self._take_lease(owner)
         deadline = time.monotonic() + START_TIMEOUT
-        while not svc.answers(cfg.socket, timeout=1.0):
+        while not self._answers(timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
                 late = f"did not answer in {START_TIMEOUT:g}s"
                 what, tail = "exited" if proc.poll() is not None else late, procs.tail(log, 30)
@@ -314,8 +348,8 @@ class DockerDaemon:
             procs.stop_tree(record.pid, record.token, proc)
         cfg = self.config
         if not svc.answers(cfg.socket, timeout=0.5):  # never unlink a stranger's live socket
-            cfg.socket.unlink(missing_ok=True)
-        cfg.pidfile.unlink(missing_ok=True)
+            host_files.unlink_below(cfg.trusted, cfg.socket)
+        host_files.unlink_below(cfg.trusted, cfg.pidfile)
         cfg.path(".json").unlink(missing_ok=True)
         cfg.path(".daemon.json").unlink(missing_ok=True)
         if not keep_log:
@@ -324,16 +358,36 @@ class DockerDaemon:
             cfg.path(".leases").rmdir()
         mounts = Path("/proc/self/mountinfo").read_text()
         for top in cfg.cleanup_dirs:
-            for d in (top, *top.parent.glob(f"{top.name}.*")):
-                if d.is_dir() and f" {d}/" not in mounts and f" {d} " not in mounts:
-                    shutil.rmtree(d, ignore_errors=True)
+            for d in (top, *_siblings(cfg.trusted, top)):
+                if f" {d}/" not in mounts and f" {d} " not in mounts:
+                    host_files.remove_tree_below(cfg.trusted, d)
 
-    def host_pid(self, reported: int) -> int:
-        """``reported`` (State.Pid, in the daemon's pid namespace) as a pid of ours."""
+    def host_pid(self, reported: int) -> int | None:
+        """``reported`` (State.Pid, in the daemon's pid namespace) as a pid of ours; None
+        when a rootless daemon names a process that is not its user's (uid or sub-uid): the
+        user controls what that daemon says, and must not point root at a host process to
+        watch, or at a session to kill when an exec times out. (Not "a descendant of the
+        daemon": containerd's shims are reparented to init unless rootlesskit has --pidns.)"""
         if not self.rootless:  # a root dockerd shares our pid namespace
             return reported
         record = Record.read(self.config.path(".json"))
-        return translate_pid(reported, record.pid if record is not None else None)
+        running = record is not None and record.running
+        pid = translate_pid(reported, record.pid if record is not None and running else None)
+        user = self.config.user
+        ok = user is not None and procs.owned_by_user(pid, user.uid, user.name)
+        return pid if ok else None
+
+
+def _siblings(base: Path, top: Path) -> list[Path]:
+    """``top.*`` beside ``top`` (dockerd's remapped copies), listed without following links."""
+    try:
+        fd = host_files.open_below(base, top.parent)
+    except (OSError, ValueError):
+        return []
+    try:
+        return [top.parent / n for n in os.listdir(fd) if n.startswith(f"{top.name}.")]
+    finally:
+        os.close(fd)
 
 
 def _dockerd_version() -> str:

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -125,11 +126,21 @@ def _export_docker(image: str, dest: Path) -> bool:
 
 def _drop_engine_marker(root: Path) -> None:
     """``docker export`` adds /.dockerenv: not part of the image, and it would tell
-    detection tools inside that they run under Docker."""
+    detection tools inside that they run under Docker. Removed only as an empty regular
+    file reached without symlinks (the image's ``run`` may be a link to a host folder)."""
     for marker in (".dockerenv", "run/.containerenv"):
-        p = root / marker
-        if p.is_file() and not p.is_symlink() and p.stat().st_size == 0:
-            p.unlink()
+        *dirs, name = marker.split("/")
+        fd = _open_dir(root, dirs, create=False)
+        if fd is None:
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(name, dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _podman(*args: str, timeout: float = LOOKUP_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -167,13 +178,19 @@ def _export_podman(image: str, dest: Path) -> bool:
 
 
 def _open_dir(root: Path, parts: list[str], create: bool) -> int | None:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    """A descriptor of ``root/parts...`` reached without following a symlink (None: a
+    component is missing, not a directory, or a symlink)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     for part in parts:
+        if part in ("", ".", ".."):
+            os.close(fd)
+            return None
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o755, dir_fd=fd)
         try:
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)  # fmt: skip
         except OSError:
             os.close(fd)
             return None  # missing, or a symlink: leave it to nspawn (it resolves in-root)
@@ -198,6 +215,23 @@ def read_file(root: Path, rel: str) -> str | None:
         return fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
 
 
+def lexists_in(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` exists (as a name: a dangling symlink counts), its folders
+    reached without symlinks; a folder that is a symlink counts as existing (nspawn resolves
+    it inside the tree), never looked up through it on the host."""
+    *dirs, name = rel.strip("/").split("/")
+    fd = _open_dir(root, dirs, create=False)
+    if fd is None:
+        return any(os.path.islink(root.joinpath(*dirs[: i + 1])) for i in range(len(dirs)))
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def ensure_path(root: Path, rel: str, is_dir: bool) -> None:
     """Create a mount target (directory, or empty file) inside ``root`` if missing."""
     *dirs, name = rel.strip("/").split("/")
@@ -218,9 +252,7 @@ def ensure_path(root: Path, rel: str, is_dir: bool) -> None:
 def prepare_copy(cache: Path, dest: Path) -> None:
     """Private copy of the cached rootfs that nspawn accepts as an OS tree."""
     subprocess.run(["cp", "-a", "--reflink=auto", str(cache), str(dest)], check=True)
-    if not os.path.lexists(dest / "etc/os-release") and not os.path.lexists(
-        dest / "usr/lib/os-release"
-    ):
+    if not lexists_in(dest, "etc/os-release") and not lexists_in(dest, "usr/lib/os-release"):
         ensure_path(dest, "etc/os-release", is_dir=False)
         fd = _open_dir(dest, ["etc"], create=False)
         if fd is not None:

@@ -125,10 +125,14 @@ def run_exec(
     return ExecResult(rc if rc is not None else -1, out.text(), err.text())
 
 
-def kill_session(sid: int, container_pid: int) -> None:
+def kill_session(
+    sid: int, container_pid: int, allowed: Callable[[int], bool] = lambda pid: True
+) -> None:
     """SIGKILL the exec whose host pid is ``sid`` and every process of its session (the
     engine makes each exec a session leader) that is in ``container_pid``'s pid namespace.
-    A session id stays in use while a member lives, so it names nothing else meanwhile."""
+    A session id stays in use while a member lives, so it names nothing else meanwhile.
+    ``allowed``: a rootless engine's pids are the user's word, so only processes of that
+    user (its uid and sub-uids) are killed (``pid="host"`` shares our pid namespace)."""
     try:
         ns = os.readlink(f"/proc/{container_pid}/ns/pid")
     except OSError:
@@ -140,7 +144,7 @@ def kill_session(sid: int, container_pid: int) -> None:
             stat = Path(entry.path, "stat").read_text()
             if int(stat[stat.rfind(")") + 2 :].split()[3]) != sid and int(entry.name) != sid:
                 continue
-            if os.readlink(f"{entry.path}/ns/pid") == ns:
+            if os.readlink(f"{entry.path}/ns/pid") == ns and allowed(int(entry.name)):
                 os.kill(int(entry.name), signal.SIGKILL)
 
 

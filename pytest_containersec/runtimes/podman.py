@@ -28,7 +28,7 @@ from ..errors import (
     RuntimeUnavailable,
 )
 from ..spec import ContainerSpec
-from . import oci
+from . import host_files, oci, procs
 from .base import Availability, Container, ExecResult
 from .podman_service import (
     PodmanService,
@@ -112,7 +112,7 @@ class PodmanContainer(oci.EngineContainer):
         def kill() -> None:
             pid = inspect().get("Pid") or (noted[0] if noted else 0)
             if pid:
-                oci.kill_session(int(pid), self.host_pid)
+                oci.kill_session(int(pid), self.host_pid, self._rt.may_kill)
 
         return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
 
@@ -123,7 +123,10 @@ class PodmanContainer(oci.EngineContainer):
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         oci_config: dict[str, Any] | None = None
         with contextlib.suppress(OSError, ValueError, TypeError):
-            oci_config = json.loads(Path(attrs["OCIConfigPath"]).read_text())
+            # a rootless service names a file of its user: bounded, a regular file, theirs
+            owner = self._rt._ids.uid if self.engine_rootless and self._rt._ids else None
+            raw = host_files.read_small(Path(attrs["OCIConfigPath"]), 4 << 20, owner)
+            oci_config = json.loads(raw) if raw is not None else None
         return declared_from_inspect(attrs, self.engine_rootless, oci_config)
 
     def logs(self) -> str:
@@ -191,6 +194,17 @@ class PodmanRuntime:
                 self.service, self._client = svc, client
             return self._client
 
+    def may_kill(self, pid: int) -> bool:
+        """Whether ``pid`` may be a process of this engine's containers: any for rootful
+        Podman; for rootless, one of the user's uid or sub-uids (the service is the user's,
+        and so is every pid it reports)."""
+        if not self.rootless:
+            return True
+        ids, uid = self._ids, procs.real_uid(pid)
+        if ids is None or uid is None:
+            return False
+        return uid == ids.uid or ids.subuid[0] <= uid < ids.subuid[0] + ids.subuid[1]
+
     def availability(self) -> Availability:
         try:
             self._ids = check_host(self.name, self.rootless)
@@ -243,10 +257,9 @@ class PodmanRuntime:
                 self.name, argv, lambda: _status(sdk), lambda: _logs(sdk, 100), oci.start_wait(spec)
             )
             pid = int(sdk.attrs["State"]["Pid"])
-            if not _host_pid(pid):
-                raise ContainerStartError(
-                    self.name, argv, None, f"State.Pid {pid} is not a process in our pid namespace"
-                )
+            if not _host_pid(pid) or not self.may_kill(pid):
+                why = f"State.Pid {pid} is not a process of the engine's user in our pid namespace"
+                raise ContainerStartError(self.name, argv, None, why)
         except BaseException as exc:
             with contextlib.suppress(*ENGINE_ERRORS, OSError):
                 self.remove(str(sdk.id))

@@ -4,8 +4,13 @@ which sub-ids), and the ``podman system service`` they talk to: find one, or sta
 A service that already answers at the default socket is used and left alone. Otherwise
 this process starts its own on a socket unique to its session (xdist workers never
 collide), as the unprivileged user for rootless Podman, records its pid and our owner
-token in a state file next to the socket (so a later session reaps it if we are killed),
-and stops it in :meth:`PodmanService.stop`.
+token in a state file (so a later session reaps it if we are killed), and stops it in
+:meth:`PodmanService.stop`.
+
+Run as root for rootless Podman, the state file and the log live in a folder only root
+can write (:func:`run_dir`); only the socket, which the service itself creates, is in the
+user's folder (:func:`socket_dir`), and root touches that folder only through
+:mod:`.host_files` (never following what the user planted there).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 from .. import hostinfo, session
 from ..errors import RuntimeUnavailable
-from . import procs
+from . import host_files, procs
 
 ROOTFUL_SOCKET = Path("/run/podman/podman.sock")
 ROOTFUL_RUN_DIR = Path("/run/containersec")
@@ -74,10 +79,17 @@ class ServiceUser:
         }
 
     def make_dir(self, path: Path) -> None:
-        """Create ``path`` (mode 0700) owned by this user."""
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.drop:
-            os.chown(path, self.uid, self.gid)
+        """Create ``path`` (mode 0700) owned by this user: its runtime folder, or a folder
+        in it (handed over by descriptor; a symlink the user planted is never followed)."""
+        base = path.parent if path == self.runtime_dir else self.runtime_dir
+        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        host_files.user_dir(base, path, self.uid, self.gid)
+
+    def prepare(self) -> None:
+        """Its runtime folder (if we create it for the user) and its containersec folder."""
+        if not self.runtime_dir.is_dir() or self.drop:
+            self.make_dir(self.runtime_dir)
+        self.make_dir(socket_dir(self))
 
 
 def default_socket(user: ServiceUser | None) -> Path:
@@ -88,14 +100,44 @@ def default_socket(user: ServiceUser | None) -> Path:
 
 
 def run_dir(user: ServiceUser | None) -> Path:
-    """Where the services this package starts keep socket, log and state file."""
+    """Where the services this package starts keep their log and state file: a folder only
+    root writes when we are root (for a rootless service too), else the user's own."""
     if user is None:
         return ROOTFUL_RUN_DIR
+    if user.drop:
+        return ROOTFUL_RUN_DIR / f"rootless-{user.uid}"
     return user.runtime_dir / "containersec"
 
 
-def answers(sock: Path, timeout: float = 2.0) -> bool:
-    """Whether a Podman (or Docker-compatible) API answers ``/_ping`` on ``sock``."""
+def socket_dir(user: ServiceUser | None) -> Path:
+    """Where the services this package starts create their sockets (the user's folder)."""
+    return ROOTFUL_RUN_DIR if user is None else user.runtime_dir / "containersec"
+
+
+def trusted_base(user: ServiceUser | None) -> Path:
+    """The folder below which paths of :func:`socket_dir` are walked without following
+    symlinks (its own parent is root's: the user cannot replace it)."""
+    return ROOTFUL_RUN_DIR if user is None else user.runtime_dir
+
+
+def prepare_dirs(user: ServiceUser | None) -> None:
+    """Create the record and socket folders; raise :class:`host_files.Tampered` (an
+    OSError) when one is not what it must be."""
+    if user is None:
+        host_files.private_dir(ROOTFUL_RUN_DIR)
+        return
+    user.prepare()
+    if user.drop:
+        host_files.private_dir(run_dir(user))
+
+
+def answers(sock: Path, timeout: float = 2.0, owner: int | None = None) -> bool:
+    """Whether a Podman (or Docker-compatible) API answers ``/_ping`` on ``sock``.
+
+    ``owner``: the socket must be one of that uid's, not a symlink to another's (a rootless
+    user must not point root at the rootful engine's socket)."""
+    if owner is not None and not host_files.socket_owned_by(sock, owner):
+        return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
@@ -117,12 +159,14 @@ class PodmanService:
         proc: subprocess.Popen[bytes] | None = None,
         state: Path | None = None,
         log: Path | None = None,
+        user: ServiceUser | None = None,
     ) -> None:
         self.runtime = runtime
         self.socket = sock
         self._proc = proc
         self.state = state
         self.log = log
+        self.user = user
 
     @property
     def owned(self) -> bool:
@@ -141,31 +185,26 @@ class PodmanService:
         """The default service if one answers, else one this process starts and owns."""
         user = ServiceUser.for_mode(rootless)
         sock = default_socket(user)
-        if answers(sock):
+        if answers(sock, owner=None if user is None else user.uid):
             return cls(runtime, sock)
         return cls._start(runtime, user)
 
     @classmethod
     def _start(cls, runtime: str, user: ServiceUser | None) -> PodmanService:
-        directory = run_dir(user)
         try:
-            if user is not None:
-                if user.drop and not user.runtime_dir.is_dir():
-                    user.make_dir(user.runtime_dir)
-                user.make_dir(directory)
-            else:
-                directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            prepare_dirs(user)
         except OSError as exc:
             raise RuntimeUnavailable(
-                runtime, f"cannot create {directory}: {exc}", "run the project setup (make setup)"
+                runtime, f"cannot prepare {run_dir(user)}: {exc}", "run the setup (make setup)"
             ) from None
         # one name per service: two adapters of one process must not share (and unlink)
         # each other's socket
-        base = directory / f"podman-{session.current().id}-{next(_SERVICE_NUMBERS)}"
-        sock, log, state = (base.with_suffix(s) for s in (".sock", ".log", ".json"))
-        sock.unlink(missing_ok=True)
+        name = f"podman-{session.current().id}-{next(_SERVICE_NUMBERS)}"
+        sock = socket_dir(user) / f"{name}.sock"
+        log, state = run_dir(user) / f"{name}.log", run_dir(user) / f"{name}.json"
+        host_files.unlink_below(trusted_base(user), sock)
         argv = ["podman", "system", "service", "--time=0", f"unix://{sock}"]
-        with open(log, "wb") as out:
+        with open(host_files.open_log(log), "wb") as out:
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -183,10 +222,10 @@ class PodmanService:
                 raise RuntimeUnavailable(
                     runtime, f"cannot run {argv[0]}: {exc}", "apt-get install podman"
                 ) from None
-        svc = cls(runtime, sock, proc, state, log)
+        svc = cls(runtime, sock, proc, state, log, user)
         svc._write_state()
         deadline = time.monotonic() + START_TIMEOUT
-        while not answers(sock, timeout=1.0):
+        while not answers(sock, timeout=1.0, owner=None if user is None else user.uid):
             if proc.poll() is not None or time.monotonic() > deadline:
                 what = (
                     "exited" if proc.poll() is not None else f"did not answer in {START_TIMEOUT:g}s"
@@ -211,7 +250,7 @@ class PodmanService:
             "socket": str(self.socket),
             "log": str(self.log),
         }
-        self.state.write_text(json.dumps(record))
+        host_files.write_private(self.state, json.dumps(record).encode())
 
     def stop(self, keep_log: bool = False) -> None:
         """Stop the service if this process started it; idempotent."""
@@ -225,7 +264,8 @@ class PodmanService:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(STOP_TIMEOUT)
-        for path in (self.socket, self.state, None if keep_log else self.log):
+        host_files.unlink_below(trusted_base(self.user), self.socket)
+        for path in (self.state, None if keep_log else self.log):
             if path is not None:
                 path.unlink(missing_ok=True)
 
@@ -237,16 +277,17 @@ def _extra_groups(user: ServiceUser | None) -> list[int] | None:
     return os.getgrouplist(user.name, user.gid)
 
 
-def own_file(state: Path, recorded: object) -> Path | None:
-    """``recorded`` if it names a file of this service beside its state file, else None.
+def own_file(state: Path, recorded: object, folder: Path | None = None) -> Path | None:
+    """``recorded`` if it names a file of this service (its name starts with the state
+    file's) in ``folder`` (default: beside the state file), else None.
 
-    For rootless Podman the folder is the unprivileged user's, so the record is as
-    untrusted as that user: a path like ``DIR/../../etc/shadow`` must never be unlinked.
+    Defence in depth: a record is only read from a folder only root writes, but a path like
+    ``DIR/../../etc/shadow`` must never be unlinked whatever the record says.
     """
     if not isinstance(recorded, str):
         return None
     path = Path(recorded)
-    if path.parent != state.parent or path.name in ("", ".", ".."):
+    if path.parent != (folder or state.parent) or path.name in ("", ".", ".."):
         return None
     if not path.name.startswith(state.stem):
         return None
@@ -260,9 +301,15 @@ def reap_services(rootless: bool) -> int:
     except RuntimeUnavailable:
         return 0
     n = 0
-    for state in sorted(run_dir(user).glob(STATE_GLOB)):
+    records = run_dir(user)
+    if user is not None and user.drop:
+        try:  # a folder the rootless user made in our place is not read
+            host_files.private_dir(records)
+        except OSError:
+            return 0
+    for state in sorted(records.glob(STATE_GLOB)):
         try:
-            record = json.loads(state.read_text())
+            record = json.loads(host_files.read_small(state) or b"")
             pid, token, owner = int(record["pid"]), str(record["token"]), str(record["owner"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -270,10 +317,12 @@ def reap_services(rootless: bool) -> int:
             continue
         if procs.running(pid, token) and procs.terminate(pid, token):
             n += 1
-        for key in ("socket", "log"):
-            leftover = own_file(state, record.get(key))
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        sock = own_file(state, record.get("socket"), socket_dir(user))
+        if sock is not None:
+            host_files.unlink_below(trusted_base(user), sock)
+        log = own_file(state, record.get("log"))
+        if log is not None:
+            log.unlink(missing_ok=True)
         state.unlink(missing_ok=True)
     return n
 

@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import session
+from .. import hostinfo, session
+from . import host_files
 
 STOP_TIMEOUT = 5.0
 PROC = Path("/proc")
@@ -101,6 +102,27 @@ def find_inner(root: int, inner_pid: int, proc: Path = PROC) -> int | None:
     return None
 
 
+def owned_by_user(pid: int, uid: int, name: str, proc: Path = PROC) -> bool:
+    """Whether ``pid`` runs (real uid) as ``uid`` or one of ``name``'s sub-uids: a process
+    of that user's rootless engine, not another user's nor root's."""
+    real = real_uid(pid, proc)
+    if real is None:
+        return False
+    sub = hostinfo.subid_range(name, "/etc/subuid")
+    return real == uid or (sub is not None and sub[0] <= real < sub[0] + sub[1])
+
+
+def real_uid(pid: int, proc: Path = PROC) -> int | None:
+    """The real uid ``pid`` runs as (None: gone or unreadable)."""
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and its descendants (repeated: a fork may race the first pass)."""
     for _ in range(5):
@@ -117,8 +139,10 @@ def kill_tree(pid: int) -> None:
 
 
 def running(pid: int, token: str) -> bool:
-    """``token`` still names a live process (a zombie left for init to reap is dead)."""
-    if not session.owner_alive(token):
+    """``token`` is ``pid``'s own and still names it, alive (a zombie left for init to reap
+    is dead). A token of another process never vouches for ``pid``: a record naming pid 1
+    with the token of some live process of the writer's must not stop init."""
+    if token.partition(".")[0] != str(pid) or not session.owner_alive(token):
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -127,18 +151,32 @@ def running(pid: int, token: str) -> bool:
     return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
+def _signal(pid: int, token: str, sig: int) -> bool:
+    """Send ``sig`` to the process ``token`` names, through a pidfd taken while the token
+    still matched (a pid reused after the check cannot receive it)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if not running(pid, token):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def terminate(pid: int, token: str, timeout: float = STOP_TIMEOUT) -> bool:
     """SIGTERM, then SIGKILL after ``timeout``, a process still named by ``token``."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
+    if not _signal(pid, token, signal.SIGTERM):
         return False
     deadline = time.monotonic() + timeout
     while running(pid, token) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if running(pid, token):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    _signal(pid, token, signal.SIGKILL)
     return True
 
 
@@ -154,22 +192,16 @@ def stop_tree(pid: int, token: str, popen: subprocess.Popen[bytes] | None = None
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(STOP_TIMEOUT)
     survivors = [(p, t) for p, t in tree if running(p, t)]
-    for p, _ in survivors:
-        with contextlib.suppress(OSError):
-            os.kill(p, signal.SIGTERM)
+    for p, t in survivors:
+        _signal(p, t, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while any(running(p, t) for p, t in survivors) and time.monotonic() < deadline:
         time.sleep(0.05)
     for p, t in survivors:
-        if running(p, t):
-            with contextlib.suppress(OSError):
-                os.kill(p, signal.SIGKILL)
+        _signal(p, t, signal.SIGKILL)
 
 
 def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file, for error messages."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+    """The last lines of a log file, for error messages (its last 64 KiB at most; never
+    through a symlink, never a FIFO)."""
+    return host_files.tail(path, lines)

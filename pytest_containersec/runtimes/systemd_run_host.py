@@ -139,8 +139,10 @@ class SystemdInstance:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n: int = 4000) -> str:
-        try:
-            return (self.state / "log").read_bytes()[-n:].decode("utf-8", "replace")
+        try:  # the booted system's console: as long as a unit makes it, read its end only
+            with (self.state / "log").open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - n))
+                return f.read(n).decode("utf-8", "replace")
         except OSError:
             return ""
 

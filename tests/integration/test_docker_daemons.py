@@ -157,23 +157,26 @@ def test_root_only_host_file_is_denied_to_container_root(
 
 
 def isolated(name: str, tag: str) -> dd.DaemonConfig:
-    """The runtime's daemon, moved to its own socket, data root and exec root."""
+    """The runtime's daemon, moved to its own socket, data root and exec root (records in
+    a folder of root's, what the daemon creates in one of the rootless user's)."""
     cfg = dd.CONFIGS[name]()
-    run = cfg.run_dir / f"test-{tag}"
+    records = cfg.run_dir / f"test-{tag}"
+    run = (cfg.user_dir or cfg.run_dir) / f"test-{tag}"
     if cfg.user is None:
         data = session.STATE_DIR / "test-daemons" / tag
     else:
         data = Path(cfg.user.home) / ".local/share" / f"containersec-test-{tag}"
     flags = {"--host": f"unix://{run}/d.sock", "--data-root": str(data),
              "--exec-root": f"{run}/exec", "--pidfile": f"{run}/d.pid",
-             "--config-file": f"{run}/{name}.daemon.json"}  # fmt: skip
+             "--config-file": f"{records}/{name}.daemon.json"}  # fmt: skip
     argv = tuple(
         f"{a.split('=')[0]}={flags[a.split('=')[0]]}" if a.split("=")[0] in flags else a
         for a in cfg.argv
     )
     env = cfg.env and {**cfg.env, "DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS": f"--state-dir={run}/kit"}
-    return dataclasses.replace(cfg, socket=run / "d.sock", run_dir=run, pidfile=run / "d.pid",
-                               argv=argv, env=env, cleanup_dirs=(run / "exec", run / "kit"))  # fmt: skip
+    return dataclasses.replace(cfg, socket=run / "d.sock", run_dir=records, pidfile=run / "d.pid",
+                               argv=argv, env=env, cleanup_dirs=(run / "exec", run / "kit"),
+                               user_dir=run if cfg.user is not None else None)  # fmt: skip
 
 
 @pytest.fixture(params=NAMES)
@@ -188,6 +191,8 @@ def own_daemon(request: pytest.FixtureRequest) -> Iterator[tuple[str, dd.DaemonC
     data = next(a.split("=", 1)[1] for a in cfg.argv if a.startswith("--data-root="))
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
+    if cfg.user_dir is not None:
+        shutil.rmtree(cfg.user_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         (session.STATE_DIR / "test-daemons").rmdir()
 
@@ -201,7 +206,7 @@ def tree_of(cfg: dd.DaemonConfig) -> list[tuple[int, str]]:
 
 def assert_gone(cfg: dd.DaemonConfig, tree: list[tuple[int, str]]) -> None:
     assert not any(procs.running(p, t) for p, t in tree)
-    for path in (cfg.socket, cfg.pidfile, cfg.path(".json"), cfg.run_dir / "exec"):
+    for path in (cfg.socket, cfg.pidfile, cfg.path(".json"), cfg.socket.parent / "exec"):
         assert not path.exists(), path
 
 

@@ -270,7 +270,8 @@ def test_a_podman_service_record_names_only_its_own_files(
     record = {"pid": 999999999, "token": dead, "owner": dead}
     (run / "podman-abc-1.json").write_text(json.dumps({**record, "socket": str(own),
                                                        "log": f"{run}/../victim"}))  # fmt: skip
-    monkeypatch.setattr(svc, "run_dir", lambda user: run)
+    for name in ("run_dir", "socket_dir", "trusted_base"):
+        monkeypatch.setattr(svc, name, lambda user: run)
     svc.reap_services(False)
     assert victim.read_text() == "host file\n"
     assert not own.exists()
