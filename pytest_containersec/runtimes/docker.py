@@ -200,8 +200,8 @@ class DockerRuntime:
                 self.base_url = self.daemon.ensure()
             try:
                 client = docker.DockerClient(base_url=self.base_url, timeout=API_TIMEOUT)
-                info = client.info()
-                self.version = str(client.version().get("Version", "?"))
+                info = client.info()  # one request: the version is in it too
+                self.version = str(info.get("ServerVersion") or "?")
             except docker.errors.DockerException as exc:
                 raise RuntimeUnavailable(
                     self.name, f"no daemon answers at {self.base_url}: {exc}", _hint(self.base_url)
@@ -266,8 +266,7 @@ class DockerRuntime:
             raise self.engine_error("create", exc) from None
         try:
             sdk.start()
-            sdk.reload()
-            oci.check_running(
+            oci.check_running(  # reloads the attributes: State.Pid is read from them
                 self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk), oci.start_wait(spec)
             )
             return DockerContainer(self, sdk, spec)

@@ -252,8 +252,7 @@ class PodmanRuntime:
             raise ContainerStartError(self.name, argv, None, _explain(exc)) from None
         try:
             sdk.start()
-            sdk.reload()
-            oci.check_running(
+            oci.check_running(  # reloads the attributes: State.Pid is read from them
                 self.name, argv, lambda: _status(sdk), lambda: _logs(sdk, 100), oci.start_wait(spec)
             )
             pid = int(sdk.attrs["State"]["Pid"])
