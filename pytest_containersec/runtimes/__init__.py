@@ -15,6 +15,7 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "docker-userns",
     "docker-rootless",
     "systemd-run",
+    "lxc",
 )
 
 _instances: dict[str, Runtime] = {}
@@ -46,6 +47,11 @@ def _create(name: str) -> Runtime:
 
         systemd_run: Runtime = SystemdRunRuntime()
         return systemd_run
+    if name == "lxc":
+        from .lxc import LxcRuntime
+
+        lxc: Runtime = LxcRuntime()
+        return lxc
     raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
 
 
