@@ -16,6 +16,7 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "docker-rootless",
     "systemd-run",
     "lxc",
+    "containerd",
 )
 
 _instances: dict[str, Runtime] = {}
@@ -52,6 +53,11 @@ def _create(name: str) -> Runtime:
 
         lxc: Runtime = LxcRuntime()
         return lxc
+    if name == "containerd":
+        from .containerd import ContainerdRuntime
+
+        containerd: Runtime = ContainerdRuntime()
+        return containerd
     raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
 
 

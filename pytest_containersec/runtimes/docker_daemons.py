@@ -66,6 +66,8 @@ class DaemonConfig:
     # (``<exec-root>.<uid>.<gid>``)
     cleanup_dirs: tuple[Path, ...] = ()
     require: Callable[[], None] = field(default=lambda: None, compare=False)
+    # whether the API answers on the socket (containerd speaks gRPC, not HTTP/1)
+    answers: Callable[[Path, float], bool] = field(default=svc.answers, compare=False)
 
     def path(self, suffix: str) -> Path:
         return self.run_dir / f"{self.runtime}{suffix}"
@@ -174,7 +176,7 @@ class DockerDaemon:
 
     def answers(self) -> bool:
         try:
-            return svc.answers(self.config.socket)
+            return self.config.answers(self.config.socket, 2.0)
         except RuntimeUnavailable:
             return False
 
@@ -222,7 +224,7 @@ class DockerDaemon:
         with self._locked():
             self._live_leases()
             record = Record.read(cfg.path(".json"))
-            if svc.answers(cfg.socket):
+            if cfg.answers(cfg.socket, 2.0):
                 if record is not None and record.running:
                     self._take_lease(owner)
                 return self.url
@@ -267,7 +269,7 @@ class DockerDaemon:
         cfg.path(".json").write_text(json.dumps(record))
         self._take_lease(owner)
         deadline = time.monotonic() + START_TIMEOUT
-        while not svc.answers(cfg.socket, timeout=1.0):
+        while not cfg.answers(cfg.socket, 1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
                 late = f"did not answer in {START_TIMEOUT:g}s"
                 what, tail = "exited" if proc.poll() is not None else late, procs.tail(log, 30)
@@ -313,7 +315,7 @@ class DockerDaemon:
         if record.running:
             procs.stop_tree(record.pid, record.token, proc)
         cfg = self.config
-        if not svc.answers(cfg.socket, timeout=0.5):  # never unlink a stranger's live socket
+        if not cfg.answers(cfg.socket, 0.5):  # never unlink a stranger's live socket
             cfg.socket.unlink(missing_ok=True)
         cfg.pidfile.unlink(missing_ok=True)
         cfg.path(".json").unlink(missing_ok=True)

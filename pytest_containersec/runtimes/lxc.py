@@ -218,7 +218,9 @@ class LxcContainer(Container):
             for sid in sessions:
                 oci.kill_session(sid, self.host_pid)
 
-        return oci.run_exec(NAME, wrapped, timeout, lambda: _stream(proc), proc.poll, kill, note)
+        return oci.run_exec(
+            NAME, wrapped, timeout, lambda: stream_pipes(proc), proc.poll, kill, note
+        )
 
     def declared(self) -> dict[str, Any]:
         return mapping.declared_from_config(self.config, self.spec)
@@ -242,7 +244,7 @@ class LxcContainer(Container):
             self._rt.forget(self)
 
 
-def _stream(proc: subprocess.Popen[bytes]) -> Iterable[tuple[bytes | None, bytes | None]]:
+def stream_pipes(proc: subprocess.Popen[bytes]) -> Iterable[tuple[bytes | None, bytes | None]]:
     """stdout/stderr chunks until EOF, or until EOF_GRACE after lxc-attach exited (a
     background child of the command may hold the pipes open: Docker returns then too)."""
     assert proc.stdout is not None

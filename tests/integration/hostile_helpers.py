@@ -57,7 +57,7 @@ def docker_urls() -> dict[str, str]:
 
 
 # runtimes whose rootfs cache is exported from Docker's store (nspawn_image)
-EXPORTS_FROM_DOCKER = ("nspawn", "lxc")
+EXPORTS_FROM_DOCKER = ("nspawn", "lxc", "containerd")
 
 
 class NameSet:
@@ -116,6 +116,8 @@ def host_leftovers(names: NameSet) -> list[str]:
     dirs.append(copies_root())  # each container's probe folder
     dirs += [ctrl / PARENT for ctrl in CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
     dirs.append(state_root() / "lxc")  # lxc: its lxcpath, and lxc.payload/monitor.NAME cgroups
+    dirs.append(state_root() / "containerd")  # containerd: each container's files, cgroups
+    dirs += [c / "containersec.containerd" for c in (CGROUP_ROOT, *CGROUP_ROOT.iterdir())]
     dirs += [CGROUP_ROOT, *CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
     for d in dirs:
         with contextlib.suppress(OSError):
@@ -407,6 +409,14 @@ def remove_image(runtime: str, tag: str) -> None:
         if runtime in ("podman", "podman-rootless"):
             podman_cli(runtime == "podman-rootless", "rmi", "-f", tag)
         else:
+            if runtime == "containerd":
+                from pytest_containersec.runtimes import get_runtime
+                from pytest_containersec.runtimes.containerd import ContainerdRuntime
+                from pytest_containersec.runtimes.containerd_spec import image_ref
+
+                ctr = get_runtime(runtime)
+                assert isinstance(ctr, ContainerdRuntime)
+                ctr.ctr("images", "rm", image_ref(tag))
             if runtime in EXPORTS_FROM_DOCKER:
                 from pytest_containersec.runtimes.nspawn_image import cache_key
 

@@ -163,9 +163,9 @@ def test_case(
 
     if case == "default":
         assert f.seccomp == "filter"
-        assert not f.no_new_privs
+        assert f.no_new_privs == (name == "containerd")  # containerd's default: on
         assert f.user.uid == 0
-        if name.startswith("docker"):
+        if name.startswith("docker") or name == "containerd":
             assert set(f.capabilities.effective) == DOCKER_DEFAULT_CAPS
         elif name.startswith("podman"):
             assert set(f.capabilities.effective) == PODMAN_DEFAULT_CAPS
@@ -182,10 +182,11 @@ def test_case(
         expect.no_sensitive_mounts(c)
         assert "CAP_CHOWN" in fails(expect.capabilities, c, effective=[])
         assert "writable" in fails(expect.read_only_rootfs, c)
-        assert "False" in fails(expect.no_new_privs, c)
+        if name != "containerd":
+            assert "False" in fails(expect.no_new_privs, c)
         assert "allowed" in fails(expect.denied, c, "/etc/shadow", "r")
         assert "unlimited" in fails(expect.cgroup, c, memory="64m")
-        if name in ("docker", "podman"):  # no user namespace by default
+        if name in ("docker", "podman", "containerd"):  # no user namespace by default
             assert "IS host root" in fails(expect.root_unprivileged, c)
         else:
             expect.root_unprivileged(c)
@@ -286,7 +287,8 @@ def secret_file() -> Iterator[Path]:
 @pytest.mark.parametrize("name", RUNTIME_NAMES)
 def test_userns_root_cannot_read_a_root_only_host_file(name: str, secret_file: Path) -> None:
     rt = runtime_or_skip(name)
-    userns = {"podman": "0:100000:5000", "nspawn": "0:100000:65536"}.get(name)
+    userns = {"podman": "0:100000:5000", "nspawn": "0:100000:65536",
+              "containerd": "0:100000:65536"}.get(name)  # fmt: skip
     spec = ContainerSpec(volumes=[f"{secret_file}:/secret:ro"], userns=userns)
     if name == "systemd-run":  # units see the booted systemd's tree, not host paths
         with pytest.raises(UnsupportedSpec, match="volumes"):
