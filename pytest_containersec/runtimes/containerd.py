@@ -309,9 +309,10 @@ class ContainerdRuntime:
         try:
             self.daemon.config.require()
             hostinfo.static_busybox()
-            if self.runc_binary is not None and shutil.which(self.runc_binary) is None:
-                raise RuntimeUnavailable(self.name, f"{self.runc_binary} not found",
-                                         f"apt-get install {self.runc_binary}")  # fmt: skip
+            if self.runc_binary is not None:
+                from .oci_variants import require_binary
+
+                require_binary(self.name, self.runc_binary)
         except RuntimeUnavailable as exc:
             return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
         out = subprocess.run(
@@ -372,6 +373,12 @@ class ContainerdRuntime:
             c.stop()
             if isinstance(exc, OSError | subprocess.SubprocessError):
                 raise ContainerStartError(self.name, c.argv, None, str(exc)) from None
+            if isinstance(exc, ContainerStartError):
+                from .oci_variants import host_refusal
+
+                refused = host_refusal(self.name, self.runc_binary, str(exc))
+                if refused is not None:
+                    raise refused from None
             raise
         return c
 

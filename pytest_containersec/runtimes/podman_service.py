@@ -137,16 +137,20 @@ class PodmanService:
         return f"http+unix://{self.socket}"
 
     @classmethod
-    def ensure(cls, runtime: str, rootless: bool) -> PodmanService:
-        """The default service if one answers, else one this process starts and owns."""
+    def ensure(cls, runtime: str, rootless: bool, oci_runtime: str | None = None) -> PodmanService:
+        """The default service if one answers, else one this process starts and owns.
+        ``oci_runtime``: always a service of our own with that default OCI runtime (the
+        API's per-container ``oci_runtime`` is ignored by Podman 4.3, measured)."""
         user = ServiceUser.for_mode(rootless)
         sock = default_socket(user)
-        if answers(sock):
+        if oci_runtime is None and answers(sock):
             return cls(runtime, sock)
-        return cls._start(runtime, user)
+        return cls._start(runtime, user, oci_runtime)
 
     @classmethod
-    def _start(cls, runtime: str, user: ServiceUser | None) -> PodmanService:
+    def _start(
+        cls, runtime: str, user: ServiceUser | None, oci_runtime: str | None = None
+    ) -> PodmanService:
         directory = run_dir(user)
         try:
             if user is not None:
@@ -165,6 +169,8 @@ class PodmanService:
         sock, log, state = (base.with_suffix(s) for s in (".sock", ".log", ".json"))
         sock.unlink(missing_ok=True)
         argv = ["podman", "system", "service", "--time=0", f"unix://{sock}"]
+        if oci_runtime is not None:
+            argv[1:1] = [f"--runtime={oci_runtime}"]
         with open(log, "wb") as out:
             try:
                 proc = subprocess.Popen(
