@@ -39,7 +39,7 @@ def cli_engine(engine: list[str]) -> Callable[[], None]:
     def once() -> None:
         cid = run([*engine, "run", "-d", "--network", "none", IMAGE, "sleep", "3600"]).strip()
         run([*engine, "exec", cid, "true"])
-        run([*engine, "rm", "-f", *(["-t", "0"] if engine[-1] == "podman" else []), cid])
+        run([*engine, "rm", "-f", *(["-t", "0"] if "podman" in engine[-3:] else []), cid])
 
     return once
 
