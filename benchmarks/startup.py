@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pytest_containersec import hostinfo
 from pytest_containersec.runtimes import close_all, get_runtime
@@ -38,7 +39,7 @@ def cli_engine(engine: list[str]) -> Callable[[], None]:
     def once() -> None:
         cid = run([*engine, "run", "-d", "--network", "none", IMAGE, "sleep", "3600"]).strip()
         run([*engine, "exec", cid, "true"])
-        run([*engine, "rm", "-f", *(["-t", "0"] if engine[-1] == "podman" else []), cid])
+        run([*engine, "rm", "-f", *(["-t", "0"] if "podman" in engine[-3:] else []), cid])
 
     return once
 
@@ -55,6 +56,50 @@ def cli_nspawn() -> None:
         )  # fmt: skip
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def cli_lxc() -> None:
+    """The same LXC container by hand: a rootfs copy, a config, start, attach, stop."""
+    from pytest_containersec.runtimes import lxc_spec
+
+    base = Path(tempfile.mkdtemp(prefix="bench-lxc-"))
+    base.chmod(0o755)
+    start, count = lxc_spec.parse_subids(Path("/etc/subuid").read_text())[0]
+    try:
+        (base / "c").mkdir()
+        run(["cp", "-a", f"{CACHE}", str(base / "c" / "rootfs")])
+        (base / "c" / "config").write_text(
+            "lxc.include = /usr/share/lxc/config/common.conf\n"
+            "lxc.include = /usr/share/lxc/config/userns.conf\n"
+            f"lxc.idmap = u 0 {start} {count}\nlxc.idmap = g 0 {start} {count}\n"
+            f"lxc.rootfs.path = dir:{base}/c/rootfs\nlxc.rootfs.options = idmap=container\n"
+            "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 3600\n"
+        )
+        lxc = ["-n", "c", "-P", str(base)]
+        run(["lxc-start", *lxc, "-d"])
+        run(["lxc-attach", *lxc, "--clear-env", "--", "/bin/true"])
+        run(["lxc-stop", "-k", *lxc])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def cli_containerd() -> Callable[[], None]:
+    from pytest_containersec.runtimes.containerd import ContainerdRuntime
+
+    rt = get_runtime("containerd")
+    assert isinstance(rt, ContainerdRuntime)
+    rt.ensure_image(IMAGE)
+    ctr = rt.ctr_argv()
+    ref = f"docker.io/{IMAGE}:latest"
+
+    def once() -> None:
+        run([*ctr, "run", "-d", "--seccomp", ref, "bench", "sleep", "3600"])
+        run([*ctr, "task", "exec", "--exec-id", "e", "bench", "true"])
+        run([*ctr, "task", "kill", "-s", "SIGKILL", "bench"])
+        subprocess.run([*ctr, "task", "delete", "bench"], capture_output=True, check=False)
+        run([*ctr, "containers", "delete", "bench"])
+
+    return once
 
 
 def adapter(name: str) -> Callable[[], None]:
@@ -83,6 +128,10 @@ def main() -> None:
         "podman": cli_engine(["podman"]),
         "podman-rootless": cli_engine(as_user(["podman"])),
         "nspawn": cli_nspawn,
+        "lxc": cli_lxc,
+        "containerd": cli_containerd(),
+        "podman:runc": cli_engine(["podman", "--runtime", "runc"]),
+        "docker:runc": cli_engine(["docker", "-H", "unix:///var/run/docker.sock"]),
     }
     print("| runtime | adapter: start + exec + stop | bare CLI | ratio |")
     print("|---|---|---|---|")

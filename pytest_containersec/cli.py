@@ -73,9 +73,9 @@ def spec_from_args(a: argparse.Namespace) -> ContainerSpec:
 
 
 def cmd_runtimes(a: argparse.Namespace) -> int:
-    from .runtimes import RUNTIME_NAMES, get_runtime
+    from .runtimes import KNOWN_NAMES, get_runtime
 
-    for name in RUNTIME_NAMES:
+    for name in KNOWN_NAMES:  # the engines, then their ENGINE:OCI runtime variants
         print(get_runtime(name).availability().line())
     return EXIT_OK
 

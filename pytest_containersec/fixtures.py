@@ -73,10 +73,10 @@ class ContainersecState:
 
     def factories(self) -> dict[str, options.RuntimeFactory]:
         if self._factories is None:
-            from .runtimes import RUNTIME_NAMES
+            from .runtimes import KNOWN_NAMES
 
             found: dict[str, options.RuntimeFactory | None] = {
-                name: _builtin_factory(name) for name in RUNTIME_NAMES
+                name: _builtin_factory(name) for name in KNOWN_NAMES
             }
             hook = self.config.hook.pytest_containersec_runtime_factories
             for extra in reversed(hook(config=self.config)):
@@ -88,7 +88,8 @@ class ContainersecState:
         return tuple(self.factories())
 
     def selected(self) -> tuple[str, ...]:
-        return self.settings.runtimes or self.known()
+        """The runtimes asked for; by default every one but the ENGINE:OCI variants."""
+        return self.settings.runtimes or tuple(n for n in self.known() if ":" not in n)
 
     def runtime(self, name: str) -> Runtime:
         with self._lock:

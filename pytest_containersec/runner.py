@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ContainerSecError
 from .model import Facts
-from .runtimes import RUNTIME_NAMES, get_runtime
+from .runtimes import KNOWN_NAMES, RUNTIME_NAMES, get_runtime
 from .spec import ContainerSpec
 
 
@@ -23,10 +23,10 @@ class Observation:
 def select(names: Sequence[str] | None) -> list[str]:
     """Runtimes by name (all known when None); unknown names raise ContainerSecError."""
     chosen = list(names) if names else list(RUNTIME_NAMES)
-    unknown = [n for n in chosen if n not in RUNTIME_NAMES]
+    unknown = [n for n in chosen if n not in KNOWN_NAMES]
     if unknown:
         raise ContainerSecError(
-            f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(RUNTIME_NAMES)}"
+            f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(KNOWN_NAMES)}"
         )
     return chosen
 

@@ -46,7 +46,8 @@ class Session:
 
     def next_name(self, runtime: str) -> str:
         self._counter += 1
-        return f"{NAME_PREFIX}-{self.id}-{runtime}-{self._counter}"
+        # ENGINE:OCI variants: engines allow no ':' in names
+        return f"{NAME_PREFIX}-{self.id}-{runtime.replace(':', '.')}-{self._counter}"
 
     @property
     def labels(self) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from ..errors import ContainerSecError
+from . import oci_variants as _variants
 from .base import Availability, Container, ExecResult, Runtime
 
 RUNTIME_NAMES: tuple[str, ...] = (
@@ -15,13 +16,21 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "docker-userns",
     "docker-rootless",
     "systemd-run",
+    "lxc",
+    "containerd",
 )
+
+# The OCI runtime as a dimension (``podman:crun``, ``docker:runsc``): see oci_variants.
+VARIANT_NAMES: tuple[str, ...] = _variants.VARIANT_NAMES
+KNOWN_NAMES: tuple[str, ...] = RUNTIME_NAMES + VARIANT_NAMES
 
 _instances: dict[str, Runtime] = {}
 _lock = threading.Lock()
 
 
 def _create(name: str) -> Runtime:
+    if name in VARIANT_NAMES:
+        return _create_variant(name)
     if name == "docker":
         from .docker import DockerRuntime
 
@@ -46,7 +55,34 @@ def _create(name: str) -> Runtime:
 
         systemd_run: Runtime = SystemdRunRuntime()
         return systemd_run
-    raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
+    if name == "lxc":
+        from .lxc import LxcRuntime
+
+        lxc: Runtime = LxcRuntime()
+        return lxc
+    if name == "containerd":
+        from .containerd import ContainerdRuntime
+
+        containerd: Runtime = ContainerdRuntime()
+        return containerd
+    raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(KNOWN_NAMES)}")
+
+
+def _create_variant(name: str) -> Runtime:
+    engine, oci = _variants.split(name)
+    if engine == "docker":
+        from .docker import DockerRuntime
+
+        return DockerRuntime(name, oci_runtime=oci)
+    if engine in ("podman", "podman-rootless"):
+        from .podman import PodmanRuntime
+
+        podman: Runtime = PodmanRuntime(engine == "podman-rootless", oci_runtime=oci, name=name)
+        return podman
+    from .containerd import ContainerdRuntime
+
+    containerd: Runtime = ContainerdRuntime(name, runc_binary=oci)
+    return containerd
 
 
 def get_runtime(name: str) -> Runtime:
@@ -67,7 +103,9 @@ def close_all() -> None:
 
 
 __all__ = [
+    "KNOWN_NAMES",
     "RUNTIME_NAMES",
+    "VARIANT_NAMES",
     "Availability",
     "Container",
     "ExecResult",

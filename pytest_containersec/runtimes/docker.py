@@ -49,10 +49,14 @@ def _hint(base_url: str) -> str:
     return f"start the daemon that serves {base_url} (make setup)"
 
 
-def host_config(spec: ContainerSpec, runtime: str, probe: str) -> dict[str, Any]:
+def host_config(
+    spec: ContainerSpec, runtime: str, probe: str, oci_runtime: str | None = None
+) -> dict[str, Any]:
     """docker-py ``containers.create`` keyword arguments for ``spec`` (pure); ``probe``
-    is the container's own probe folder on the host."""
+    is the container's own probe folder on the host; ``oci_runtime``: HostConfig.Runtime."""
     kw: dict[str, Any] = {}
+    if oci_runtime is not None:
+        kw["runtime"] = oci_runtime
     if spec.properties:
         raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
     entrypoint, command = oci.entrypoint_and_command(spec)
@@ -181,9 +185,15 @@ class DockerRuntime:
     """The ``docker`` runtime (and, with another socket, docker-userns/docker-rootless)."""
 
     def __init__(
-        self, name: str = "docker", base_url: str | None = None, daemon: DockerDaemon | None = None
+        self,
+        name: str = "docker",
+        base_url: str | None = None,
+        daemon: DockerDaemon | None = None,
+        oci_runtime: str | None = None,
     ) -> None:
         self.name = name
+        self.oci_runtime = oci_runtime  # a docker:OCI variant (oci_variants)
+        self.oci_runtimes: tuple[str, ...] = ()
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
         self.daemon = daemon  # a daemon of its own: started on first use, released in close()
         self._client: docker.DockerClient | None = None
@@ -207,6 +217,7 @@ class DockerRuntime:
                     self.name, f"no daemon answers at {self.base_url}: {exc}", _hint(self.base_url)
                 ) from None
             self.security_options = tuple(info.get("SecurityOptions") or ())
+            self.oci_runtimes = tuple(info.get("Runtimes") or ())
             self.rootless = any(o.startswith("name=rootless") for o in self.security_options)
             self._client = client
         return self._client
@@ -217,9 +228,24 @@ class DockerRuntime:
         try:
             self.client  # noqa: B018 - connects and reads the version
             hostinfo.static_busybox()
+            if self.oci_runtime is not None:
+                self._require_oci(self.oci_runtime)
         except RuntimeUnavailable as exc:
             return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
         return Availability(self.name, True, f"Docker {self.version}", rootless=self.rootless)
+
+    def _require_oci(self, oci_runtime: str) -> None:
+        from .oci_variants import require_binary
+
+        require_binary(self.name, oci_runtime)
+        if oci_runtime not in self.oci_runtimes:
+            raise RuntimeUnavailable(
+                self.name,
+                f"the daemon at {self.base_url} has no OCI runtime {oci_runtime!r} registered "
+                f"(it knows {', '.join(self.oci_runtimes) or 'none'})",
+                f'add "runtimes": {{"{oci_runtime}": {{"path": "{oci_runtime}"}}}} to '
+                "/etc/docker/daemon.json and reload dockerd (kill -HUP)",
+            )
 
     def engine_error(self, what: str, exc: Exception) -> ContainerSecError:
         """A clear error for what the SDK raised: the daemon refused, or it is gone."""
@@ -254,7 +280,9 @@ class DockerRuntime:
             raise ImageNotFound(self.name, spec.image) from None
         except ENGINE_ERRORS as exc:
             raise self.engine_error(f"look up image {spec.image}", exc) from None
-        kw = host_config(spec, self.name, str(copy.path))
+        if self.oci_runtime is not None:
+            self._require_oci(self.oci_runtime)
+        kw = host_config(spec, self.name, str(copy.path), self.oci_runtime)
         argv = [f"{k}={v!r}" for k, v in kw.items()]
         try:
             sdk = client.containers.create(
@@ -264,6 +292,17 @@ class DockerRuntime:
             raise ContainerStartError(self.name, argv, None, str(exc.explanation or exc)) from None
         except ENGINE_ERRORS as exc:
             raise self.engine_error("create", exc) from None
+        try:
+            return self._run(sdk, spec, argv)
+        except ContainerStartError as exc:
+            from .oci_variants import host_refusal
+
+            refused = host_refusal(self.name, self.oci_runtime, str(exc))
+            if refused is not None:
+                raise refused from None
+            raise
+
+    def _run(self, sdk: SdkContainer, spec: ContainerSpec, argv: list[str]) -> DockerContainer:
         try:
             sdk.start()
             oci.check_running(  # reloads the attributes: State.Pid is read from them

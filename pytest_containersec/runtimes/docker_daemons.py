@@ -86,6 +86,9 @@ class DaemonConfig:
         """The uid whose socket we talk to (None: ours, in a folder of ours)."""
         return self.user.uid if self.user is not None else None
 
+    # whether the API answers on the socket (containerd speaks gRPC, not HTTP/1)
+    answers: Callable[[Path, float], bool] = field(default=svc.answers, compare=False)
+
     def path(self, suffix: str) -> Path:
         return self.run_dir / f"{self.runtime}{suffix}"
 
@@ -198,7 +201,11 @@ class DockerDaemon:
             return False
 
     def _answers(self, timeout: float = 2.0) -> bool:
-        return svc.answers(self.config.socket, timeout, self.config.socket_owner)
+        cfg = self.config
+        owner = cfg.socket_owner
+        if owner is not None and not host_files.socket_owned_by(cfg.socket, owner):
+            return False  # the user's own socket, not a symlink to another engine's
+        return cfg.answers(cfg.socket, timeout)
 
     def availability(self) -> Availability:
         """Whether the daemon can be started here (cheap: nothing is started)."""
@@ -347,7 +354,7 @@ class DockerDaemon:
         if record.running:
             procs.stop_tree(record.pid, record.token, proc)
         cfg = self.config
-        if not svc.answers(cfg.socket, timeout=0.5):  # never unlink a stranger's live socket
+        if not cfg.answers(cfg.socket, 0.5):  # never unlink a stranger's live socket
             host_files.unlink_below(cfg.trusted, cfg.socket)
         host_files.unlink_below(cfg.trusted, cfg.pidfile)
         cfg.path(".json").unlink(missing_ok=True)

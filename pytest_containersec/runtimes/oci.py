@@ -249,6 +249,7 @@ def declared_from_inspect(
         "binds": [bind_text(b) for b in (hc.get("Binds") or []) if f":{PROBE_DIR}:" not in f"{b}:"],
         "apparmor_profile": attrs.get("AppArmorProfile") or None,
         "daemon_security_options": list(daemon_options),
+        "oci_runtime": attrs.get("OCIRuntime") or hc.get("Runtime") or None,
     }
 
 

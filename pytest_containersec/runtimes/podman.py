@@ -166,9 +166,10 @@ def _logs(sdk: SdkContainer, tail: int) -> str:
 class PodmanRuntime:
     """``podman`` (rootful) or ``podman-rootless`` (as hostinfo.rootless_user())."""
 
-    def __init__(self, rootless: bool) -> None:
+    def __init__(self, rootless: bool, oci_runtime: str | None = None, name: str = "") -> None:
         self.rootless = rootless
-        self.name = "podman-rootless" if rootless else "podman"
+        self.name = name or ("podman-rootless" if rootless else "podman")
+        self.oci_runtime = oci_runtime  # a podman:OCI variant (oci_variants)
         self.version = ""
         self.service: PodmanService | None = None
         self._client: PodmanClient | None = None
@@ -181,7 +182,7 @@ class PodmanRuntime:
         with self._lock:
             if self._client is None:
                 self._ids = check_host(self.name, self.rootless)
-                svc = PodmanService.ensure(self.name, self.rootless)
+                svc = PodmanService.ensure(self.name, self.rootless, self.oci_runtime)
                 try:
                     client = PodmanClient(base_url=svc.url, timeout=API_TIMEOUT)
                     info: Any = cast(Any, client).version()  # podman-py leaves it untyped
@@ -208,6 +209,10 @@ class PodmanRuntime:
     def availability(self) -> Availability:
         try:
             self._ids = check_host(self.name, self.rootless)
+            if self.oci_runtime is not None:
+                from .oci_variants import require_binary
+
+                require_binary(self.name, self.oci_runtime)
         except RuntimeUnavailable as exc:
             return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
         version = f"Podman {self.version}" if self.version else version_line()
@@ -220,8 +225,14 @@ class PodmanRuntime:
         copy = ProbeCopy.create(name)
         try:
             c = self._start(client, spec, name, copy)
-        except BaseException:
+        except BaseException as exc:
             copy.remove()
+            if isinstance(exc, ContainerStartError):
+                from .oci_variants import host_refusal
+
+                refused = host_refusal(self.name, self.oci_runtime, str(exc))
+                if refused is not None:
+                    raise refused from None
             raise
         c.probe_copy = copy
         with self._lock:
@@ -234,6 +245,11 @@ class PodmanRuntime:
         kw = create_kwargs(
             spec, self.name, self._ids if self.rootless else None, probe=str(copy.path)
         )
+        if self.oci_runtime is not None:
+            from .oci_variants import require_binary
+
+            require_binary(self.name, self.oci_runtime)
+            kw["runtime"] = self.oci_runtime
         try:
             if not client.images.exists(spec.image):
                 raise ImageNotFound(self.name, spec.image)
@@ -255,6 +271,12 @@ class PodmanRuntime:
             oci.check_running(  # reloads the attributes: State.Pid is read from them
                 self.name, argv, lambda: _status(sdk), lambda: _logs(sdk, 100), oci.start_wait(spec)
             )
+            used = sdk.attrs.get("OCIRuntime")
+            if self.oci_runtime is not None and used != self.oci_runtime:
+                raise RuntimeUnavailable(
+                    self.name, f"Podman ran the container with {used!r}, not {self.oci_runtime!r}",
+                    f"check that {self.oci_runtime} is in containers.conf [engine.runtimes]",
+                )  # fmt: skip
             pid = int(sdk.attrs["State"]["Pid"])
             if not _host_pid(pid) or not self.may_kill(pid):
                 why = f"State.Pid {pid} is not a process of the engine's user in our pid namespace"

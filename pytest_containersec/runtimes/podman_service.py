@@ -181,16 +181,20 @@ class PodmanService:
         return f"http+unix://{self.socket}"
 
     @classmethod
-    def ensure(cls, runtime: str, rootless: bool) -> PodmanService:
-        """The default service if one answers, else one this process starts and owns."""
+    def ensure(cls, runtime: str, rootless: bool, oci_runtime: str | None = None) -> PodmanService:
+        """The default service if one answers, else one this process starts and owns.
+        ``oci_runtime``: always a service of our own with that default OCI runtime (the
+        API's per-container ``oci_runtime`` is ignored by Podman 4.3, measured)."""
         user = ServiceUser.for_mode(rootless)
         sock = default_socket(user)
-        if answers(sock, owner=None if user is None else user.uid):
+        if oci_runtime is None and answers(sock, owner=None if user is None else user.uid):
             return cls(runtime, sock)
-        return cls._start(runtime, user)
+        return cls._start(runtime, user, oci_runtime)
 
     @classmethod
-    def _start(cls, runtime: str, user: ServiceUser | None) -> PodmanService:
+    def _start(
+        cls, runtime: str, user: ServiceUser | None, oci_runtime: str | None = None
+    ) -> PodmanService:
         try:
             prepare_dirs(user)
         except OSError as exc:
@@ -204,6 +208,8 @@ class PodmanService:
         log, state = run_dir(user) / f"{name}.log", run_dir(user) / f"{name}.json"
         host_files.unlink_below(trusted_base(user), sock)
         argv = ["podman", "system", "service", "--time=0", f"unix://{sock}"]
+        if oci_runtime is not None:
+            argv[1:1] = [f"--runtime={oci_runtime}"]
         with open(host_files.open_log(log), "wb") as out:
             try:
                 proc = subprocess.Popen(

@@ -246,8 +246,11 @@ def reap() -> int:
             owner = ""
         if owner and session.owner_alive(owner):
             continue
-        if not owner and time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
-            continue  # being written right now
+        try:
+            if not owner and time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
+                continue  # being written right now
+        except FileNotFoundError:
+            continue  # another session's reaper removed it meanwhile
         shutil.rmtree(entry.path, ignore_errors=True)
         n += 1
     return n

@@ -56,6 +56,10 @@ def docker_urls() -> dict[str, str]:
     return {k: v for k, v in out.items() if svc.answers(Path(v.removeprefix("unix://")))}
 
 
+# runtimes whose rootfs cache is exported from Docker's store (nspawn_image)
+EXPORTS_FROM_DOCKER = ("nspawn", "lxc", "containerd")
+
+
 class NameSet:
     """Container names of one runtime, found in text (listings, command lines)."""
 
@@ -111,6 +115,10 @@ def host_leftovers(names: NameSet) -> list[str]:
     dirs = [state_root() / "nspawn", state_root() / "systemd-run", NSPAWN_RUN / "propagate"]
     dirs.append(copies_root())  # each container's probe folder
     dirs += [ctrl / PARENT for ctrl in CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
+    dirs.append(state_root() / "lxc")  # lxc: its lxcpath, and lxc.payload/monitor.NAME cgroups
+    dirs.append(state_root() / "containerd")  # containerd: each container's files, cgroups
+    dirs += [c / "containersec.containerd" for c in (CGROUP_ROOT, *CGROUP_ROOT.iterdir())]
+    dirs += [CGROUP_ROOT, *CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
     for d in dirs:
         with contextlib.suppress(OSError):
             found += [f"{d}/{n}" for n in names.matches(" ".join(os.listdir(d)))]
@@ -389,7 +397,7 @@ def import_image(runtime: str, tar: bytes, tag: str) -> None:
     from pytest_containersec.runtimes import get_runtime
     from pytest_containersec.runtimes.docker import DockerRuntime
 
-    rt = get_runtime("docker" if runtime == "nspawn" else runtime)
+    rt = get_runtime("docker" if runtime in EXPORTS_FROM_DOCKER else runtime)
     assert isinstance(rt, DockerRuntime)
     rt.client  # noqa: B018 - starts an on-demand daemon (docker-userns, docker-rootless)
     docker_cli(rt.base_url, "import", "-", tag, stdin=tar)
@@ -401,10 +409,18 @@ def remove_image(runtime: str, tag: str) -> None:
         if runtime in ("podman", "podman-rootless"):
             podman_cli(runtime == "podman-rootless", "rmi", "-f", tag)
         else:
-            if runtime == "nspawn":
+            if runtime == "containerd":
+                from pytest_containersec.runtimes import get_runtime
+                from pytest_containersec.runtimes.containerd import ContainerdRuntime
+                from pytest_containersec.runtimes.containerd_spec import image_ref
+
+                ctr = get_runtime(runtime)
+                assert isinstance(ctr, ContainerdRuntime)
+                ctr.ctr("images", "rm", image_ref(tag))
+            if runtime in EXPORTS_FROM_DOCKER:
                 from pytest_containersec.runtimes.nspawn_image import cache_key
 
                 shutil.rmtree(state_root() / "images" / cache_key(tag), ignore_errors=True)
-            url = docker_urls().get("docker" if runtime == "nspawn" else runtime)
+            url = docker_urls().get("docker" if runtime in EXPORTS_FROM_DOCKER else runtime)
             if url is not None:
                 docker_cli(url, "rmi", "-f", tag)

@@ -76,6 +76,13 @@ def host_bounding() -> frozenset[str]:
     return frozenset(n for b, n in enumerate(CAP_NAMES) if mask >> b & 1)
 
 
+def lxc_root_holds(start: int, count: int) -> bool:
+    from pytest_containersec.runtimes.lxc_spec import parse_subids
+
+    ranges = [parse_subids(Path(p).read_text()) for p in ("/etc/subuid", "/etc/subgid")]
+    return all(any(s <= start and start + count <= s + n for s, n in r) for r in ranges)
+
+
 def assert_matches_host(c: Container, f: Facts) -> None:
     st = status_of(c.host_pid)
     assert int(st["CapEff"], 16) == cap_bits(f.capabilities.effective)
@@ -132,6 +139,11 @@ def test_case(
         assert isinstance(error, UnsupportedSpec)
         assert "userns" in str(error)
         return
+    if case == "userns_map" and name == "lxc" and not lxc_root_holds(100000, 65536):
+        # LXC writes maps with newuidmap, which needs the range in root's /etc/subuid
+        assert isinstance(error, UnsupportedSpec)
+        assert "/etc/subuid" in str(error)
+        return
     if case == "privileged" and name == "docker-userns":
         assert isinstance(error, ContainerStartError)
         assert "user namespaces" in str(error)
@@ -151,25 +163,30 @@ def test_case(
 
     if case == "default":
         assert f.seccomp == "filter"
-        assert not f.no_new_privs
+        assert f.no_new_privs == (name == "containerd")  # containerd's default: on
         assert f.user.uid == 0
-        if name.startswith("docker"):
+        if name.startswith("docker") or name == "containerd":
             assert set(f.capabilities.effective) == DOCKER_DEFAULT_CAPS
         elif name.startswith("podman"):
             assert set(f.capabilities.effective) == PODMAN_DEFAULT_CAPS
-        if name in ("nspawn", "systemd-run"):  # nspawn's default set: SYS_ADMIN (in its userns)
+        if name in ("nspawn", "systemd-run", "lxc"):  # SYS_ADMIN by default (in a userns)
             assert "CAP_SYS_ADMIN" in f.capabilities.effective
             assert "CAP_SYS_ADMIN" in fails(expect.capabilities, c, absent=["SYS_ADMIN"])
         else:
             assert "CAP_SYS_ADMIN" not in f.capabilities.bounding
-        expect.not_privileged(c)
+        if name == "lxc":  # LXC's default in a user namespace: every capability
+            assert set(f.capabilities.bounding) >= host_bounding()
+            assert "bounding set" in fails(expect.not_privileged, c)
+        else:
+            expect.not_privileged(c)
         expect.no_sensitive_mounts(c)
         assert "CAP_CHOWN" in fails(expect.capabilities, c, effective=[])
         assert "writable" in fails(expect.read_only_rootfs, c)
-        assert "False" in fails(expect.no_new_privs, c)
+        if name != "containerd":
+            assert "False" in fails(expect.no_new_privs, c)
         assert "allowed" in fails(expect.denied, c, "/etc/shadow", "r")
         assert "unlimited" in fails(expect.cgroup, c, memory="64m")
-        if name in ("docker", "podman"):  # no user namespace by default
+        if name in ("docker", "podman", "containerd"):  # no user namespace by default
             assert "IS host root" in fails(expect.root_unprivileged, c)
         else:
             expect.root_unprivileged(c)
@@ -270,7 +287,8 @@ def secret_file() -> Iterator[Path]:
 @pytest.mark.parametrize("name", RUNTIME_NAMES)
 def test_userns_root_cannot_read_a_root_only_host_file(name: str, secret_file: Path) -> None:
     rt = runtime_or_skip(name)
-    userns = {"podman": "0:100000:5000", "nspawn": "0:100000:65536"}.get(name)
+    userns = {"podman": "0:100000:5000", "nspawn": "0:100000:65536",
+              "containerd": "0:100000:65536"}.get(name)  # fmt: skip
     spec = ContainerSpec(volumes=[f"{secret_file}:/secret:ro"], userns=userns)
     if name == "systemd-run":  # units see the booted systemd's tree, not host paths
         with pytest.raises(UnsupportedSpec, match="volumes"):

@@ -268,6 +268,7 @@ def test_declared_from_inspect() -> None:
         "binds": ["/a:/b:ro", "/a:/c"],
         "apparmor_profile": None,
         "daemon_security_options": [],
+        "oci_runtime": None,
     }
 
 

@@ -45,7 +45,7 @@ def test_good_policy() -> None:
         ("flag-false", 3, "read_only_rootfs", "must be true"),
         ("bad-cap", 3, "capabilities", "unknown capability"),
         ("denied-no-path", 3, "denied", "needs a path"),
-        ("bad-runtime", 2, "runtimes", "unknown ['lxc']"),
+        ("bad-runtime", 2, "runtimes", "unknown ['rkt']"),
         ("checks-nothing", 1, "expect", "checks nothing"),
         ("broken-yaml", 4, "yaml", ""),
         ("duplicate", 2, "image", "duplicate key"),
