@@ -212,7 +212,7 @@ class Pool:
         self.entries: dict[tuple[ContainerSpec, int], Entry] = {}
 
     def acquire(self, item: pytest.Item, spec: ContainerSpec) -> Container:
-        from .errors import UnsupportedSpec
+        from .errors import ImageNotFound, UnsupportedSpec
 
         info = item_info(item)
         slot = info.slots[spec]
@@ -223,6 +223,10 @@ class Pool:
                 container = self.runtime.start(spec)
             except UnsupportedSpec as exc:
                 pytest.skip(str(exc))
+            except ImageNotFound as exc:
+                if spec.origin is None:
+                    raise
+                pytest.fail(f"{spec.origin.where()}: image: {exc}", pytrace=False)
             entry = self.entries[(spec, slot)] = Entry(container)
         entry.tests.append(item.nodeid)
         info.entries.append(entry)

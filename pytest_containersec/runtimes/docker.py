@@ -25,7 +25,7 @@ from ..errors import (
     UnsupportedSpec,
 )
 from ..spec import ContainerSpec
-from . import oci
+from . import oci, oci_fields
 from .base import (
     PROBE_DIR,
     Availability,
@@ -103,7 +103,10 @@ def host_config(spec: ContainerSpec, runtime: str, probe: str) -> dict[str, Any]
     kw["network_mode"] = spec.network
     if spec.env:
         kw["environment"] = dict(spec.env)
-    return kw
+    extra = oci_fields.docker_fields(spec, runtime)
+    if "security_opt" in extra:
+        kw["security_opt"] = kw.get("security_opt", []) + extra.pop("security_opt")
+    return {**kw, **extra}
 
 
 class DockerContainer(oci.EngineContainer):

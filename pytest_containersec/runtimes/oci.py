@@ -27,6 +27,8 @@ NOTE_AFTER = 0.5  # seconds after which run_exec asks the adapter to note a runn
 
 def entrypoint_and_command(spec: ContainerSpec) -> tuple[list[str] | None, list[str]]:
     """(entrypoint override or None to keep the image's, command)."""
+    if spec.entrypoint is not None:  # as docker: a new entrypoint drops the image's CMD
+        return list(spec.entrypoint), list(spec.command)
     if spec.command:
         return None, list(spec.command)
     return list(IDLE_ENTRYPOINT), list(IDLE_COMMAND)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UnsupportedSpec
 from ..spec import ContainerSpec, Volume
-from . import oci
+from . import oci, oci_fields
 from .base import PROBE_DIR
 from .podman_service import RootlessIds
 
@@ -30,18 +30,18 @@ def _to_ns(host: int, count: int, own: int, sub: tuple[int, int]) -> int | None:
 def _idmaps(spec: ContainerSpec, runtime: str, ids: RootlessIds | None) -> dict[str, Any]:
     """``INSIDE:HOST:COUNT`` maps -> libpod IDMappingOptions (rootless: relative ids)."""
     out: dict[str, Any] = {"HostUIDMapping": False, "HostGIDMapping": False}
-    for key, kind, own, sub in (
-        ("UIDMap", "uid", ids.uid if ids else 0, ids.subuid if ids else (0, 0)),
-        ("GIDMap", "gid", ids.gid if ids else 0, ids.subgid if ids else (0, 0)),
+    for key, kind, own, sub, maps in (
+        ("UIDMap", "uid", ids.uid if ids else 0, ids.subuid if ids else (0, 0), spec.uid_maps),
+        ("GIDMap", "gid", ids.gid if ids else 0, ids.subgid if ids else (0, 0), spec.gid_maps),
     ):
         entries = []
-        for inside, host, count in spec.uid_maps:
+        for inside, host, count in maps:
             outside: int | None = host
             if ids is not None:
                 outside = _to_ns(host, count, own, sub)
                 if outside is None:
                     raise UnsupportedSpec(
-                        "userns",
+                        "gidmap" if kind == "gid" and spec.gidmap else "userns",
                         runtime,
                         f"host {kind}s {host}-{host + count - 1} are neither the rootless "
                         f"user's own {kind} {own} nor inside its sub{kind} range "
@@ -115,7 +115,9 @@ def create_kwargs(
     kw["network_mode"] = spec.network
     if spec.env:
         kw["environment"] = dict(spec.env)
-    return kw
+    extra = oci_fields.podman_fields(spec, runtime)
+    kw["mounts"] += extra.pop("mounts", [])
+    return {**kw, **extra}
 
 
 def _bind(source: str, target: str, read_only: bool) -> dict[str, Any]:
