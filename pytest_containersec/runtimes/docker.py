@@ -253,10 +253,14 @@ class DockerRuntime:
             raise self.engine_error(f"look up image {spec.image}", exc) from None
         kw = host_config(spec, self.name, str(copy.path))
         argv = [f"{k}={v!r}" for k, v in kw.items()]
+        extra = kw.pop(oci_fields.HOST_CONFIG_EXTRA, None)
         try:
-            sdk = client.containers.create(
-                spec.image, name=name, labels=session.current().labels, detach=True, **kw
-            )
+            if extra:
+                sdk = _create_raw(client, spec.image, name, kw, extra)
+            else:
+                sdk = client.containers.create(
+                    spec.image, name=name, labels=session.current().labels, detach=True, **kw
+                )
         except docker.errors.APIError as exc:
             raise ContainerStartError(self.name, argv, None, str(exc.explanation or exc)) from None
         except ENGINE_ERRORS as exc:
@@ -321,6 +325,22 @@ class DockerRuntime:
             self._client = None
         if self.daemon is not None:
             self.daemon.release()
+
+
+def _create_raw(
+    client: docker.DockerClient, image: str, name: str, kw: dict[str, Any], extra: dict[str, Any]
+) -> SdkContainer:
+    """``containers.create`` with HostConfig keys docker-py has no keyword for."""
+    from docker.models import containers
+
+    create_args: Any = containers._create_container_args  # type: ignore[attr-defined]
+    args = create_args(
+        {**kw, "image": image, "name": name, "labels": session.current().labels,
+         "detach": True, "version": client.api.api_version}
+    )  # fmt: skip
+    args["host_config"].update(extra)
+    resp = client.api.create_container(**args)
+    return client.containers.get(resp["Id"])
 
 
 def _logs(sdk: SdkContainer) -> str:

@@ -9,6 +9,10 @@ from typing import Any
 from ..errors import UnsupportedSpec
 from ..spec import ContainerSpec
 
+# HostConfig keys docker-py has no keyword for (set by DockerRuntime on the raw request)
+HOST_CONFIG_EXTRA = "host_config_extra"
+# Mount options by target that podman-py cannot pass (set by PodmanRuntime on the request)
+MOUNT_OPTIONS = "mount_options"
 # Docker's and Podman's --tmpfs defaults: a tmpfs gets these unless the spec loosens them
 TMPFS_DEFAULT_FLAGS = ("noexec", "nosuid", "nodev")
 _LOOSER = {"noexec": "exec", "nosuid": "suid", "nodev": "dev"}
@@ -43,8 +47,8 @@ def docker_fields(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
     if spec.tmpfs:
         kw["tmpfs"] = {t.target: ",".join(t.options) for t in spec.tmpfs_list}
     opts: list[str] = []
-    if spec.unmask:
-        opts.append("systempaths=unconfined")
+    if spec.unmask:  # the docker CLI turns systempaths=unconfined into these (the API has
+        kw[HOST_CONFIG_EXTRA] = {"MaskedPaths": [], "ReadonlyPaths": []}  # no such option)
     if spec.apparmor is not None:
         opts.append(f"apparmor={spec.apparmor}")
     opts += [f"label={x}" for x in spec.label]
@@ -67,21 +71,16 @@ def podman_fields(spec: ContainerSpec, runtime: str) -> dict[str, Any]:
     if spec.sysctls:
         kw["sysctls"] = dict(spec.sysctl_pairs)
     mounts = []
+    options: dict[str, list[str]] = {}
     for t in spec.tmpfs_list:
-        loosened = sorted(set(t.flags) & set(_LOOSER.values()))
-        if loosened:  # podman-py's mount dict passes size, mode and ro only
-            raise UnsupportedSpec(
-                "tmpfs", runtime, f"{t}: podman-py cannot pass {', '.join(loosened)} for a tmpfs"
-            )
         m: dict[str, Any] = {"type": "tmpfs", "source": "tmpfs", "target": t.target}
-        for key in ("size", "mode"):
-            if (value := t.option(key)) is not None:
-                m[key] = value
-        if "ro" in t.flags:
-            m["read_only"] = True
         mounts.append(m)
+        # podman-py's mount dict passes size, mode and ro only: the options go on the
+        # rendered request (PodmanRuntime), with Docker's noexec/nosuid/nodev defaults
+        options[t.target] = [o for o in t.options if "=" in o] + tmpfs_flags(t.flags)
     if mounts:
         kw["mounts"] = mounts
+        kw[MOUNT_OPTIONS] = options
     if spec.unmask:
         kw["unmasked_paths"] = ["ALL"]
     if spec.apparmor is not None:

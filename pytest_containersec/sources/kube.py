@@ -17,7 +17,7 @@ from typing import Any
 
 from ..spec import Origin
 from .common import Loaded, boolean, build, integer, words
-from .yamlfile import Ctx, LineDict, LineList, check_keys, load_all, mapping, str_list
+from .yamlfile import Ctx, LineDict, check_keys, load_all, mapping, str_list
 
 KUBELET_SECCOMP_ROOT = "/var/lib/kubelet/seccomp"
 # kind -> path of keys to its pod template's spec
