@@ -157,7 +157,7 @@ class ContainerSpec:
     ipc: str = "private"
     uts: str = "private"
     ulimits: Mapping[str, Any] | Sequence[Ulimit | str] = ()  # {"nofile": "1024:2048"}
-    sysctls: Mapping[str, str] | Sequence[tuple[str, str]] = ()
+    sysctls: Mapping[str, str | int | bool] | Sequence[tuple[str, str]] = ()
     tmpfs: Sequence[Tmpfs | str] = ()  # "/run:size=64m,mode=1777"
     unmask: bool = False  # no masked or read-only kernel paths (systempaths=unconfined)
     gidmap: str | None = None  # gid maps INSIDE:OUTSIDE:COUNT[,...] apart from userns's
