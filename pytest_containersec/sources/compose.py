@@ -80,7 +80,7 @@ def load(path: str | Path, service: str, environ: Mapping[str, str] | None = Non
         raise top.at(root, "services").error(
             f"no service {service!r} (services: {', '.join(map(str, services)) or 'none'})"
         )
-    ctx = top.at(services, service)
+    ctx = top.at(root, "services").at(services, service)
     svc = mapping(ctx, services[service])
     reader = _Service(ctx, svc, file.parent, env)
     return Loaded(reader.spec(Origin("compose", str(file), service)), tuple(reader.notes))
@@ -289,8 +289,10 @@ class _Service:
         if kind == "tmpfs":
             t = v.get("tmpfs") or {}
             opts = [f"size={t['size']}"] if "size" in t else []
-            opts += [f"mode={int(t['mode']):o}" if isinstance(t.get("mode"), int) else
-                     f"mode={t['mode']}"] if "mode" in t else []  # fmt: skip
+            if "mode" in t:  # an int (YAML octal) or a string like 1777 or 0o1777
+                mode = t["mode"]
+                opts.append(f"mode={mode:o}" if isinstance(mode, int) else
+                            f"mode={str(mode).removeprefix('0o')}")  # fmt: skip
             if v.get("read_only"):
                 opts.append("ro")
             tmpfs.append(str(Tmpfs.parse(target + (":" + ",".join(opts) if opts else ""))))
