@@ -155,9 +155,9 @@ def _flags_spec(a: argparse.Namespace) -> ContainerSpec:
 
 
 def cmd_runtimes(a: argparse.Namespace) -> int:
-    from .runtimes import RUNTIME_NAMES, get_runtime
+    from .runtimes import ALL_RUNTIME_NAMES, get_runtime
 
-    for name in RUNTIME_NAMES:
+    for name in ALL_RUNTIME_NAMES:
         print(get_runtime(name).availability().line())
     return EXIT_OK
 
@@ -187,7 +187,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     access = tuple(validate_access(k) for k in a.probe_access)
     names = [n for item in a.runtime or [] for n in item.split(",") if n]
-    observations = runner.observe(spec, runner.select(names or None), access)
+    kube = spec.origin is not None and spec.origin.kind == "kube"
+    observations = runner.observe(spec, runner.select(names or None, kube), access)
     facts = {o.runtime: o.facts for o in observations if o.facts is not None}
     notes = {o.runtime: str(o.error) for o in observations if o.error is not None}
     missing = [o.error for o in observations if isinstance(o.error, ImageNotFound)]
@@ -217,9 +218,9 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_reap(a: argparse.Namespace) -> int:
-    from .runtimes import RUNTIME_NAMES, get_runtime, probe_copy
+    from .runtimes import ALL_RUNTIME_NAMES, get_runtime, probe_copy
 
-    for name in RUNTIME_NAMES:
+    for name in ALL_RUNTIME_NAMES:
         rt = get_runtime(name)
         if rt.availability().available:
             print(f"{name}: removed {rt.reap()} leftover(s) of dead sessions")

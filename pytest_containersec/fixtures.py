@@ -70,10 +70,10 @@ class ContainersecState:
 
     def factories(self) -> dict[str, options.RuntimeFactory]:
         if self._factories is None:
-            from .runtimes import RUNTIME_NAMES
+            from .runtimes import ALL_RUNTIME_NAMES
 
             found: dict[str, options.RuntimeFactory | None] = {
-                name: _builtin_factory(name) for name in RUNTIME_NAMES
+                name: _builtin_factory(name) for name in ALL_RUNTIME_NAMES
             }
             hook = self.config.hook.pytest_containersec_runtime_factories
             for extra in reversed(hook(config=self.config)):
@@ -267,12 +267,27 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
     names = list(selected)
     if isinstance(wanted, list | tuple) and all(isinstance(n, str) for n in wanted):
         names = [n for n in selected if n in wanted]
+    else:  # a runtime that runs manifests only: for tests whose spec is read from one
+        names = [n for n in names if n not in _manifest_runtimes(metafunc)]
     if names:
         params = [pytest.param(n, id=n) for n in names]
     else:
         why = f"containersec(runtimes={wanted!r}): none of them is selected ({', '.join(selected)})"
         params = [pytest.param(None, id="no-runtime", marks=pytest.mark.skip(reason=why))]
     metafunc.parametrize(RUNTIME_FIXTURE, params, indirect=True, scope="session")
+
+
+def _manifest_runtimes(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    """The manifest-only runtimes this test's spec cannot run on (all of them unless the
+    spec was read from a Kubernetes manifest)."""
+    from .options import item_spec
+    from .runtimes import MANIFEST_RUNTIMES
+
+    try:
+        spec = item_spec(metafunc.definition, state(metafunc.config).settings.image)
+    except (ValueError, TypeError):
+        return MANIFEST_RUNTIMES  # the marker's usage error is reported at collection
+    return () if spec.origin is not None and spec.origin.kind == "kube" else MANIFEST_RUNTIMES
 
 
 # -- fixtures ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from .runtimes import RUNTIME_NAMES
+from .runtimes import ALL_RUNTIME_NAMES
 
 SYMBOLS = {
     "passed": "PASS",
@@ -70,7 +70,7 @@ class Matrix:
         seen: dict[str, None] = dict.fromkeys(self.runtimes)
         for row in self.rows.values():
             seen.update(dict.fromkeys(row))
-        order = {name: i for i, name in enumerate(RUNTIME_NAMES)}
+        order = {name: i for i, name in enumerate(ALL_RUNTIME_NAMES)}
         return sorted(seen, key=lambda n: (order.get(n, len(order)), n))
 
     # -- rendering -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from . import checks, profiles, sources
 from .checks import Violation
 from .errors import PolicyError, SourceError, SpecError
 from .model import Facts
-from .runtimes import RUNTIME_NAMES
+from .runtimes import ALL_RUNTIME_NAMES
 from .spec import SPEC_FIELDS, ContainerSpec
 
 Evaluator = Callable[[Facts, Any], list[Violation]]
@@ -275,10 +275,10 @@ def load(path: str | Path) -> Policy:
         value = _value(node)
         if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
             raise PolicyError(p, line, "runtimes", "must be a list of runtime names")
-        unknown = [r for r in value if r not in RUNTIME_NAMES]
+        unknown = [r for r in value if r not in ALL_RUNTIME_NAMES]
         if unknown:
             raise PolicyError(
-                p, line, "runtimes", f"unknown {unknown}; known: {', '.join(RUNTIME_NAMES)}"
+                p, line, "runtimes", f"unknown {unknown}; known: {', '.join(ALL_RUNTIME_NAMES)}"
             )
         runtimes = tuple(value)
     expectations: list[Expectation] = []

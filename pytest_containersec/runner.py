@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ContainerSecError
 from .model import Facts
-from .runtimes import RUNTIME_NAMES, get_runtime
+from .runtimes import ALL_RUNTIME_NAMES, RUNTIME_NAMES, get_runtime
 from .spec import ContainerSpec
 
 
@@ -20,13 +20,14 @@ class Observation:
     unavailable: bool = False
 
 
-def select(names: Sequence[str] | None) -> list[str]:
-    """Runtimes by name (all known when None); unknown names raise ContainerSecError."""
-    chosen = list(names) if names else list(RUNTIME_NAMES)
-    unknown = [n for n in chosen if n not in RUNTIME_NAMES]
+def select(names: Sequence[str] | None, kube: bool = False) -> list[str]:
+    """Runtimes by name (when None: every spec runtime, plus podman-kube for a spec read
+    from a Kubernetes manifest); unknown names raise ContainerSecError."""
+    chosen = list(names) if names else list(ALL_RUNTIME_NAMES if kube else RUNTIME_NAMES)
+    unknown = [n for n in chosen if n not in ALL_RUNTIME_NAMES]
     if unknown:
         raise ContainerSecError(
-            f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(RUNTIME_NAMES)}"
+            f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(ALL_RUNTIME_NAMES)}"
         )
     return chosen
 

@@ -16,6 +16,10 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "docker-rootless",
     "systemd-run",
 )
+# Runtimes that run a deployment file themselves, not any ContainerSpec: selected only
+# for specs read from such a file (other specs: UnsupportedSpec).
+MANIFEST_RUNTIMES: tuple[str, ...] = ("podman-kube",)
+ALL_RUNTIME_NAMES: tuple[str, ...] = RUNTIME_NAMES + MANIFEST_RUNTIMES
 
 _instances: dict[str, Runtime] = {}
 _lock = threading.Lock()
@@ -46,7 +50,14 @@ def _create(name: str) -> Runtime:
 
         systemd_run: Runtime = SystemdRunRuntime()
         return systemd_run
-    raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(RUNTIME_NAMES)}")
+    if name == "podman-kube":
+        from .podman_kube import PodmanKubeRuntime
+
+        kube: Runtime = PodmanKubeRuntime()
+        return kube
+    raise ContainerSecError(
+        f"unknown runtime {name!r}; known runtimes: {', '.join(ALL_RUNTIME_NAMES)}"
+    )
 
 
 def get_runtime(name: str) -> Runtime:
@@ -67,6 +78,8 @@ def close_all() -> None:
 
 
 __all__ = [
+    "ALL_RUNTIME_NAMES",
+    "MANIFEST_RUNTIMES",
     "RUNTIME_NAMES",
     "Availability",
     "Container",

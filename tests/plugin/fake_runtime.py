@@ -21,7 +21,7 @@ import pytest
 
 from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.model import Capabilities, Cgroup, Facts, Lsm, User
-from pytest_containersec.runtimes import RUNTIME_NAMES
+from pytest_containersec.runtimes import ALL_RUNTIME_NAMES
 from pytest_containersec.runtimes.base import Availability, Container, ExecResult, Runtime
 from pytest_containersec.spec import ContainerSpec
 
@@ -140,7 +140,7 @@ def _factory(name: str) -> Any:
 @pytest.hookimpl
 def pytest_containersec_runtime_factories(config: pytest.Config) -> Mapping[str, Any]:
     """The four fakes; every other built-in runtime is removed (None)."""
-    removed: dict[str, Any] = dict.fromkeys(RUNTIME_NAMES)
+    removed: dict[str, Any] = dict.fromkeys(ALL_RUNTIME_NAMES)
     return {**removed, **{name: _factory(name) for name in FAKE_NAMES}}
 
 
