@@ -268,6 +268,15 @@ def test_declared_from_inspect() -> None:
         "binds": ["/a:/b:ro", "/a:/c"],
         "apparmor_profile": None,
         "daemon_security_options": [],
+        "pid_mode": None,
+        "ipc_mode": None,
+        "uts_mode": None,
+        "group_add": [],
+        "devices": [],
+        "tmpfs": [],
+        "ulimits": {},
+        "sysctls": {},
+        "unmask": False,
     }
 
 

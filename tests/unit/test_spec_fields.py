@@ -267,3 +267,47 @@ def test_declared_namespaces_groups_and_tmpfs_are_compared() -> None:
                         "user": f.user.__class__(**{**f.user.__dict__, "groups": (1234,)}),
                         "mounts": (*f.mounts, Mount("/tmp", "tmpfs", "tmpfs", "/", False))})  # fmt: skip
     assert declared_mismatches(ok, declared) == []
+
+
+def test_declared_from_docker_inspect_new_keys() -> None:
+    from pytest_containersec.runtimes.oci import declared_from_inspect
+
+    attrs = {
+        "Config": {},
+        "Mounts": [{"Type": "tmpfs", "Destination": "/cache"}],
+        "HostConfig": {
+            "PidMode": "host", "IpcMode": "shareable", "UTSMode": "", "GroupAdd": ["1234"],
+            "Devices": [{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse",
+                         "CgroupPermissions": "rwm"}],
+            "Tmpfs": {"/tmp": "size=8m"}, "Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 2}],
+            "Sysctls": {"net.ipv4.ip_forward": "1"}, "MaskedPaths": [], "ReadonlyPaths": [],
+        },
+    }  # fmt: skip
+    d = declared_from_inspect(attrs, "docker")
+    assert (d["pid_mode"], d["ipc_mode"], d["uts_mode"]) == ("host", "shareable", None)
+    assert d["group_add"] == ["1234"]
+    assert d["devices"] == ["/dev/fuse:/dev/fuse:rwm"]
+    assert d["tmpfs"] == ["/cache", "/tmp"]
+    assert (d["ulimits"], d["sysctls"], d["unmask"]) == (
+        {"nofile": "1:2"}, {"net.ipv4.ip_forward": "1"}, True
+    )  # fmt: skip
+
+
+def test_podman_generated_passwd_is_engine_managed() -> None:
+    from pytest_containersec.checks import no_sensitive_mounts
+
+    f = facts()
+    hp = "/var/lib/containers/storage/overlay-containers/abc/userdata/passwd"
+    ok = f.__class__(
+        **{**f.__dict__, "mounts": (Mount("/etc/passwd", "ext4", "/dev/sda", "/x", True, (), hp),)}
+    )
+    assert no_sensitive_mounts(ok) == []
+    bad = f.__class__(
+        **{
+            **f.__dict__,
+            "mounts": (
+                Mount("/etc/passwd", "ext4", "/dev/sda", "/etc/passwd", True, (), "/etc/passwd"),
+            ),
+        }
+    )
+    assert no_sensitive_mounts(bad) != []
