@@ -61,8 +61,8 @@ def register(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME[,NAME...]",
         help="runtimes to run container tests on: docker, podman, podman-rootless, nspawn, "
-        "docker-userns, docker-rootless, systemd-run (default: every available one; a named "
-        "runtime that is unavailable is a usage error)",
+        "docker-userns, docker-rootless, systemd-run, podman-kube (kube= specs only) "
+        "(default: every available one; a named runtime that is unavailable is a usage error)",
     )
     group.addoption(
         "--containersec-image",
