@@ -96,7 +96,8 @@ def run(a: argparse.Namespace) -> int:
     matrices: list[report.Matrix] = []
     missing_image = False
     for pol in policies:
-        chosen = runner.select(a.runtime or list(pol.runtimes) or None)
+        kube = pol.spec.origin is not None and pol.spec.origin.kind == "kube"
+        chosen = runner.select(a.runtime or list(pol.runtimes) or None, kube)
         res, matrix, missing = evaluate(pol, chosen)
         results += res
         matrices.append(matrix)

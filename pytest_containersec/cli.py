@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import (
     ContainerSecError,
     ImageNotFound,
     RuntimeUnavailable,
+    SourceError,
     SpecError,
     UnsupportedSpec,
 )
@@ -34,6 +36,30 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--volume", "-v", action="append", default=[], metavar="SRC:DST[:ro]")
     p.add_argument("--network", default="none", choices=["none", "host"])
     p.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--entrypoint", help="replace the image's entrypoint (one word)")
+    p.add_argument("--group-add", action="append", default=[], metavar="GROUP")
+    p.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER][:rwm]")
+    p.add_argument("--pid", choices=["private", "host"], default="private")
+    p.add_argument("--ipc", choices=["private", "host"], default="private")
+    p.add_argument("--uts", choices=["private", "host"], default="private")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
+    p.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]")
+    p.add_argument("--gidmap", metavar="INSIDE:OUTSIDE:COUNT", help="gid maps apart from --userns")
+    p.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="systempaths=unconfined, apparmor=PROFILE, label=OPT, seccomp=..., no-new-privileges",
+    )
+    src = p.add_argument_group("deployment files (spec flags given too apply on top)")
+    src.add_argument("--compose", metavar="FILE", help="a compose file (with --service)")
+    src.add_argument("--service", metavar="NAME")
+    src.add_argument("--kube", metavar="FILE", help="a Kubernetes manifest (with --container)")
+    src.add_argument("--container", metavar="NAME")
+    src.add_argument("--quadlet", metavar="FILE", help="a Podman quadlet .container file")
+    src.add_argument("--unit", metavar="FILE", help="a systemd unit file (for systemd-run)")
     p.add_argument(
         "--probe-access",
         action="append",
@@ -45,14 +71,58 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, help="the main process (default: idle)")
 
 
+def _security_opts(opts: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    labels: list[str] = []
+    for opt in opts:
+        key, _, arg = opt.replace("=", ":", 1).partition(":")
+        if key == "systempaths" and arg == "unconfined":
+            out["unmask"] = True
+        elif key == "apparmor" and arg:
+            out["apparmor"] = arg
+        elif key == "label" and arg:
+            labels.append(arg.replace("=", ":", 1))
+        elif key == "seccomp" and arg:
+            out["seccomp"] = arg
+        elif key == "no-new-privileges" and arg in ("", "true"):
+            out["no_new_privileges"] = True
+        else:
+            raise SpecError("security_opt", opt, "unsupported option")
+    if labels:
+        out["label"] = tuple(labels)
+    return out
+
+
 def spec_from_args(a: argparse.Namespace) -> ContainerSpec:
+    """The spec of the flags, or of the deployment file with the explicit flags on top."""
+    spec = _flags_spec(a)
+    kinds = [k for k in ("compose", "kube", "quadlet", "unit") if getattr(a, k, None)]
+    if not kinds:
+        if a.service or a.container:
+            raise SpecError("service", a.service or a.container, "needs --compose or --kube")
+        return spec
+    from . import sources
+
+    if len(kinds) > 1:
+        raise SpecError(kinds[1], getattr(a, kinds[1]), f"name one file, not also --{kinds[0]}")
+    if a.image != DEFAULT_IMAGE:
+        raise SpecError("image", a.image, f"the image comes from --{kinds[0]}")
+    name = a.service if kinds[0] == "compose" else a.container if kinds[0] == "kube" else None
+    loaded = sources.load(kinds[0], getattr(a, kinds[0]), name)
+    for note in loaded.notes:
+        print(f"containersec: note: {note}", file=sys.stderr)
+    explicit = {k: v for k, v in spec.non_default_fields().items() if k != "image"}
+    return loaded.spec.replace(**explicit) if explicit else loaded.spec
+
+
+def _flags_spec(a: argparse.Namespace) -> ContainerSpec:
     env = []
     for item in a.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError("env", item, "expected KEY=VALUE")
         env.append((key, value))
-    return ContainerSpec(
+    fields: dict[str, Any] = dict(
         image=a.image,
         command=tuple(a.command),
         user=a.user,
@@ -69,7 +139,19 @@ def spec_from_args(a: argparse.Namespace) -> ContainerSpec:
         volumes=tuple(a.volume),
         network=a.network,
         env=tuple(env),
+        entrypoint=(a.entrypoint,) if a.entrypoint is not None else None,
+        group_add=tuple(a.group_add),
+        devices=tuple(a.device),
+        pid=a.pid,
+        ipc=a.ipc,
+        uts=a.uts,
+        ulimits=tuple(a.ulimit),
+        sysctls=tuple(a.sysctl),
+        tmpfs=tuple(a.tmpfs),
+        gidmap=a.gidmap,
     )
+    fields.update(_security_opts(a.security_opt))
+    return ContainerSpec(**fields)
 
 
 def cmd_runtimes(a: argparse.Namespace) -> int:
@@ -87,7 +169,13 @@ def cmd_facts(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     access = tuple(validate_access(k) for k in a.probe_access)
     runtime = get_runtime(a.runtime)
-    with runtime.start(spec) as c:
+    try:
+        c = runtime.start(spec)
+    except ImageNotFound as exc:
+        if spec.origin is None:
+            raise
+        raise SourceError(spec.origin.where(), None, "image", str(exc)) from None
+    with c:
         print(c.facts(access=access).to_json())
     return EXIT_OK
 
@@ -99,9 +187,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     access = tuple(validate_access(k) for k in a.probe_access)
     names = [n for item in a.runtime or [] for n in item.split(",") if n]
-    observations = runner.observe(spec, runner.select(names or None), access)
+    kube = spec.origin is not None and spec.origin.kind == "kube"
+    observations = runner.observe(spec, runner.select(names or None, kube), access)
     facts = {o.runtime: o.facts for o in observations if o.facts is not None}
     notes = {o.runtime: str(o.error) for o in observations if o.error is not None}
+    missing = [o.error for o in observations if isinstance(o.error, ImageNotFound)]
+    if spec.origin is not None and missing and not facts:  # a bad file, not a finding
+        raise SourceError(spec.origin.where(), None, "image", str(missing[0]))
     matrix = report.from_facts(f"{spec.image} side by side", facts, (), notes)
     if a.format == "html":
         text = report.to_html([matrix])
@@ -126,9 +218,9 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_reap(a: argparse.Namespace) -> int:
-    from .runtimes import RUNTIME_NAMES, get_runtime, probe_copy
+    from .runtimes import MANIFEST_RUNTIMES, RUNTIME_NAMES, get_runtime, probe_copy
 
-    for name in RUNTIME_NAMES:
+    for name in RUNTIME_NAMES + MANIFEST_RUNTIMES:  # a variant shares its engine's store
         rt = get_runtime(name)
         if rt.availability().available:
             print(f"{name}: removed {rt.reap()} leftover(s) of dead sessions")
@@ -171,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
-    except (SpecError, UnsupportedSpec, ImageNotFound) as exc:
+    except (SpecError, SourceError, UnsupportedSpec, ImageNotFound) as exc:
         print(f"containersec: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeUnavailable as exc:

@@ -120,3 +120,17 @@ class PolicyError(ContainerSecError):
         self.reason = reason
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {key}: {reason}")
+
+
+class SourceError(ContainerSecError, ValueError):
+    """A deployment file (compose, Kubernetes manifest, quadlet, unit) cannot become a
+    ContainerSpec: it does not parse, names no such service/container, or uses a field
+    that containersec does not support. Names file, line and field; nothing is dropped."""
+
+    def __init__(self, path: str, line: int | None, key: str, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.reason = reason
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {key}: {reason}")

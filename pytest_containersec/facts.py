@@ -331,6 +331,9 @@ def requested(spec: ContainerSpec) -> dict[str, Any]:
         "memory": spec.memory,
         "cpus": spec.cpus,
         "pids_limit": spec.pids_limit,
+        **{f"{ns}_mode": "host" for ns in spec.namespaces_host},
+        "group_add": list(spec.group_add),
+        "tmpfs": [t.target for t in spec.tmpfs_list],
     }
 
 
@@ -369,4 +372,22 @@ def declared_mismatches(
     user = d.get("user")
     if isinstance(user, str) and user.split(":")[0].isdigit():
         check("user.uid", int(user.split(":")[0]), facts.user.uid)
+    return out + _more_mismatches(facts, d, source)
+
+
+def _more_mismatches(facts: Facts, d: dict[str, Any], source: str) -> list[Mismatch]:
+    """Host namespaces, numeric supplementary groups and tmpfs mounts, where observable."""
+    out: list[Mismatch] = []
+    for ns in ("pid", "ipc", "uts"):
+        mode, seen = d.get(f"{ns}_mode"), facts.namespaces.get(ns)
+        want = "host" if mode == "host" else "private" if mode in ("private", "shareable") else None
+        if want and seen and seen != want:
+            out.append(Mismatch(f"namespaces.{ns}", want, seen, source))
+    gids = {int(g) for g in d.get("group_add") or [] if str(g).isdigit()}
+    if gids - set(facts.user.groups):
+        out.append(Mismatch("user.groups", sorted(gids), list(facts.user.groups), source))
+    tmpfs = {m.mountpoint for m in facts.mounts if m.fstype == "tmpfs"}
+    for target in d.get("tmpfs") or []:
+        if target not in tmpfs:
+            out.append(Mismatch(f"mounts.{target}", "tmpfs", "no tmpfs there", source))
     return out

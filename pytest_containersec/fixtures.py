@@ -266,7 +266,7 @@ class Pool:
         self.entries: dict[tuple[ContainerSpec, int], Entry] = {}
 
     def acquire(self, item: pytest.Item, spec: ContainerSpec, ahead: bool = False) -> Container:
-        from .errors import UnsupportedSpec
+        from .errors import ImageNotFound, UnsupportedSpec
 
         info = item_info(item)
         slot = info.slots[spec]
@@ -282,6 +282,10 @@ class Pool:
                     container = self.runtime.start(spec)
             except UnsupportedSpec as exc:
                 pytest.skip(str(exc))
+            except ImageNotFound as exc:
+                if spec.origin is None:
+                    raise
+                pytest.fail(f"{spec.origin.where()}: image: {exc}", pytrace=False)
             entry = self.entries[(spec, slot)] = Entry(container)
         entry.tests.append(item.nodeid)
         info.entries.append(entry)
@@ -334,12 +338,27 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
     names = list(selected)
     if isinstance(wanted, list | tuple) and all(isinstance(n, str) for n in wanted):
         names = [n for n in selected if n in wanted]
+    else:  # a runtime that runs manifests only: for tests whose spec is read from one
+        names = [n for n in names if n not in _manifest_runtimes(metafunc)]
     if names:
         params = [pytest.param(n, id=n) for n in names]
     else:
         why = f"containersec(runtimes={wanted!r}): none of them is selected ({', '.join(selected)})"
         params = [pytest.param(None, id="no-runtime", marks=pytest.mark.skip(reason=why))]
     metafunc.parametrize(RUNTIME_FIXTURE, params, indirect=True, scope="session")
+
+
+def _manifest_runtimes(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    """The manifest-only runtimes this test's spec cannot run on (all of them unless the
+    spec was read from a Kubernetes manifest)."""
+    from .options import item_spec
+    from .runtimes import MANIFEST_RUNTIMES
+
+    try:
+        spec = item_spec(metafunc.definition, state(metafunc.config).settings.image)
+    except (ValueError, TypeError):
+        return MANIFEST_RUNTIMES  # the marker's usage error is reported at collection
+    return () if spec.origin is not None and spec.origin.kind == "kube" else MANIFEST_RUNTIMES
 
 
 # -- fixtures ----------------------------------------------------------------------------

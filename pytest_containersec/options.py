@@ -29,7 +29,11 @@ MARKER_LINE = (
     "containersec(image=..., command=..., user=..., cap_add=[...], cap_drop=[...], "
     "privileged=False, seccomp='default', no_new_privileges=False, read_only=False, "
     "memory=None, cpus=None, pids_limit=None, userns=None, volumes=[...], network='none', "
-    "env={...}, properties={...} (systemd-run unit properties), runtimes=[...]): "
+    "env={...}, properties={...} (systemd-run unit properties), entrypoint=[...], "
+    "group_add=[...], devices=[...], pid/ipc/uts='host', ulimits={...}, sysctls={...}, "
+    "tmpfs=[...], unmask=False, gidmap=None, apparmor=None, label=[...], runtimes=[...]; "
+    "or compose='compose.yaml', service='web' / kube='deploy.yaml', container='app' / "
+    "quadlet='app.container' / unit='app.service' (paths relative to the test file)): "
     "the container that containersec_container starts for this "
     "test, and the runtimes it runs on (default: every selected runtime). Class- and "
     "module-level markers merge; the nearest wins per field."
@@ -58,8 +62,8 @@ def register(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME[,NAME...]",
         help="runtimes to run container tests on: docker, podman, podman-rootless, nspawn, "
-        "docker-userns, docker-rootless, systemd-run (default: every available one; a named "
-        "runtime that is unavailable is a usage error)",
+        "docker-userns, docker-rootless, systemd-run, podman-kube (kube= specs only) "
+        "(default: every available one; a named runtime that is unavailable is a usage error)",
     )
     group.addoption(
         "--containersec-image",
@@ -270,15 +274,19 @@ def marker_fields(node: pytest.Item | pytest.Function) -> dict[str, Any]:
 
 def marker_errors(node: pytest.Item, known: tuple[str, ...]) -> list[str]:
     """Usage errors of the node's containersec markers (empty list when valid)."""
-    from .spec import SPEC_FIELDS, ContainerSpec
+    from .sources import ALL_KEYS
+    from .spec import SPEC_FIELDS
 
     errors = []
     for mark in node.iter_markers("containersec"):
         if mark.args:
             errors.append(f"positional arguments {mark.args!r} (use field=value)")
         for key in mark.kwargs:
-            if key not in SPEC_FIELDS and key != "runtimes":
-                errors.append(f"unknown field {key!r} (known: {', '.join(SPEC_FIELDS)}, runtimes)")
+            if key not in SPEC_FIELDS and key != "runtimes" and key not in ALL_KEYS:
+                errors.append(
+                    f"unknown field {key!r} (known: {', '.join(SPEC_FIELDS)}, runtimes, "
+                    f"{', '.join(ALL_KEYS)})"
+                )
     fields = marker_fields(node)
     names = fields.pop("runtimes", None)
     if names is not None:
@@ -290,16 +298,33 @@ def marker_errors(node: pytest.Item, known: tuple[str, ...]) -> list[str]:
                 errors.append(f"runtimes: unknown {unknown!r} (known: {', '.join(known)})")
     if not errors:
         try:
-            ContainerSpec(**{k: v for k, v in fields.items() if k in SPEC_FIELDS})
-        except (ValueError, TypeError) as exc:
+            item_spec(node, DEFAULT_IMAGE)
+        except _SourceUsage as exc:
+            errors += exc.errors
+        except (ValueError, TypeError) as exc:  # SpecError and SourceError are ValueErrors
             errors.append(str(exc))
     test = node.nodeid.partition("[")[0]
     return [f"{test}: @pytest.mark.containersec: {e}" for e in errors]
 
 
+class _SourceUsage(ValueError):
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
 def item_spec(node: pytest.Item, image: str) -> ContainerSpec:
+    """The marker's spec; with ``compose=``/``kube=``/``quadlet=``/``unit=`` (a path
+    relative to the test file), the file's spec with the marker's own fields on top."""
+    from . import sources
     from .spec import SPEC_FIELDS, ContainerSpec
 
-    fields = {k: v for k, v in marker_fields(node).items() if k in SPEC_FIELDS}
+    merged = marker_fields(node)
+    fields = {k: v for k, v in merged.items() if k in SPEC_FIELDS}
+    loaded, errors = sources.from_fields(merged, Path(str(node.path)).parent)
+    if errors:
+        raise _SourceUsage(errors)
+    if loaded is not None:
+        return loaded.spec.replace(**fields) if fields else loaded.spec
     fields.setdefault("image", image)
     return ContainerSpec(**fields)

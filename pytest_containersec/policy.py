@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from . import checks, profiles
+from . import checks, profiles, sources
 from .checks import Violation
-from .errors import PolicyError, SpecError
+from .errors import PolicyError, SourceError, SpecError
 from .model import Facts
 from .runtimes import KNOWN_NAMES
 from .spec import SPEC_FIELDS, ContainerSpec
@@ -226,14 +226,28 @@ def load(path: str | Path) -> Policy:
     if root is None:
         raise PolicyError(p, None, "file", "the policy is empty")
     top = _mapping(p, root, "policy")
-    known = {"name", "image", "runtimes", "spec", "profile", "expect"}
+    known = {"name", "image", "runtimes", "spec", "profile", "expect", *sources.ALL_KEYS}
     fields: dict[str, tuple[int, yaml.Node]] = {}
     for k, v in top:
         if k.value not in known:
             raise PolicyError(p, _line(k), k.value, f"unknown key; allowed: {sorted(known)}")
         fields[k.value] = (_line(k), v)
+    source = {k: _value(fields[k][1]) for k in sources.ALL_KEYS if k in fields}
+    base_spec: ContainerSpec | None = None
+    if source:
+        first = min(fields[k][0] for k in source)
+        if "image" in fields:
+            raise PolicyError(p, fields["image"][0], "image", "the image comes from the file")
+        try:
+            loaded, errors = sources.from_fields(source, Path(p).parent)
+        except SourceError as exc:
+            raise PolicyError(p, first, next(iter(source)), str(exc)) from None
+        if errors or loaded is None:
+            raise PolicyError(p, first, next(iter(source)), "; ".join(errors))
+        base_spec = loaded.spec
+        fields["image"] = (first, yaml.ScalarNode("tag:yaml.org,2002:str", base_spec.image))
     if "image" not in fields:
-        raise PolicyError(p, 1, "image", "a policy names the image to run")
+        raise PolicyError(p, 1, "image", "a policy names the image to run (or a compose/kube file)")
     spec_kw: dict[str, Any] = {"image": _value(fields["image"][1])}
     if "spec" in fields:
         for k, v in _mapping(p, fields["spec"][1], "spec"):
@@ -246,7 +260,11 @@ def load(path: str | Path) -> Policy:
                 )
             spec_kw[k.value] = _value(v)
     try:
-        spec = ContainerSpec(**spec_kw)
+        if base_spec is not None:
+            spec_kw.pop("image")
+            spec = base_spec.replace(**spec_kw) if spec_kw else base_spec
+        else:
+            spec = ContainerSpec(**spec_kw)
     except (SpecError, TypeError) as exc:
         key = exc.field if isinstance(exc, SpecError) else "spec"
         line = fields.get("spec", fields["image"])[0]

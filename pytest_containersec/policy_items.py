@@ -45,7 +45,12 @@ class PolicyFile(pytest.File):
             raise self.CollectError(f"containersec policy error: {exc}") from None
         self._pools: dict[str, Pool] = {}
         selected = state(self.config).selected()
-        wanted = self.policy.runtimes or selected
+        origin = self.policy.spec.origin
+        kube = origin is not None and origin.kind == "kube"
+        from .runtimes import MANIFEST_RUNTIMES
+
+        default = [r for r in selected if kube or r not in MANIFEST_RUNTIMES]
+        wanted = self.policy.runtimes or default
         runtimes = [r for r in wanted if r in selected]
         names: dict[str, int] = {}
         for exp in self.policy.expectations:

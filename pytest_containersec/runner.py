@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ContainerSecError
 from .model import Facts
-from .runtimes import KNOWN_NAMES, RUNTIME_NAMES, get_runtime
+from .runtimes import KNOWN_NAMES, MANIFEST_RUNTIMES, RUNTIME_NAMES, get_runtime
 from .spec import ContainerSpec
 
 
@@ -20,9 +20,12 @@ class Observation:
     unavailable: bool = False
 
 
-def select(names: Sequence[str] | None) -> list[str]:
-    """Runtimes by name (all known when None); unknown names raise ContainerSecError."""
-    chosen = list(names) if names else list(RUNTIME_NAMES)
+def select(names: Sequence[str] | None, kube: bool = False) -> list[str]:
+    """Runtimes by name (when None: every spec runtime, plus podman-kube for a spec read
+    from a Kubernetes manifest); unknown names raise ContainerSecError."""
+    chosen = (
+        list(names) if names else list(RUNTIME_NAMES + MANIFEST_RUNTIMES if kube else RUNTIME_NAMES)
+    )
     unknown = [n for n in chosen if n not in KNOWN_NAMES]
     if unknown:
         raise ContainerSecError(

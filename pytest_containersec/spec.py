@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import caps
+from . import spec_types as st
 from .errors import SpecError
+from .spec_types import Device, Tmpfs, Ulimit
+
+__all__ = ["ContainerSpec", "Device", "Origin", "Tmpfs", "Ulimit", "Volume", "parse_size"]
 
 DEFAULT_IMAGE = "containersec/probe"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
@@ -102,6 +106,26 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The deployment file a spec was read from (``kind``: compose, kube, quadlet, unit):
+    metadata, not confinement; only the ``podman-kube`` runtime uses it (it runs the file
+    itself)."""
+
+    kind: str
+    path: str  # absolute
+    name: str  # the compose service, kube container, quadlet or unit file's name
+    document: int = 0  # kube: index of the YAML document that holds the workload
+    line: int = 0  # the line that names the image (for errors about it)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}:{self.name}"
+
+    def where(self) -> str:
+        """``FILE:LINE`` of the image, for errors."""
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What to run. Frozen, hashable (equal specs share a container), validated."""
 
@@ -125,6 +149,21 @@ class ContainerSpec:
     env: Mapping[str, str] | Sequence[tuple[str, str]] = field(default=())
     # systemd unit properties (systemd-run only), e.g. {"ProtectHome": "yes"}
     properties: Mapping[str, str | bool | int] | Sequence[tuple[str, str]] = field(default=())
+    # None: the image's entrypoint (when a command is given); a list replaces it
+    entrypoint: Sequence[str] | None = None
+    group_add: Sequence[str | int] = ()  # supplementary groups: names or gids
+    devices: Sequence[Device | str] = ()  # "/dev/HOST[:/dev/CONTAINER][:rwm]"
+    pid: str = "private"  # private | host
+    ipc: str = "private"
+    uts: str = "private"
+    ulimits: Mapping[str, Any] | Sequence[Ulimit | str] = ()  # {"nofile": "1024:2048"}
+    sysctls: Mapping[str, str | int | bool] | Sequence[tuple[str, str]] = ()
+    tmpfs: Sequence[Tmpfs | str] = ()  # "/run:size=64m,mode=1777"
+    unmask: bool = False  # no masked or read-only kernel paths (systempaths=unconfined)
+    gidmap: str | None = None  # gid maps INSIDE:OUTSIDE:COUNT[,...] apart from userns's
+    apparmor: str | None = None  # unconfined or a profile name; None: the engine's default
+    label: Sequence[str] = ()  # SELinux: disable, user:U, role:R, type:T, level:L
+    origin: Origin | None = None  # the deployment file (metadata; see Origin)
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -183,6 +222,32 @@ class ContainerSpec:
             env = tuple((str(k), str(v)) for k, v in env)
         s(self, "env", env)
         s(self, "properties", _properties(self.properties))
+        self._validate_more()
+
+    def _validate_more(self) -> None:
+        s = object.__setattr__
+        if self.entrypoint is not None:
+            s(self, "entrypoint", _tuple_of_str("entrypoint", self.entrypoint))
+        s(self, "group_add", st.groups(self.group_add))
+        devs = (self.devices,) if isinstance(self.devices, str) else self.devices
+        s(self, "devices", tuple(st.Device.parse(d) for d in devs))
+        for ns in ("pid", "ipc", "uts"):
+            s(self, ns, st.namespace_mode(ns, getattr(self, ns)))
+        s(self, "ulimits", st.ulimits(self.ulimits))
+        s(self, "sysctls", st.sysctls(self.sysctls))
+        mounts = (self.tmpfs,) if isinstance(self.tmpfs, str) else self.tmpfs
+        s(self, "tmpfs", tuple(st.Tmpfs.parse(t) for t in mounts))
+        if not isinstance(self.unmask, bool):
+            raise SpecError("unmask", self.unmask, "expected true or false")
+        if self.gidmap is not None:
+            if not self.uid_maps:
+                raise SpecError("gidmap", self.gidmap, "needs explicit userns maps (the uid maps)")
+            maps = st.id_maps("gidmap", self.gidmap)
+            s(self, "gidmap", ",".join(":".join(map(str, m)) for m in maps))
+        s(self, "apparmor", st.apparmor(self.apparmor))
+        s(self, "label", st.label(self.label))
+        if self.origin is not None and not isinstance(self.origin, Origin):
+            raise SpecError("origin", self.origin, "set by the deployment-file readers")
 
     # -- helpers shared by the adapters ------------------------------------------------
 
@@ -196,6 +261,34 @@ class ContainerSpec:
             a, b, c = (int(x) for x in m.strip().split(":"))
             out.append((a, b, c))
         return tuple(out)
+
+    @property
+    def gid_maps(self) -> tuple[tuple[int, int, int], ...]:
+        """The gid maps: ``gidmap`` when given, else the same maps as the uids."""
+        return st.id_maps("gidmap", self.gidmap) if self.gidmap else self.uid_maps
+
+    # typed views of the normalized fields (the adapters use these)
+    @property
+    def device_list(self) -> tuple[Device, ...]:
+        return tuple(d for d in self.devices if isinstance(d, Device))
+
+    @property
+    def tmpfs_list(self) -> tuple[Tmpfs, ...]:
+        return tuple(t for t in self.tmpfs if isinstance(t, Tmpfs))
+
+    @property
+    def ulimit_list(self) -> tuple[Ulimit, ...]:
+        return tuple(u for u in self.ulimits if isinstance(u, Ulimit))
+
+    @property
+    def sysctl_pairs(self) -> tuple[tuple[str, str], ...]:
+        items = self.sysctls.items() if isinstance(self.sysctls, Mapping) else self.sysctls
+        return tuple((str(k), str(v)) for k, v in items)
+
+    @property
+    def namespaces_host(self) -> tuple[str, ...]:
+        """The namespaces the spec shares with the host, of pid, ipc and uts."""
+        return tuple(n for n in ("pid", "ipc", "uts") if getattr(self, n) == "host")
 
     def non_default_fields(self) -> dict[str, Any]:
         """Fields that differ from their defaults (what an adapter must map)."""
@@ -217,7 +310,39 @@ class ContainerSpec:
         d["cap_drop"] = list(self.cap_drop)
         d["env"] = dict(self.env)
         d["properties"] = dict(self.properties)
+        if self.entrypoint is not None:
+            d["entrypoint"] = list(self.entrypoint)
+        d["group_add"] = list(self.group_add)
+        d["devices"] = [str(x) for x in self.devices]
+        d["ulimits"] = {u.name: f"{u.soft}:{u.hard}" for u in self.ulimit_list}
+        d["sysctls"] = dict(self.sysctls)
+        d["tmpfs"] = [str(t) for t in self.tmpfs]
+        d["label"] = list(self.label)
+        d["origin"] = str(self.origin) if self.origin else None
         return d
 
 
-SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ContainerSpec))
+# Fields every adapter handles by construction: the image it starts, and metadata.
+ALWAYS_MAPPED: frozenset[str] = frozenset({"image", "origin"})
+# The fields of the first landing, which every runtime maps (or refuses itself).
+CORE_FIELDS: tuple[str, ...] = (
+    "command", "user", "cap_add", "cap_drop", "privileged", "seccomp", "no_new_privileges",
+    "read_only", "memory", "cpus", "pids_limit", "userns", "volumes", "network", "env",
+    "properties",
+)  # fmt: skip
+
+
+def refuse_unmapped(spec: ContainerSpec, runtime: str, mapped: Iterable[str]) -> None:
+    """UnsupportedSpec for the first field that differs from its default and that the
+    runtime's mapping does not handle: a field is mapped or refused, never dropped."""
+    from .errors import UnsupportedSpec
+
+    handled = ALWAYS_MAPPED | set(mapped)
+    for name in spec.non_default_fields():
+        if name not in handled:
+            raise UnsupportedSpec(name, runtime, f"the {runtime} adapter does not map {name}")
+
+
+SPEC_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(ContainerSpec) if f.name != "origin"
+)  # what markers, policies and containersec_start() accept

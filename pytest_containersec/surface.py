@@ -37,6 +37,8 @@ ENGINE_MANAGED_MOUNTS = (
     "/run/.containerenv",
     "/dev/shm",
     "/run/secrets",
+    "/etc/passwd",  # Podman writes these when the user is not in the image's files
+    "/etc/group",
 )
 ENGINE_STATE_MARKERS = ("/containers/", "/docker/", "/libpod/", "/containersec/")
 # Harmless host device nodes rootless engines bind in (they cannot mknod) or use to mask.

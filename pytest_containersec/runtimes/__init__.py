@@ -19,10 +19,14 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "lxc",
     "containerd",
 )
+# Runtimes that run a deployment file themselves, not any ContainerSpec: selected only
+# for specs read from such a file (other specs: UnsupportedSpec).
+MANIFEST_RUNTIMES: tuple[str, ...] = ("podman-kube",)
 
 # The OCI runtime as a dimension (``podman:crun``, ``docker:runsc``): see oci_variants.
 VARIANT_NAMES: tuple[str, ...] = _variants.VARIANT_NAMES
-KNOWN_NAMES: tuple[str, ...] = RUNTIME_NAMES + VARIANT_NAMES
+# Every name a user may select (policies, --containersec-runtime, the CLI).
+KNOWN_NAMES: tuple[str, ...] = RUNTIME_NAMES + MANIFEST_RUNTIMES + VARIANT_NAMES
 
 _instances: dict[str, Runtime] = {}
 _lock = threading.Lock()
@@ -65,6 +69,11 @@ def _create(name: str) -> Runtime:
 
         containerd: Runtime = ContainerdRuntime()
         return containerd
+    if name == "podman-kube":
+        from .podman_kube import PodmanKubeRuntime
+
+        kube: Runtime = PodmanKubeRuntime()
+        return kube
     raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(KNOWN_NAMES)}")
 
 
@@ -104,6 +113,7 @@ def close_all() -> None:
 
 __all__ = [
     "KNOWN_NAMES",
+    "MANIFEST_RUNTIMES",
     "RUNTIME_NAMES",
     "VARIANT_NAMES",
     "Availability",

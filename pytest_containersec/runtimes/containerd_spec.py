@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import caps
 from ..errors import UnsupportedSpec
-from ..spec import ContainerSpec, Volume
+from ..spec import CORE_FIELDS, ContainerSpec, Volume, refuse_unmapped
 from . import nspawn_agent as agent
 from .base import PROBE_BUSYBOX, PROBE_DIR
 from .oci import IDLE_COMMAND
@@ -87,6 +87,7 @@ def run_argv(
     """``ctr run`` options and payload, after ``ctr --address A -n NS`` (pure)."""
     if spec.properties:
         raise UnsupportedSpec("properties", NAME, "systemd unit properties: use systemd-run")
+    refuse_unmapped(spec, NAME, CORE_FIELDS)  # not the newer fields yet
     argv = ["run", "-d", f"--log-uri=file://{log}", f"--pid-file={pid_file}",
             f"--cgroup=/{CGROUP_PARENT}/{name}"]  # fmt: skip
     argv += [f"--label={k}={v}" for k, v in sorted(labels.items())]

@@ -25,7 +25,7 @@ from ..errors import (
     UnsupportedSpec,
 )
 from ..spec import ContainerSpec
-from . import oci, procs
+from . import oci, oci_fields, procs
 from .base import (
     PROBE_DIR,
     Availability,
@@ -107,7 +107,10 @@ def host_config(
     kw["network_mode"] = spec.network
     if spec.env:
         kw["environment"] = dict(spec.env)
-    return kw
+    extra = oci_fields.docker_fields(spec, runtime)
+    if "security_opt" in extra:
+        kw["security_opt"] = kw.get("security_opt", []) + extra.pop("security_opt")
+    return {**kw, **extra}
 
 
 class DockerContainer(oci.EngineContainer):
@@ -284,10 +287,14 @@ class DockerRuntime:
             self._require_oci(self.oci_runtime)
         kw = host_config(spec, self.name, str(copy.path), self.oci_runtime)
         argv = [f"{k}={v!r}" for k, v in kw.items()]
+        extra = kw.pop(oci_fields.HOST_CONFIG_EXTRA, None)
         try:
-            sdk = client.containers.create(
-                spec.image, name=name, labels=session.current().labels, detach=True, **kw
-            )
+            if extra:
+                sdk = _create_raw(client, spec.image, name, kw, extra)
+            else:
+                sdk = client.containers.create(
+                    spec.image, name=name, labels=session.current().labels, detach=True, **kw
+                )
         except docker.errors.APIError as exc:
             raise ContainerStartError(self.name, argv, None, str(exc.explanation or exc)) from None
         except ENGINE_ERRORS as exc:
@@ -372,6 +379,22 @@ class DockerRuntime:
             self._client = None
         if self.daemon is not None:
             self.daemon.release()
+
+
+def _create_raw(
+    client: docker.DockerClient, image: str, name: str, kw: dict[str, Any], extra: dict[str, Any]
+) -> SdkContainer:
+    """``containers.create`` with HostConfig keys docker-py has no keyword for."""
+    from docker.models import containers
+
+    create_args: Any = containers._create_container_args  # type: ignore[attr-defined]
+    args = create_args(
+        {**kw, "image": image, "name": name, "labels": session.current().labels,
+         "detach": True, "version": client.api.api_version}
+    )  # fmt: skip
+    args["host_config"].update(extra)
+    resp = client.api.create_container(**args)
+    return client.containers.get(resp["Id"])
 
 
 def _logs(sdk: SdkContainer) -> str:

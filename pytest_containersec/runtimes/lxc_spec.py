@@ -45,7 +45,7 @@ from typing import Any
 
 from .. import caps
 from ..errors import UnsupportedSpec
-from ..spec import ContainerSpec, Volume
+from ..spec import CORE_FIELDS, ContainerSpec, Volume, refuse_unmapped
 from . import nspawn_agent as agent
 from .base import PROBE_BUSYBOX, PROBE_DIR
 from .oci import IDLE_COMMAND
@@ -193,6 +193,7 @@ def config_lines(
     """The container's whole config file (pure). ``ids``: the resolved (uid, gid)."""
     if spec.properties:
         raise UnsupportedSpec("properties", NAME, "systemd unit properties: use systemd-run")
+    refuse_unmapped(spec, NAME, CORE_FIELDS)  # not the newer fields yet
     lines = [f"lxc.include = {LXC_CONFIG / 'common.conf'}"]
     if idmap is not None:
         _, outside, count = idmap

@@ -26,6 +26,12 @@ How each ContainerSpec field reaches nspawn (nothing is dropped silently):
   ``--read-only``, ``--private-network``, ``--bind``/``--bind-ro``, ``--setenv``.
 - memory/pids_limit/cpus: systemd PID 1 -> ``--register=yes --property=...`` (machined
   makes a scope); otherwise a cgroup made by hand that nspawn joins before exec.
+- devices: ``--bind=HOST:CONTAINER`` (rwm only: no device cgroup rule is made); ulimits:
+  ``--rlimit=RLIMIT_NAME=SOFT:HARD``; tmpfs: ``--tmpfs=PATH:OPTIONS`` with Docker's
+  default noexec,nosuid,nodev unless loosened; entrypoint: the main process is
+  entrypoint + command. UnsupportedSpec: group_add (busybox cannot set supplementary
+  groups), pid/ipc/uts host (nspawn always unshares them), sysctls, unmask, a gidmap
+  other than the uid map, an AppArmor profile, SELinux labels other than ``disable``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from . import nspawn_agent as agent
 from . import nspawn_cgroup as cg
 from .base import PROBE_BUSYBOX, PROBE_DIR
 from .oci import IDLE_COMMAND
+from .oci_fields import tmpfs_flags
 
 NAME = "nspawn"
 NSPAWN = "systemd-nspawn"
@@ -112,7 +119,41 @@ def spec_args(spec: ContainerSpec, systemd: bool) -> tuple[list[str], dict[str, 
         if not _ENV_NAME.match(key):
             raise UnsupportedSpec("env", NAME, f"{key!r} is not a name nspawn --setenv accepts")
         args.append(f"--setenv={key}={value}")
-    return args, env
+    return args + more_args(spec), env
+
+
+def more_args(spec: ContainerSpec) -> list[str]:
+    """The newer fields: devices, ulimits, tmpfs; UnsupportedSpec for what nspawn lacks."""
+    if spec.group_add:
+        raise UnsupportedSpec(
+            "group_add", NAME, "the payload's user switch (busybox) cannot set supplementary groups"
+        )
+    for ns in spec.namespaces_host:
+        raise UnsupportedSpec(ns, NAME, f"nspawn always gives the container its own {ns} namespace")
+    if spec.sysctls:
+        raise UnsupportedSpec("sysctls", NAME, "nspawn has no per-container sysctl option")
+    if spec.unmask:
+        raise UnsupportedSpec("unmask", NAME, "nspawn cannot lift its read-only /proc/sys")
+    if spec.gidmap is not None and spec.gid_maps != spec.uid_maps:
+        raise UnsupportedSpec("gidmap", NAME, "nspawn maps uids and gids with one range")
+    if spec.apparmor not in (None, "unconfined"):
+        raise UnsupportedSpec("apparmor", NAME, "nspawn applies no AppArmor profile")
+    if any(x not in ("disable",) for x in spec.label):
+        raise UnsupportedSpec("label", NAME, "nspawn takes a full --selinux-context only")
+    args: list[str] = []
+    for d in spec.device_list:
+        if d.permissions != "rwm":
+            raise UnsupportedSpec(
+                "devices", NAME, f"{d}: a bind mount exposes the node; no device cgroup rule"
+            )
+        args.append(f"--bind={d.host}:{d.container}")
+    for u in spec.ulimit_list:
+        soft, hard = (("infinity" if v < 0 else str(v)) for v in (u.soft, u.hard))
+        args.append(f"--rlimit=RLIMIT_{u.name.upper()}={soft}:{hard}")
+    for t in spec.tmpfs_list:
+        opts = [o for o in t.options if "=" in o] + tmpfs_flags(t.flags)
+        args.append(f"--tmpfs={t.target}:{','.join(opts)}")
+    return args
 
 
 def userns_args(spec: ContainerSpec) -> list[str]:
@@ -153,6 +194,8 @@ def nspawn_argv(
     if tools is not None:
         argv.append(f"--bind-ro={tools}:{agent.TOOLS_DIR}")
     main = list(spec.command) if spec.command else [PROBE_BUSYBOX, *IDLE_COMMAND]
+    if spec.entrypoint is not None:  # the image's own entrypoint is not run by nspawn
+        main = [*spec.entrypoint, *spec.command]
     return argv + agent.payload_argv(main)
 
 

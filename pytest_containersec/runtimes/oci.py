@@ -27,6 +27,8 @@ NOTE_AFTER = 0.5  # seconds after which run_exec asks the adapter to note a runn
 
 def entrypoint_and_command(spec: ContainerSpec) -> tuple[list[str] | None, list[str]]:
     """(entrypoint override or None to keep the image's, command)."""
+    if spec.entrypoint is not None:  # as docker: a new entrypoint drops the image's CMD
+        return list(spec.entrypoint), list(spec.command)
     if spec.command:
         return None, list(spec.command)
     return list(IDLE_ENTRYPOINT), list(IDLE_COMMAND)
@@ -250,6 +252,29 @@ def declared_from_inspect(
         "apparmor_profile": attrs.get("AppArmorProfile") or None,
         "daemon_security_options": list(daemon_options),
         "oci_runtime": attrs.get("OCIRuntime") or hc.get("Runtime") or None,
+        **_declared_more(attrs, hc),
+    }
+
+
+def _declared_more(attrs: dict[str, Any], hc: dict[str, Any]) -> dict[str, Any]:
+    """Namespaces, groups, devices, tmpfs, ulimits, sysctls and unmasking as declared."""
+    tmpfs = sorted(
+        set(hc.get("Tmpfs") or {})
+        | {m.get("Destination") for m in attrs.get("Mounts") or [] if m.get("Type") == "tmpfs"}
+    )
+    return {
+        "pid_mode": hc.get("PidMode") or None,
+        "ipc_mode": hc.get("IpcMode") or None,
+        "uts_mode": hc.get("UTSMode") or None,
+        "group_add": [str(g) for g in hc.get("GroupAdd") or []],
+        "devices": [
+            f"{d.get('PathOnHost')}:{d.get('PathInContainer')}:{d.get('CgroupPermissions')}"
+            for d in hc.get("Devices") or []
+        ],
+        "tmpfs": [t for t in tmpfs if t],
+        "ulimits": {u["Name"]: f"{u['Soft']}:{u['Hard']}" for u in hc.get("Ulimits") or []},
+        "sysctls": dict(hc.get("Sysctls") or {}),
+        "unmask": hc.get("MaskedPaths") == [] and not hc.get("Privileged"),
     }
 
 

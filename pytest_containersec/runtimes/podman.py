@@ -28,17 +28,18 @@ from ..errors import (
     RuntimeUnavailable,
 )
 from ..spec import ContainerSpec
-from . import host_files, oci, procs
+from . import host_files, oci, oci_fields, procs
 from .base import Availability, Container, ExecResult
 from .podman_service import (
     PodmanService,
     RootlessIds,
+    ServiceUser,
     answers,
     check_host,
     reap_services,
     version_line,
 )
-from .podman_spec import create_kwargs, declared_from_inspect
+from .podman_spec import conf_default_ulimits, conf_paths, create_kwargs, declared_from_inspect
 from .probe_copy import ProbeCopy
 
 API_TIMEOUT = 60
@@ -242,8 +243,14 @@ class PodmanRuntime:
     def _start(
         self, client: PodmanClient, spec: ContainerSpec, name: str, copy: ProbeCopy
     ) -> PodmanContainer:
+        user = ServiceUser.for_mode(self.rootless)
+        defaults = conf_default_ulimits(conf_paths(user.home if user else None))
         kw = create_kwargs(
-            spec, self.name, self._ids if self.rootless else None, probe=str(copy.path)
+            spec,
+            self.name,
+            self._ids if self.rootless else None,
+            probe=str(copy.path),
+            default_ulimits=defaults,
         )
         if self.oci_runtime is not None:
             from .oci_variants import require_binary
@@ -258,10 +265,14 @@ class PodmanRuntime:
                 raise err from None
             raise ContainerStartError(self.name, [spec.image], None, _explain(exc)) from None
         argv = [f"{k}={v!r}" for k, v in kw.items()]
+        options = kw.pop(oci_fields.MOUNT_OPTIONS, None)
         try:
-            sdk = client.containers.create(
-                spec.image, name=name, labels=session.current().labels, **kw
-            )
+            if options:
+                sdk = _create_raw(client, spec.image, name, kw, options)
+            else:
+                sdk = client.containers.create(
+                    spec.image, name=name, labels=session.current().labels, **kw
+                )
         except SdkImageNotFound:
             raise ImageNotFound(self.name, spec.image) from None
         except (*ENGINE_ERRORS, TypeError, ValueError) as exc:
@@ -351,6 +362,28 @@ class PodmanRuntime:
             if self.service is not None:
                 self.service.stop()
                 self.service = None
+
+
+def _create_raw(
+    client: PodmanClient, image: str, name: str, kw: dict[str, Any], options: dict[str, list[str]]
+) -> SdkContainer:
+    """``containers.create`` with mount options podman-py's mount dict cannot carry."""
+    from podman import api
+
+    manager: Any = client.containers
+    payload = manager._render_payload(
+        {"image": image, "name": name, "labels": session.current().labels, **kw}
+    )
+    for m in payload.get("mounts") or []:
+        if m.get("destination") in options:
+            m["options"] = options[m["destination"]]
+    r = client.api.post(
+        "/containers/create",
+        headers={"content-type": "application/json"},
+        data=api.prepare_body(payload),
+    )
+    r.raise_for_status(not_found=SdkImageNotFound)
+    return client.containers.get(r.json()["Id"])
 
 
 def _status(sdk: SdkContainer) -> tuple[bool, int | None]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from ..errors import UnsupportedSpec
 from ..spec import ContainerSpec, Volume
-from . import oci
+from ..spec_types import ulimits
+from . import oci, oci_fields
 from .base import PROBE_DIR
 from .podman_service import RootlessIds
 
@@ -30,18 +32,18 @@ def _to_ns(host: int, count: int, own: int, sub: tuple[int, int]) -> int | None:
 def _idmaps(spec: ContainerSpec, runtime: str, ids: RootlessIds | None) -> dict[str, Any]:
     """``INSIDE:HOST:COUNT`` maps -> libpod IDMappingOptions (rootless: relative ids)."""
     out: dict[str, Any] = {"HostUIDMapping": False, "HostGIDMapping": False}
-    for key, kind, own, sub in (
-        ("UIDMap", "uid", ids.uid if ids else 0, ids.subuid if ids else (0, 0)),
-        ("GIDMap", "gid", ids.gid if ids else 0, ids.subgid if ids else (0, 0)),
+    for key, kind, own, sub, maps in (
+        ("UIDMap", "uid", ids.uid if ids else 0, ids.subuid if ids else (0, 0), spec.uid_maps),
+        ("GIDMap", "gid", ids.gid if ids else 0, ids.subgid if ids else (0, 0), spec.gid_maps),
     ):
         entries = []
-        for inside, host, count in spec.uid_maps:
+        for inside, host, count in maps:
             outside: int | None = host
             if ids is not None:
                 outside = _to_ns(host, count, own, sub)
                 if outside is None:
                     raise UnsupportedSpec(
-                        "userns",
+                        "gidmap" if kind == "gid" and spec.gidmap else "userns",
                         runtime,
                         f"host {kind}s {host}-{host + count - 1} are neither the rootless "
                         f"user's own {kind} {own} nor inside its sub{kind} range "
@@ -52,8 +54,37 @@ def _idmaps(spec: ContainerSpec, runtime: str, ids: RootlessIds | None) -> dict[
     return out
 
 
+def conf_default_ulimits(paths: list[Path]) -> tuple[str, ...]:
+    """``[containers] default_ulimits`` of the containers.conf files (the last one wins)."""
+    found: tuple[str, ...] = ()
+    for path in paths:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        value = (data.get("containers") or {}).get("default_ulimits")
+        if isinstance(value, list):
+            found = tuple(str(v) for v in value)
+    return found
+
+
+def conf_paths(home: str | None) -> list[Path]:
+    """The containers.conf files Podman reads, in order (system, drop-ins, user's)."""
+    paths = [Path("/usr/share/containers/containers.conf"), Path("/etc/containers/containers.conf")]
+    paths += sorted(Path("/etc/containers/containers.conf.d").glob("*.conf"))
+    if home:
+        paths.append(Path(home, ".config/containers/containers.conf"))
+        paths += sorted(Path(home, ".config/containers/containers.conf.d").glob("*.conf"))
+    return paths
+
+
 def create_kwargs(
-    spec: ContainerSpec, runtime: str, rootless: RootlessIds | None = None, *, probe: str
+    spec: ContainerSpec,
+    runtime: str,
+    rootless: RootlessIds | None = None,
+    *,
+    probe: str,
+    default_ulimits: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """podman-py ``containers.create`` keyword arguments for ``spec`` (pure); ``probe``
     is the container's own probe folder on the host.
@@ -115,7 +146,14 @@ def create_kwargs(
     kw["network_mode"] = spec.network
     if spec.env:
         kw["environment"] = dict(spec.env)
-    return kw
+    extra = oci_fields.podman_fields(spec, runtime)
+    kw["mounts"] += extra.pop("mounts", [])
+    if "ulimits" in extra:  # given ulimits replace containers.conf's over the API: keep
+        named = {u["Name"] for u in extra["ulimits"]}  # the engine's for the other names
+        for u in ulimits(default_ulimits):
+            if u.name not in named:
+                extra["ulimits"].append({"Name": u.name, "Soft": u.soft, "Hard": u.hard})
+    return {**kw, **extra}
 
 
 def _bind(source: str, target: str, read_only: bool) -> dict[str, Any]:

@@ -215,6 +215,8 @@ class SystemdRunContainer(Container):
             (self.inst.state / "units").mkdir(exist_ok=True)
             (self.inst.state / "units" / self.unit).touch()
         main = list(self.spec.command) or [PROBE_BUSYBOX, *IDLE_COMMAND]
+        if self.spec.entrypoint is not None:
+            main = [*self.spec.entrypoint, *self.spec.command]
         run_dir = f"{self.inst.run_inside}/{self.name}"
         command = agent_command(busybox, run_dir, main)
         self.argv = run_argv(self.unit, props, command, pairs(self.spec.env))

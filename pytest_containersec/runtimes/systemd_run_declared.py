@@ -22,6 +22,7 @@ from ..errors import UnsupportedSpec
 from ..model import Facts, Mismatch
 from ..spec import DEFAULT_IMAGE, ContainerSpec, Volume
 from .base import PROBE_DIR
+from .oci_fields import tmpfs_flags
 
 NAME = "systemd-run"
 SOURCE = "systemd-analyze"
@@ -111,12 +112,49 @@ def unit_properties(spec: ContainerSpec, host_systemd: bool) -> list[tuple[str, 
     for key, _ in pairs(spec.env):
         if not _ENV_NAME.match(key):
             raise UnsupportedSpec("env", NAME, f"{key!r} is not a name systemd-run accepts")
+    props += more_properties(spec, host_systemd)
     extra = pairs(spec.properties)
     given = {k for k, _ in extra}
     bad = sorted(given & set(NOT_PASSED_THROUGH))
     if bad:
         raise UnsupportedSpec("properties", NAME, f"{', '.join(bad)}: the probe needs its own root")
     return [p for p in props if p[0] not in given] + extra
+
+
+def more_properties(spec: ContainerSpec, host_systemd: bool) -> list[tuple[str, str]]:
+    """The newer fields as unit properties; UnsupportedSpec for what a unit cannot do."""
+    props: list[tuple[str, str]] = []
+    if spec.group_add:
+        props.append(("SupplementaryGroups", " ".join(map(str, spec.group_add))))
+    for d in spec.device_list:
+        if d.host != d.container:
+            raise UnsupportedSpec("devices", NAME, f"{d}: a unit sees devices at their own path")
+        props.append(("DeviceAllow", f"{d.host} {d.permissions}"))
+    for ns in spec.namespaces_host:
+        if not host_systemd:
+            raise UnsupportedSpec(
+                ns, NAME, f"units share the {ns} namespace of the systemd booted in nspawn, "
+                "not the host's",
+            )  # fmt: skip
+    for u in spec.ulimit_list:
+        soft, hard = (("infinity" if v < 0 else str(v)) for v in (u.soft, u.hard))
+        props.append((f"Limit{u.name.upper()}", f"{soft}:{hard}"))
+    if spec.sysctls:
+        raise UnsupportedSpec("sysctls", NAME, "systemd has no per-unit sysctls")
+    for t in spec.tmpfs_list:
+        opts = [o for o in t.options if "=" in o] + tmpfs_flags(t.flags)
+        props.append(("TemporaryFileSystem", f"{t.target}:{','.join(opts)}"))
+    if spec.unmask and not host_systemd:
+        raise UnsupportedSpec(
+            "unmask", NAME, "the systemd booted in nspawn keeps nspawn's read-only /proc/sys"
+        )
+    if spec.gidmap is not None:
+        raise UnsupportedSpec("gidmap", NAME, "systemd has PrivateUsers=yes only")
+    if spec.apparmor not in (None, "unconfined"):
+        props.append(("AppArmorProfile", spec.apparmor))
+    if any(x != "disable" for x in spec.label):
+        raise UnsupportedSpec("label", NAME, "SELinuxContext= takes a full context (properties)")
+    return props
 
 
 def run_argv(

@@ -14,7 +14,11 @@ def test_marker_is_registered_with_its_signature(fake: FakeEnv) -> None:
         "cap_drop=[...], privileged=False, seccomp='default', no_new_privileges=False, "
         "read_only=False, memory=None, cpus=None, pids_limit=None, userns=None, volumes=[...], "
         "network='none', env={...}, properties={...} (systemd-run unit properties), "
-        "runtimes=[...]): the container that containersec_container starts for this test" in out
+        "entrypoint=[...], group_add=[...], devices=[...], pid/ipc/uts='host', ulimits={...}, "
+        "sysctls={...}, tmpfs=[...], unmask=False, gidmap=None, apparmor=None, label=[...], "
+        "runtimes=[...]; or compose='compose.yaml', service='web' / kube='deploy.yaml', "
+        "container='app' / quadlet='app.container' / unit='app.service' (paths relative to "
+        "the test file)): the container that containersec_container starts for this test" in out
     )
 
 
@@ -35,7 +39,9 @@ def test_strict_markers_accept_it(fake: FakeEnv) -> None:
         ('cap_drop=["ALL"], capdrop=["ALL"]',
          "unknown field 'capdrop' (known: image, command, user, cap_add, cap_drop, privileged, "
          "seccomp, no_new_privileges, read_only, memory, cpus, pids_limit, userns, volumes, "
-         "network, env, properties, runtimes)"),
+         "network, env, properties, entrypoint, group_add, devices, pid, ipc, uts, ulimits, "
+         "sysctls, tmpfs, unmask, gidmap, apparmor, label, runtimes, compose, kube, quadlet, "
+         "unit, service, container)"),
         ('"myapp:1.4"', "positional arguments ('myapp:1.4',) (use field=value)"),
         ('memory="lots"', "invalid memory='lots': expected a size like 64m, 1g or a byte count"),
         ('runtimes="docker"', "runtimes='docker': expected a list of runtime names"),
@@ -197,3 +203,61 @@ def test_factory_starts_several_and_stops_them_at_teardown(fake: FakeEnv) -> Non
     fake.run("--containersec-runtime=docker").assert_outcomes(passed=1)
     assert len(fake.events("start")) == 4
     assert len(fake.events("stop")) == 4
+
+
+COMPOSE = """services:
+  web:
+    image: containersec/httpd
+    user: "1000"
+    cap_drop: [ALL]
+    mem_limit: 64m
+    ports: ["80:80"]
+"""
+
+
+def test_compose_marker_relative_to_the_test_file(fake: FakeEnv) -> None:
+    sub = fake.pytester.mkdir("svc")
+    (sub / "compose.yaml").write_text(COMPOSE)
+    (sub / "test_c.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.containersec(compose='compose.yaml', service='web', read_only=True)\n"
+        "def test_web(containersec_container): pass\n"
+    )
+    fake.run("--containersec-runtime=docker").assert_outcomes(passed=1)
+    (started,) = fake.events("start")
+    spec = started["spec"]
+    assert (spec["image"], spec["user"], spec["cap_drop"]) == (
+        "containersec/httpd",
+        "1000",
+        ["ALL"],
+    )
+    assert (spec["memory"], spec["read_only"]) == (64 * 2**20, True)  # the marker's on top
+    assert spec["origin"] == f"compose:{sub / 'compose.yaml'}:web"
+
+
+@pytest.mark.parametrize(
+    ("marker", "error"),
+    [
+        ("compose='compose.yaml', service='nope'",
+         "compose.yaml:1: services: no service 'nope' (services: web)"),
+        ("compose='compose.yaml'", "compose.yaml: service: name the compose service to run"),
+        ("service='web'", "service= needs compose= or kube="),
+        ("compose='missing.yaml', service='web'", "missing.yaml: compose: No such file or directory"),
+    ],
+)  # fmt: skip
+def test_bad_deployment_file_is_a_usage_error_naming_file_and_line(
+    fake: FakeEnv, marker: str, error: str
+) -> None:
+    (fake.pytester.path / "compose.yaml").write_text(COMPOSE)
+    fake.pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.containersec({marker})
+        def test_bad(containersec_container): pass
+        """
+    )
+    r = fake.run()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert error in r.stderr.str()
+    assert fake.events("start") == []

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from pytest_containersec.errors import RuntimeUnavailable
-from pytest_containersec.runtimes import KNOWN_NAMES, RUNTIME_NAMES, VARIANT_NAMES, _create
+from pytest_containersec.runtimes import (
+    KNOWN_NAMES,
+    MANIFEST_RUNTIMES,
+    RUNTIME_NAMES,
+    VARIANT_NAMES,
+    _create,
+)
 from pytest_containersec.runtimes import oci_variants as v
 from pytest_containersec.runtimes.docker import host_config
 from pytest_containersec.session import Session
@@ -14,7 +20,7 @@ from pytest_containersec.spec import ContainerSpec
 
 def test_names_and_adapters() -> None:
     assert {"podman:crun", "podman:runc", "docker:runc", "docker:runsc"} <= set(VARIANT_NAMES)
-    assert KNOWN_NAMES == RUNTIME_NAMES + VARIANT_NAMES
+    assert KNOWN_NAMES == RUNTIME_NAMES + MANIFEST_RUNTIMES + VARIANT_NAMES
     assert v.split("podman-rootless:crun") == ("podman-rootless", "crun")
     assert v.split("lxc") == ("lxc", None)
     for name in ("docker:runsc", "podman:crun", "containerd:crun"):

@@ -269,6 +269,15 @@ def test_declared_from_inspect() -> None:
         "apparmor_profile": None,
         "daemon_security_options": [],
         "oci_runtime": None,
+        "pid_mode": None,
+        "ipc_mode": None,
+        "uts_mode": None,
+        "group_add": [],
+        "devices": [],
+        "tmpfs": [],
+        "ulimits": {},
+        "sysctls": {},
+        "unmask": False,
     }
 
 

@@ -77,3 +77,28 @@ def test_to_dict_and_non_defaults() -> None:
     s = ContainerSpec(user="1000", read_only=True)
     assert s.non_default_fields() == {"user": "1000", "read_only": True}
     assert s.to_dict()["volumes"] == []
+
+
+@pytest.mark.parametrize(
+    "field_value", [("tmpfs", ["/run"]), ("pid", "host"), ("ulimits", {"nofile": "1:2"})]
+)
+def test_lxc_and_containerd_refuse_the_fields_they_do_not_map(
+    field_value: tuple[str, object],
+) -> None:
+    from pathlib import Path
+
+    from pytest_containersec.errors import UnsupportedSpec
+    from pytest_containersec.runtimes import containerd_spec, lxc_spec
+
+    name, value = field_value
+    spec = ContainerSpec(**{name: value})  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedSpec, match=name):
+        containerd_spec.run_argv(
+            spec, name="x", log=Path("/l"), pid_file=Path("/p"), probe_dir=Path("/d"),
+            tools=None, prefix=[], labels={},
+        )  # fmt: skip
+    with pytest.raises(UnsupportedSpec, match=name):
+        lxc_spec.config_lines(
+            spec, name="x", rootfs=Path("/r"), probe_dir=Path("/d"), run_dir=Path("/u"),
+            log=Path("/l"), idmap=None, cgroup_version=2, ids=None, env={}, apparmor=False,
+        )  # fmt: skip
