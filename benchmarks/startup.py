@@ -35,9 +35,10 @@ def as_user(argv: list[str]) -> list[str]:
             f"XDG_RUNTIME_DIR=/run/user/{user.pw_uid}", *argv]  # fmt: skip
 
 
-def cli_engine(engine: list[str]) -> Callable[[], None]:
+def cli_engine(engine: list[str], run_opts: tuple[str, ...] = ()) -> Callable[[], None]:
     def once() -> None:
-        cid = run([*engine, "run", "-d", "--network", "none", IMAGE, "sleep", "3600"]).strip()
+        cid = run([*engine, "run", "-d", *run_opts, "--network", "none", IMAGE, "sleep", "3600"])
+        cid = cid.strip()
         run([*engine, "exec", cid, "true"])
         run([*engine, "rm", "-f", *(["-t", "0"] if "podman" in engine[-3:] else []), cid])
 
@@ -121,6 +122,7 @@ def timed(fn: Callable[[], None]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=10)
+    ap.add_argument("--only", default="", help="comma-separated runtime rows to measure")
     args = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
     bare: dict[str, Callable[[], None]] = {
@@ -132,7 +134,16 @@ def main() -> None:
         "containerd": cli_containerd(),
         "podman:runc": cli_engine(["podman", "--runtime", "runc"]),
         "docker:runc": cli_engine(["docker", "-H", "unix:///var/run/docker.sock"]),
+        "docker:runsc": cli_engine(
+            ["docker", "-H", "unix:///var/run/docker.sock"], ("--runtime", "runsc")
+        ),
+        "podman:runsc": cli_engine(
+            ["podman", "--runtime", "runsc", "--runtime-flag", "network=none"]
+        ),
     }
+    if args.only:
+        wanted = args.only.split(",")
+        bare = {k: v for k, v in bare.items() if k in wanted}
     print("| runtime | adapter: start + exec + stop | bare CLI | ratio |")
     print("|---|---|---|---|")
     for name, cli in bare.items():

@@ -142,6 +142,10 @@ def collect(
     pid = container.host_pid
     runtime = container.runtime
     keys = tuple(dict.fromkeys(probe.DEFAULT_ACCESS + tuple(access)))
+    if container.sandbox == "gvisor":  # host_pid is the Sentry: see facts_sandbox
+        from .facts_sandbox import collect_gvisor
+
+        return collect_gvisor(container, keys, proc)
     try:
         host_status = procfs.parse_status(_read(pid, "status", proc))
         uid_map = procfs.parse_id_map(_read(pid, "uid_map", proc))

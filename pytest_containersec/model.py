@@ -9,6 +9,14 @@ from typing import Any
 MapEntry = tuple[int, int, int]  # inside, outside (host), count
 # The mismatch (source "probe") of a container that modified its own probe folder.
 PROBE_MISMATCH_FIELD = "probe"
+# Facts.sources values: the host's /proc of the workload itself (the default); the
+# probe's own view inside a sandbox whose kernel is emulated (gVisor's Sentry answers
+# /proc inside); the host's view of the sandbox as a whole (its Sentry process and
+# cgroup); the engine's declaration matched with what is seen inside.
+SOURCE_HOST = "host"
+SOURCE_INSIDE_GVISOR = "inside(gvisor)"
+SOURCE_HOST_SANDBOX = "host(sandbox)"
+SOURCE_DECLARED_INSIDE = "declared+inside"
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,10 @@ class Facts:
     host_capabilities: tuple[str, ...] = ()
     # The engines' masked and read-only kernel paths (masking.STANDARD_PATHS) -> state.
     masked: dict[str, MaskedPath] = field(default_factory=dict)
+    # Which side each field was read from, where it is not the host's /proc/<pid> of the
+    # workload (every field of every runtime but a sandboxed one): e.g. gVisor's
+    # ``{"user": "inside(gvisor)", "cgroup": "host(sandbox)", ...}`` (see SOURCE_*).
+    sources: dict[str, str] = field(default_factory=dict)
 
     # -- derived views ---------------------------------------------------------------
 
@@ -121,6 +133,12 @@ class Facts:
             if m.source == "probe":
                 return str(m.observed)
         return None
+
+    def source_of(self, name: str) -> str:
+        """Where field ``name`` (``"user"``, ``"cgroup"``, ...) was read: ``"host"`` (the
+        host's /proc and cgroup files of the workload itself) unless ``sources`` says
+        otherwise."""
+        return self.sources.get(name.split(".", 1)[0], SOURCE_HOST)
 
     def host_uid_of(self, inside: int) -> int | None:
         """The host uid that container uid ``inside`` is, or None if unmapped."""
@@ -175,6 +193,7 @@ class Facts:
             mismatches=tuple(Mismatch(**m) for m in d.get("mismatches", ())),
             host_capabilities=tuple(d.get("host_capabilities", ())),
             masked={k: MaskedPath(**v) for k, v in d.get("masked", {}).items()},
+            sources={str(k): str(v) for k, v in d.get("sources", {}).items()},
         )
 
     @classmethod

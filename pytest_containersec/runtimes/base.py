@@ -85,6 +85,10 @@ class Container(abc.ABC):
     # -- the container's own probe folder (see probe_copy) ------------------------------
 
     probe_copy: ProbeCopy | None = None
+    # The sandbox between the workload and the host kernel, or None: "gvisor" (runsc)
+    # means host_pid is the sandbox's Sentry, not the workload; Facts are then collected
+    # from both sides and say which (facts_sandbox).
+    sandbox: str | None = None
     # What the host found changed in this container's probe folder (sticky: once
     # modified, nothing the probe reports is trusted again).
     probe_tampered: tuple[str, ...] = ()
@@ -93,7 +97,10 @@ class Container(abc.ABC):
         """Verify the container's probe folder, host side and as the container sees it;
         returns (and remembers) what was modified from inside, () when intact."""
         if self.probe_copy is not None and not self.probe_tampered:
-            self.probe_tampered = tuple(self.probe_copy.problems(self.host_pid or None))
+            # A sandbox's mounts live in its own kernel: /proc/<pid>/root of the Sentry is
+            # not what the workload sees, so only the host folder can be verified there.
+            pid = self.host_pid if self.sandbox is None else None
+            self.probe_tampered = tuple(self.probe_copy.problems(pid or None))
         return self.probe_tampered
 
     def guard_probe(self) -> None:

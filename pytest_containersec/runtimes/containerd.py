@@ -36,6 +36,7 @@ from .base import DEFAULT_EXEC_TIMEOUT, MAX_OUTPUT, Availability, Container, Exe
 from .docker_daemons import DaemonConfig, DockerDaemon
 from .lxc import stream_pipes
 from .nspawn import state_root
+from .oci_variants import sandbox_of
 from .probe_copy import ProbeCopy
 
 NAME = mapping.NAME
@@ -95,6 +96,7 @@ class ContainerdContainer(Container):
         self.spec = spec
         self.engine_rootless = False
         self.host_pid = 0
+        self.sandbox = sandbox_of(rt.runc_binary)
         self.state = state
         self.prefix: list[str] = []
         self.argv: list[str] = []
@@ -171,7 +173,9 @@ class ContainerdContainer(Container):
         def kill() -> None:
             note()
             self._rt.ctr("task", "kill", "-s", "SIGKILL", f"--exec-id={exec_id}", self.name)
-            for sid in sessions:
+            # under gVisor host_pid is the Sentry, in the host's pid namespace: no host
+            # session is the exec's (the timeout inside kills it)
+            for sid in sessions if self.sandbox is None else ():
                 oci.kill_session(sid, self.host_pid)
             procs.kill_tree(proc.pid)
 

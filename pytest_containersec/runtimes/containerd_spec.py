@@ -91,7 +91,9 @@ def run_argv(
     argv = ["run", "-d", f"--log-uri=file://{log}", f"--pid-file={pid_file}",
             f"--cgroup=/{CGROUP_PARENT}/{name}"]  # fmt: skip
     argv += [f"--label={k}={v}" for k, v in sorted(labels.items())]
-    if runc_binary:
+    if runc_binary == "runsc":  # gVisor has a shim of its own (oci_variants.GVISOR_SHIM)
+        argv.append("--runtime=io.containerd.runsc.v1")
+    elif runc_binary:
         argv.append(f"--runc-binary={runc_binary}")
     if spec.privileged:
         argv.append("--privileged")

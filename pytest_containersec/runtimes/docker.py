@@ -32,6 +32,7 @@ from .base import (
     Container,
     ExecResult,
 )
+from .oci_variants import check_network, sandbox_of
 from .probe_copy import ProbeCopy
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def host_config(
     kw: dict[str, Any] = {}
     if oci_runtime is not None:
         kw["runtime"] = oci_runtime
+        check_network(runtime, oci_runtime, spec.network)
     if spec.properties:
         raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
     entrypoint, command = oci.entrypoint_and_command(spec)
@@ -124,6 +126,7 @@ class DockerContainer(oci.EngineContainer):
         self.name = sdk.name or ""
         self.spec = spec
         self.engine_rootless = runtime.rootless
+        self.sandbox = sandbox_of(runtime.oci_runtime)
         reported = int(sdk.attrs["State"]["Pid"])
         host_pid = runtime.host_pid(reported)
         if host_pid is None:  # a rootless daemon named a process it did not start
@@ -152,6 +155,8 @@ class DockerContainer(oci.EngineContainer):
                 noted.append(ours)
 
         def kill() -> None:
+            if self.sandbox is not None:  # the pid is runsc's exec helper on the host, in
+                return  # the host's pid namespace: the timeout inside kills the command
             pid = noted[0] if noted else 0
             if not pid and not self.engine_rootless:
                 pid = int(api.exec_inspect(exec_id).get("Pid") or 0)

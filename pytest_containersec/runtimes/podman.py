@@ -30,6 +30,7 @@ from ..errors import (
 from ..spec import ContainerSpec
 from . import host_files, oci, oci_fields, procs
 from .base import Availability, Container, ExecResult
+from .oci_variants import check_network, sandbox_of
 from .podman_service import (
     PodmanService,
     RootlessIds,
@@ -75,6 +76,7 @@ class PodmanContainer(oci.EngineContainer):
         self.name = str(sdk.attrs.get("Name") or "")
         self.spec = spec
         self.engine_rootless = runtime.rootless
+        self.sandbox = sandbox_of(runtime.oci_runtime)
         self.host_pid = int(sdk.attrs["State"]["Pid"])
 
     def _exec(self, argv: list[str], timeout: float) -> ExecResult:
@@ -112,7 +114,7 @@ class PodmanContainer(oci.EngineContainer):
 
         def kill() -> None:
             pid = inspect().get("Pid") or (noted[0] if noted else 0)
-            if pid:
+            if pid and self.sandbox is None:  # under gVisor: runsc's helper, host pid ns
                 oci.kill_session(int(pid), self.host_pid, self._rt.may_kill)
 
         return oci.run_exec(self.runtime, wrapped, timeout, stream, exit_code, kill, note)
@@ -256,6 +258,7 @@ class PodmanRuntime:
             from .oci_variants import require_binary
 
             require_binary(self.name, self.oci_runtime)
+            check_network(self.name, self.oci_runtime, spec.network)
             kw["runtime"] = self.oci_runtime
         try:
             if not client.images.exists(spec.image):

@@ -29,6 +29,7 @@ from pathlib import Path
 from .. import hostinfo, session
 from ..errors import RuntimeUnavailable
 from . import host_files, procs
+from .oci_variants import GVISOR, GVISOR_FLAGS
 
 ROOTFUL_SOCKET = Path("/run/podman/podman.sock")
 ROOTFUL_RUN_DIR = Path("/run/containersec")
@@ -210,6 +211,8 @@ class PodmanService:
         argv = ["podman", "system", "service", "--time=0", f"unix://{sock}"]
         if oci_runtime is not None:
             argv[1:1] = [f"--runtime={oci_runtime}"]
+            if oci_runtime == GVISOR:  # see oci_variants: runsc's own netstack refuses
+                argv[2:2] = [f"--runtime-flag={f.lstrip('-')}" for f in GVISOR_FLAGS]
         with open(host_files.open_log(log), "wb") as out:
             try:
                 proc = subprocess.Popen(

@@ -45,13 +45,18 @@ def test_crun_refusing_a_hybrid_host_is_unavailable_not_a_crash() -> None:
         assert "hybrid" in err.reason
         assert "runc variant" in err.hint
     assert v.host_refusal("podman:crun", "crun", "no such image") is None
+    rootless = ("runsc: creating container: cannot set up cgroup for root: configuring cgroup: "
+                "mkdir /sys/fs/cgroup/blkio/3af7: permission denied: OCI permission denied")  # fmt: skip
+    err = v.host_refusal("podman-rootless:runsc", "runsc", rootless)
+    assert err is not None
+    assert "runsc refuses this host" in err.reason
     assert v.host_refusal("podman", None, "crun: cgroups in hybrid mode not supported") is None
 
 
-def test_gvisor_is_unavailable_until_facts_say_which_side() -> None:
-    with pytest.raises(RuntimeUnavailable, match="Sentry") as info:
-        v.require_binary("docker:runsc", "runsc")
-    assert info.value.runtime == "docker:runsc"
-    av = _create("podman:runsc").availability()
-    assert not av.available
-    assert "Sentry" in av.reason or "not installed" in av.reason
+def test_containerd_gvisor_needs_its_shim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(v, "_which", lambda b: None if b == v.GVISOR_SHIM else f"/usr/bin/{b}")
+    with pytest.raises(RuntimeUnavailable, match=v.GVISOR_SHIM) as info:
+        v.require_binary("containerd:runsc", "runsc")
+    assert info.value.runtime == "containerd:runsc"
+    v.require_binary("docker:runsc", "runsc")  # docker and podman need no shim
+    v.require_binary("podman:runsc", "runsc")
