@@ -13,6 +13,7 @@ from .errors import (
     RuntimeUnavailable,
     SourceError,
     SpecError,
+    UnknownRuntime,
     UnsupportedSpec,
 )
 from .spec import DEFAULT_IMAGE, ContainerSpec
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
-    except (SpecError, SourceError, UnsupportedSpec, ImageNotFound) as exc:
+    except (SpecError, SourceError, UnsupportedSpec, ImageNotFound, UnknownRuntime) as exc:
         print(f"containersec: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeUnavailable as exc:

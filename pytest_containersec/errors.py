@@ -30,6 +30,14 @@ class UnsupportedSpec(ContainerSecError):
         super().__init__(f"{msg}: {reason}" if reason else msg)
 
 
+class UnknownRuntime(ContainerSecError, ValueError):
+    """A runtime name that no adapter has (a usage error: exit status 2 in the CLI)."""
+
+    def __init__(self, names: Sequence[str], known: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(f"unknown runtime(s) {', '.join(names)}; known: {', '.join(known)}")
+
+
 class RuntimeUnavailable(ContainerSecError):
     """The runtime is not installed, not running or not usable; ``hint`` says how to fix it."""
 

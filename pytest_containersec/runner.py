@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .errors import ContainerSecError
+from .errors import ContainerSecError, UnknownRuntime
 from .model import Facts
 from .runtimes import KNOWN_NAMES, MANIFEST_RUNTIMES, RUNTIME_NAMES, get_runtime
 from .spec import ContainerSpec
@@ -22,15 +22,13 @@ class Observation:
 
 def select(names: Sequence[str] | None, kube: bool = False) -> list[str]:
     """Runtimes by name (when None: every spec runtime, plus podman-kube for a spec read
-    from a Kubernetes manifest); unknown names raise ContainerSecError."""
+    from a Kubernetes manifest); unknown names raise UnknownRuntime."""
     chosen = (
         list(names) if names else list(RUNTIME_NAMES + MANIFEST_RUNTIMES if kube else RUNTIME_NAMES)
     )
     unknown = [n for n in chosen if n not in KNOWN_NAMES]
     if unknown:
-        raise ContainerSecError(
-            f"unknown runtime(s) {', '.join(unknown)}; known: {', '.join(KNOWN_NAMES)}"
-        )
+        raise UnknownRuntime(unknown, KNOWN_NAMES)
     return chosen
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from ..errors import ContainerSecError
+from ..errors import UnknownRuntime
 from . import oci_variants as _variants
 from .base import Availability, Container, ExecResult, Runtime
 
@@ -74,7 +74,7 @@ def _create(name: str) -> Runtime:
 
         kube: Runtime = PodmanKubeRuntime()
         return kube
-    raise ContainerSecError(f"unknown runtime {name!r}; known runtimes: {', '.join(KNOWN_NAMES)}")
+    raise UnknownRuntime([name], KNOWN_NAMES)
 
 
 def _create_variant(name: str) -> Runtime:

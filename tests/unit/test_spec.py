@@ -102,3 +102,13 @@ def test_lxc_and_containerd_refuse_the_fields_they_do_not_map(
             spec, name="x", rootfs=Path("/r"), probe_dir=Path("/d"), run_dir=Path("/u"),
             log=Path("/l"), idmap=None, cgroup_version=2, ids=None, env={}, apparmor=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["facts", "compare"])
+def test_an_unknown_runtime_is_a_usage_error_in_the_cli(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_containersec import cli
+
+    assert cli.main([command, "--runtime", "nosuch", "containersec/probe"]) == cli.EXIT_USAGE
+    assert "unknown runtime(s) nosuch" in capsys.readouterr().err
