@@ -119,10 +119,10 @@ class DockerContainer(oci.EngineContainer):
         self.engine_rootless = runtime.rootless
         self.host_pid = runtime.host_pid(int(sdk.attrs["State"]["Pid"]))
 
-    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
+    def _exec(self, argv: list[str], timeout: float, user: str | None = None) -> ExecResult:
         api = self._rt.client.api
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
-        exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True)["Id"]
+        exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True, user=user or "")["Id"]
 
         def stream() -> Iterable[tuple[bytes | None, bytes | None]]:
             return api.exec_start(exec_id, stream=True, demux=True)
@@ -150,6 +150,13 @@ class DockerContainer(oci.EngineContainer):
     def _inspect(self) -> dict[str, Any]:
         self._sdk.reload()
         return self._sdk.attrs
+
+    def image_user(self) -> str | None:
+        try:
+            attrs = self._rt.client.images.get(self.spec.image).attrs
+        except ENGINE_ERRORS as exc:
+            raise self._rt.engine_error(f"inspect image {self.spec.image}", exc) from None
+        return str((attrs.get("Config") or {}).get("User") or "")
 
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         return declared_from_inspect(attrs, self._rt.security_options)

@@ -13,7 +13,9 @@ Protocol (RUN is a host directory bind-mounted at /.containersec/run):
   ``RUN/ready``: FIFO the agent writes once when it listens.
 - per request ``RUN/<id>/argv`` (NUL-separated, never interpolated: ``read -d ''`` puts
   each item in a variable and the command runs as ``"$@"``) and FIFOs ``out``, ``err``,
-  ``rc`` the host reads; ``pid`` holds the command's pid (for a kill on timeout).
+  ``rc`` the host reads; ``pid`` holds the command's pid (for a kill on timeout); an
+  empty ``root`` file: run it without the prefix, as the agent itself (the container's
+  root: how the probe takes on another process's identity with setpriv).
 
 argv[0] without a slash is looked up in ``$PATH`` by the script itself: busybox would
 otherwise run its own applet of that name instead of the image's binary.
@@ -24,13 +26,10 @@ from __future__ import annotations
 import errno
 import os
 import select
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from ..errors import ContainerStartError, ExecTimeout, ProbeError, RuntimeUnavailable
+from ..errors import ContainerStartError, ExecTimeout, ProbeError
 from . import procs
 from .base import PROBE_BUSYBOX, PROBE_DIR, ExecResult
 from .oci import BoundedBuffer
@@ -73,7 +72,8 @@ run=$1; shift
     + SH_RESOLVE
     + r"""handle() {
   d=$run/$1; set --; first=1
-  while IFS= read -r -d '' a; do set -- "$@" "$a"; done <"$run/prefix"
+  [ -e "$d/root" ] ||
+    while IFS= read -r -d '' a; do set -- "$@" "$a"; done <"$run/prefix"
   while IFS= read -r -d '' a; do
     if [ $first = 1 ]; then
       first=0
@@ -179,39 +179,6 @@ def drop_prefix(uid: int, gid: int, groups: list[int], helper_caps: frozenset[st
     return [*argv, "--"]
 
 
-def setpriv_tools(dest: Path) -> Path:
-    """``dest`` holding the host's setpriv, its libraries and loader (made once, atomically)."""
-    if (dest / "setpriv").exists():
-        return dest
-    exe = shutil.which("setpriv")
-    if exe is None:
-        raise RuntimeUnavailable(
-            NAME_HINT, "util-linux setpriv not found", "apt-get install util-linux"
-        )
-    out = subprocess.run(["ldd", exe], capture_output=True, text=True, check=True).stdout
-    files = [exe]
-    for line in out.splitlines():
-        words = line.split()
-        if "=>" in words and len(words) > 2 and words[2].startswith("/"):
-            files.append(words[2])
-        elif words and words[0].startswith("/"):
-            files.append(words[0])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tools.", dir=dest.parent))
-    try:
-        for f in files:
-            name = LOADER if "/ld-linux" in f or "/ld64" in f else os.path.basename(f)
-            shutil.copy(f, tmp / name)
-        tmp.chmod(0o755)
-        os.rename(tmp, dest)
-    except OSError:
-        if not (dest / "setpriv").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 def write_nul(path: Path, argv: list[str]) -> None:
     if any("\0" in a for a in argv):
         raise ValueError("an argument contains a NUL byte")
@@ -264,7 +231,9 @@ class AgentClient:
                 os.close(fd)
         self._req = self._ready = None
 
-    def exec(self, argv: list[str], timeout: float, container_root: int) -> ExecResult:
+    def exec(
+        self, argv: list[str], timeout: float, container_root: int, as_root: bool = False
+    ) -> ExecResult:
         if self._req is None:
             raise ProbeError(self.runtime, "the container is stopped")
         self._counter += 1
@@ -274,6 +243,8 @@ class AgentClient:
         fds: dict[int, str] = {}
         try:
             write_nul(d / "argv", argv)
+            if as_root:
+                (d / "root").touch(0o600)
             for name in ("out", "err", "rc"):
                 os.mkfifo(d / name, 0o600)
                 fds[os.open(d / name, os.O_RDONLY | os.O_NONBLOCK)] = name

@@ -61,6 +61,7 @@ from .systemd_run_declared import pairs, run_argv, unit_properties
 
 if TYPE_CHECKING:
     from ..model import Facts
+    from ..processes import ProcessSelector
 
 NAME = sdhost.NAME
 START_TIMEOUT = 30.0
@@ -125,7 +126,11 @@ class UnitAgent(agent.AgentClient):
         for p in (self.run, self.run / "req", self.run / "ready", self.run / "prefix"):
             os.chown(p, uid, gid)
 
-    def exec(self, argv: list[str], timeout: float, container_root: int = 0) -> ExecResult:
+    def exec(
+        self, argv: list[str], timeout: float, container_root: int = 0, as_root: bool = False
+    ) -> ExecResult:
+        if as_root:  # the agent is the unit's child: it has the unit's user, never root
+            raise NotImplementedError("a unit's exec runs as the unit's user")
         if self._req is None:
             raise ProbeError(NAME, "the unit is stopped")
         self._counter += 1
@@ -195,10 +200,15 @@ class SystemdRunContainer(Container):
         out["manager"] = self.inst.kind
         return out
 
-    def facts(self, access: tuple[str, ...] | list[str] = (), refresh: bool = False) -> Facts:
+    def facts(
+        self,
+        access: tuple[str, ...] | list[str] = (),
+        refresh: bool = False,
+        process: ProcessSelector | None = None,
+    ) -> Facts:
         """The common snapshot plus every systemd-analyze verdict the facts contradict."""
-        f = super().facts(access, refresh)
-        if any(m.source == decl.SOURCE for m in f.mismatches):
+        f = super().facts(access, refresh, process)
+        if process is not None or any(m.source == decl.SOURCE for m in f.mismatches):
             return f
         extra = decl.analyze_mismatches(f)
         if extra:
