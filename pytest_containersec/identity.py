@@ -104,7 +104,10 @@ def differences(target: Credentials, probe: Credentials) -> list[tuple[str, obje
     cmp("user.gid", uid(target.gids[1]), uid(probe.gids[1]))
     if target.gids[1] == probe.gids[1]:
         cmp("user.gids", target.gids, probe.gids)
-    cmp("user.groups", target.groups, probe.groups)
+    # access checks see the fs gid and the supplementary groups together: a supplementary
+    # group equal to the gid (Podman adds the primary group, its exec does not) is no
+    # difference
+    cmp("user.groups", _membership(target), _membership(probe))
     for name in ("effective", "permitted", "inheritable", "ambient", "bounding"):
         cmp(f"capabilities.{name}", getattr(target, name), getattr(probe, name))
     cmp("seccomp", target.seccomp, probe.seccomp)
@@ -114,6 +117,10 @@ def differences(target: Credentials, probe: Credentials) -> list[tuple[str, obje
     if target.label is not None and probe.label is not None:
         cmp("lsm.label", target.label, probe.label)
     return out
+
+
+def _membership(c: Credentials) -> tuple[int | None, ...]:
+    return tuple(sorted({*c.groups, c.gids[3]}, key=lambda g: -1 if g is None else g))
 
 
 def _caps_arg(names: frozenset[str]) -> str:

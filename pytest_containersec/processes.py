@@ -172,13 +172,22 @@ def _text(path: Path, limit: int = 64 * 1024) -> str:
         return f.read(limit).decode("utf-8", "surrogateescape")
 
 
+def _within(theirs: dict[str, str], mine: dict[str, str]) -> bool:
+    """Every hierarchy's path of ``theirs`` is ``mine``'s or below it."""
+    for ctrl, path in mine.items():
+        other = theirs.get(ctrl)
+        if other is None or not (other == path or other.startswith(path.rstrip("/") + "/")):
+            return False
+    return True
+
+
 def member_pids(main_pid: int, proc: Path = Path("/proc")) -> list[int]:
-    """Host pids of the processes in ``main_pid``'s pid namespace (its container), main
-    first. A container in the host's pid namespace: the processes in its cgroup."""
+    """Host pids of the container's processes, main first: those in ``main_pid``'s pid
+    namespace and in its cgroup or below (so the units of one booted systemd, or a
+    container in the host's pid namespace, list only their own)."""
     try:
         ns = os.readlink(proc / str(main_pid) / "ns" / "pid")
-        ours = os.readlink(proc / "self" / "ns" / "pid")
-        cgroup = _text(proc / str(main_pid) / "cgroup")
+        mine = procfs.parse_proc_cgroup(_text(proc / str(main_pid) / "cgroup"))
     except OSError as exc:
         raise ProbeParseError(f"/proc/{main_pid}", f"unreadable: {exc.strerror or exc}") from None
     found: list[int] = []
@@ -189,9 +198,9 @@ def member_pids(main_pid: int, proc: Path = Path("/proc")) -> list[int]:
         try:
             if os.readlink(f"{entry.path}/ns/pid") != ns:
                 continue
-            if ns == ours and _text(Path(entry.path, "cgroup")) != cgroup:
+            if not _within(procfs.parse_proc_cgroup(_text(Path(entry.path, "cgroup"))), mine):
                 continue
-        except OSError:
+        except (OSError, ProbeParseError):
             continue  # gone meanwhile
         found.append(pid)
         if len(found) >= MAX_PROCESSES:

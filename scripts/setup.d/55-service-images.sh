@@ -17,18 +17,23 @@ si_names=$("$si_tool" names)
 si_missing=()
 
 mkdir -p "$si_dir"
+if ! command -v setcap >/dev/null 2>&1; then  # the setuid image's `setcap cap_net_raw+ep`
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends libcap2-bin >>"$state/apt.log" 2>&1 \
+    && did "installed libcap2-bin" || say "service images: cannot install libcap2-bin (no mirror?)"
+fi
 for si_name in $si_names; do
   if [ "$(cat "$si_dir/$si_name.stamp" 2>/dev/null)" = "$si_stamp" ] && [ -f "$si_dir/$si_name.tar" ]; then
     continue
   fi
   command -v dpkg-deb >/dev/null && command -v apt-get >/dev/null && command -v setcap >/dev/null \
-    || { si_missing+=("$si_name"); continue; }
+    && [ -z "${si_nomirror:-}" ] || { si_missing+=("$si_name"); continue; }
   say "service images: building containersec/$si_name from Debian packages (log: $state/service-images.log)"
   si_t0=$SECONDS
   si_rc=0
   "$si_tool" build "$si_name" "$si_dir" >>"$state/service-images.log" 2>&1 || si_rc=$?
   if [ $si_rc -eq 3 ]; then
-    si_missing+=("$si_name")
+    si_missing+=("$si_name"); si_nomirror=1
   elif [ $si_rc -ne 0 ]; then
     tail -20 "$state/service-images.log" >&2
     die "building containersec/$si_name failed (log: $state/service-images.log)"

@@ -428,3 +428,18 @@ def test_new_facts_fields_round_trip_through_json() -> None:
         image_user="nonroot:nonroot",
     )
     assert Facts.from_json(f.to_json()) == f
+
+
+def test_members_are_in_the_main_process_pid_namespace_and_cgroup_subtree(tmp_path: Path) -> None:
+    procs = {
+        10: ("pid:[4026532001]", "/system.slice/unit-a.service"),  # the main process
+        11: ("pid:[4026532001]", "/system.slice/unit-a.service/sub"),  # below: a member
+        12: ("pid:[4026532001]", "/system.slice/unit-b.service"),  # another unit, same ns
+        13: ("pid:[4026532002]", "/system.slice/unit-a.service"),  # another pid namespace
+    }
+    for pid, (ns, cg) in procs.items():
+        (tmp_path / str(pid) / "ns").mkdir(parents=True)
+        (tmp_path / str(pid) / "ns" / "pid").symlink_to(ns)
+        (tmp_path / str(pid) / "cgroup").write_text(f"12:pids:{cg}\n1:name=systemd:{cg}\n0::/\n")
+    (tmp_path / "self").mkdir()
+    assert processes.member_pids(10, tmp_path) == [10, 11]
