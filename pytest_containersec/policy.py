@@ -34,7 +34,7 @@ def _exposure(f: Facts, limit: Any) -> list[Violation]:
     return [Violation("exposure", f.runtime, f"exposure <= {float(limit):.1f}", f"{s}{why}")]
 
 
-# family -> (evaluator, schema: "flag" | "str" | "float" | "list" | {allowed keys})
+# family -> (evaluator, schema: "flag" | "str" | "float" | "list" | "ints" | {allowed keys})
 FAMILIES: dict[str, tuple[Evaluator, Any]] = {
     "root_unprivileged": (_flag(checks.root_unprivileged), "flag"),
     "read_only_rootfs": (_flag(checks.read_only_rootfs), "flag"),
@@ -61,7 +61,7 @@ FAMILIES: dict[str, tuple[Evaluator, Any]] = {
         {"effective", "at_most", "absent", "bounding", "ambient"},
     ),
     "operation_allowed": (lambda f, v: checks.operation_allowed(f, v), "str"),
-    "groups": (lambda f, v: checks.groups(f, v), "list"),
+    "groups": (lambda f, v: checks.groups(f, v), "ints"),
     "namespaces_host": (lambda f, v: checks.namespaces_host(f, v), "names"),
     "no_setuid_binaries": (
         lambda f, v: checks.no_setuid_binaries(f, v.get("allow", [])),
@@ -189,6 +189,11 @@ def _expectation(path: str, node: yaml.Node) -> Expectation:
         )
     ):
         bad = "must be a list of [inside, outside, count]"
+    elif schema == "ints" and not (
+        isinstance(value, list)
+        and all(isinstance(e, int) and not isinstance(e, bool) for e in value)
+    ):
+        bad = "must be a list of whole numbers"
     elif isinstance(schema, set):
         if not isinstance(value, dict) or not value:
             bad = f"must be a mapping with keys from {sorted(schema)}"

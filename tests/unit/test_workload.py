@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_containersec import checks, identity, identity_probe, processes, procfs
-from pytest_containersec.errors import ProbeParseError, SpecError
+from pytest_containersec.errors import PolicyError, ProbeParseError, SpecError
 from pytest_containersec.model import (
     AccessResult,
     Capabilities,
@@ -443,3 +443,30 @@ def test_members_are_in_the_main_process_pid_namespace_and_cgroup_subtree(tmp_pa
         (tmp_path / str(pid) / "cgroup").write_text(f"12:pids:{cg}\n1:name=systemd:{cg}\n0::/\n")
     (tmp_path / "self").mkdir()
     assert processes.member_pids(10, tmp_path) == [10, 11]
+
+
+def test_policy_families_for_the_new_checks(tmp_path: Path) -> None:
+    from pytest_containersec import policy
+
+    p = tmp_path / "containersec-workload.yaml"
+    p.write_text(
+        "name: w\nimage: containersec/setuid\nexpect:\n"
+        "  - no_setuid_binaries: {allow: [/bin/su]}\n"
+        "  - no_file_capabilities: {allow: [/bin/ping]}\n"
+        "  - operation_allowed: mount_tmpfs\n"
+        "  - groups: [0, 10]\n"
+        "  - namespaces_host: [pid]\n"
+        "  - capabilities: {bounding: [CHOWN, NET_RAW], ambient: []}\n"
+    )
+    loaded = policy.load(p)
+    results = {e.family: e.evaluate(facts()) for e in loaded.expectations}
+    assert [v.check for v in results["no_setuid_binaries"]] == ["setuid"]  # chage is not allowed
+    assert results["no_file_capabilities"] == []
+    assert results["groups"] == []
+    assert results["namespaces_host"] == []
+    assert results["capabilities"] == []
+    assert results["operation_allowed"]  # mount_tmpfs was denied with EPERM
+    bad = tmp_path / "containersec-bad.yaml"
+    bad.write_text("name: b\nimage: x\nexpect:\n  - operation_allowed: fly\n")
+    with pytest.raises(PolicyError, match="operation_allowed"):
+        policy.load(bad)
