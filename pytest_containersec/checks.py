@@ -22,6 +22,14 @@ from .surface import (
     sensitive_mounts,
 )
 from .verdict import Violation, caps_text, fmt_map
+from .workload_checks import (
+    exact_caps,
+    groups,
+    namespaces_host,
+    no_file_capabilities,
+    no_setuid_binaries,
+    operation_allowed,
+)
 
 # Every check, including the attack-surface ones that live in surface.py.
 __all__ = [
@@ -38,16 +46,21 @@ __all__ = [
     "cgroup",
     "denied",
     "fmt_map",
+    "groups",
     "limits_set",
     "lsm",
     "lsm_not_unconfined",
     "masked",
+    "namespaces_host",
     "namespaces_private",
+    "no_file_capabilities",
     "no_mismatches",
     "no_new_privs",
     "no_sensitive_mounts",
+    "no_setuid_binaries",
     "non_root",
     "not_privileged",
+    "operation_allowed",
     "operation_denied",
     "privileged_caps",
     "privileged_signs",
@@ -146,10 +159,18 @@ def probe_differs(f: Facts) -> Violation | None:
     diffs = [m for m in f.mismatches if m.source == "inside"]
     if not diffs:
         return None
-    what = "; ".join(f"{m.field}: main process {m.expected!r}, probe {m.observed!r}" for m in diffs)
+    who = "main process"
+    if f.identity is not None:
+        who = f"process {f.identity.pid}" + (f" ({f.identity.comm})" if f.identity.comm else "")
+    what = "; ".join(f"{m.field}: {who} {m.expected!r}, probe {m.observed!r}" for m in diffs)
+    why = f.identity.unreproduced if f.identity is not None else ()
+    hint = (
+        "the probe could not take on this identity: " + "; ".join(why)
+        if why
+        else ("set the spec's user (and capabilities) to what the process runs as")
+    )
     return Violation(
-        "access", f.runtime, "the probe to run as the main process does", what,
-        "set the spec's user (and capabilities) to what the main process runs as",
+        "access", f.runtime, f"the probe to run as the {who} does", what, hint
     )  # fmt: skip
 
 
@@ -208,11 +229,18 @@ def capabilities(
     effective: Iterable[str] | None = None,
     at_most: Iterable[str] | None = None,
     absent: Iterable[str] | None = None,
+    bounding: Iterable[str] | None = None,
+    ambient: Iterable[str] | None = None,
 ) -> list[Violation]:
     """``effective``: exactly this effective set. ``at_most``: effective is a subset.
     ``absent``: in no set at all (effective, permitted, inheritable, ambient, bounding),
-    so the process cannot regain them through a setuid or file-capability binary."""
+    so the process cannot regain them through a setuid or file-capability binary.
+    ``bounding``, ``ambient``: exactly this bounding / ambient set."""
     out = []
+    if bounding is not None:
+        out += exact_caps(f, "bounding", bounding)
+    if ambient is not None:
+        out += exact_caps(f, "ambient", ambient)
     eff = frozenset(f.capabilities.effective)
     if effective is not None:
         want = caps.normalize_set(effective)

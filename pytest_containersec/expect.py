@@ -5,7 +5,7 @@ observed and a hint. Thin wrappers over :mod:`pytest_containersec.checks`."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal, Union
 
 from . import checks
@@ -97,11 +97,14 @@ def capabilities(
     effective: Iterable[str] | None = None,
     at_most: Iterable[str] | None = None,
     absent: Iterable[str] | None = None,
+    bounding: Iterable[str] | None = None,
+    ambient: Iterable[str] | None = None,
 ) -> None:
     """``effective``: exactly this set; ``at_most``: a subset of it; ``absent``: in no
-    capability set at all (not even the bounding set). Names with or without CAP_."""
+    capability set at all (not even the bounding set); ``bounding``, ``ambient``: exactly
+    this bounding / ambient set. Names with or without CAP_."""
     __tracebackhide__ = True
-    _raise(checks.capabilities(facts_of(target), effective, at_most, absent))
+    _raise(checks.capabilities(facts_of(target), effective, at_most, absent, bounding, ambient))
 
 
 def seccomp(target: Target, mode: str) -> None:
@@ -190,3 +193,40 @@ def readonly_path(target: Target, path: str, absent: AbsentPolicy = "warn") -> N
     read-only or masked. ``absent`` as for :func:`masked`."""
     __tracebackhide__ = True
     _raise(checks.readonly_path(facts_of(target), path), absent)
+
+
+def operation_allowed(target: Target, name: str) -> None:
+    """An escape-surface operation succeeds as the workload (mount_tmpfs, mknod_device,
+    unshare_user, load_module or write_sysfs): for workloads that need one."""
+    __tracebackhide__ = True
+    _raise(checks.operation_allowed(facts_of(target), name))
+
+
+def groups(target: Target, expected: Iterable[int]) -> None:
+    """The process's supplementary groups are exactly these gids (as the container sees
+    them)."""
+    __tracebackhide__ = True
+    _raise(checks.groups(facts_of(target), expected))
+
+
+def namespaces_host(target: Target, names: Iterable[str]) -> None:
+    """These namespaces are the host's (what ``pid="host"``/``network="host"`` asks for)."""
+    __tracebackhide__ = True
+    _raise(checks.namespaces_host(facts_of(target), tuple(names)))
+
+
+def no_setuid_binaries(target: Target, allow: Iterable[str] = ()) -> None:
+    """No setuid/setgid file in the container's file systems (read from the host, never
+    run), except ``allow`` (paths or fnmatch patterns). Files on nosuid mounts do not
+    count; a walk that did not finish gives no pass."""
+    __tracebackhide__ = True
+    _raise(checks.no_setuid_binaries(facts_of(target), allow))
+
+
+def no_file_capabilities(
+    target: Target, allow: Iterable[str] | Mapping[str, Iterable[str]] = ()
+) -> None:
+    """No file with capabilities (the security.capability xattr), except ``allow``: paths
+    or fnmatch patterns, or ``{path: [caps it may carry]}``."""
+    __tracebackhide__ = True
+    _raise(checks.no_file_capabilities(facts_of(target), allow))

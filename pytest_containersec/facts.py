@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import cgroups, masking, probe, procfs
-from .errors import ContainerSecError, ExecTimeout, ProbeError, ProbeModified
+from . import cgroups, identity, identity_probe, masking, probe, processes, procfs, surface_files
+from .errors import ProbeError, ProbeParseError
 from .model import (
     PROBE_MISMATCH_FIELD,
     AccessResult,
@@ -16,9 +16,11 @@ from .model import (
     Lsm,
     Mismatch,
     Mount,
+    ProbeIdentity,
     User,
     unmap_id,
 )
+from .processes import ProcessSelector
 from .runtimes.base import PROBE_DIR
 from .spec import ContainerSpec
 
@@ -136,10 +138,17 @@ def _host_root_mounts(mounts: tuple[Mount, ...]) -> tuple[str, ...]:
 
 
 def collect(
-    container: Container, access: tuple[str, ...] = (), proc: Path = Path("/proc")
+    container: Container,
+    access: tuple[str, ...] = (),
+    proc: Path = Path("/proc"),
+    process: ProcessSelector | None = None,
 ) -> Facts:
-    """A snapshot of ``container``: host-side /proc and cgroup files, and one probe exec."""
-    pid = container.host_pid
+    """A snapshot of ``container``: host-side /proc and cgroup files, and one probe exec
+    (two when the probe must take on the process's identity with setpriv).
+
+    ``process``: whose identity and confinement the snapshot is about (a pid inside the
+    container, a name or a predicate over :class:`model.ProcessRecord`); the main process
+    when None."""
     runtime = container.runtime
     keys = tuple(dict.fromkeys(probe.DEFAULT_ACCESS + tuple(access)))
     if container.sandbox == "gvisor":  # host_pid is the Sentry: see facts_sandbox
@@ -147,44 +156,37 @@ def collect(
 
         return collect_gvisor(container, keys, proc)
     try:
+        uid_map = procfs.parse_id_map(_read(container.host_pid, "uid_map", proc))
+        gid_map = procfs.parse_id_map(_read(container.host_pid, "gid_map", proc))
+        procs = processes.read_processes(container.host_pid, uid_map, gid_map, proc)
+        chosen = (
+            next((p for p in procs if p.main), None)
+            if process is None
+            else processes.select(procs, process)
+        )
+        pid = container.host_pid if chosen is None else chosen.host_pid
         host_status = procfs.parse_status(_read(pid, "status", proc))
-        uid_map = procfs.parse_id_map(_read(pid, "uid_map", proc))
-        gid_map = procfs.parse_id_map(_read(pid, "gid_map", proc))
         mountinfo = procfs.parse_mountinfo(_read(pid, "mountinfo", proc))
         host_mountinfo = procfs.parse_mountinfo(_read(os.getpid(), "mountinfo", proc))
         label = procfs.parse_attr_current(_read_optional(proc / str(pid) / "attr" / "current"))
         cgroup = cgroups.read_limits(pid, proc_root=proc)
         namespaces = _namespaces(pid, proc)
+        rlimits = processes.read_limits(pid, proc)
+        oom = processes.read_oom_score_adj(pid, proc)
     except ProbeError as exc:
         raise ProbeError(runtime, f"{exc.reason}; logs:\n{container.logs()[-2000:]}") from None
+    except ProbeParseError as exc:
+        raise ProbeError(runtime, f"{exc}; logs:\n{container.logs()[-2000:]}") from None
     # The probe folder is checked before (every exec does) and after the exec: results
     # of a probe the container modified, even for a moment it did not cover up, are
     # never used.
     masks = masking.assess(mountinfo)  # the probe opens the paths no mount decides
     probed = keys + tuple(k for k in masking.probe_keys(masks) if k not in keys)
-    try:
-        result = container.probe_exec(probe.argv(probed), timeout=PROBE_TIMEOUT)
-    except ProbeModified as exc:
-        tampered = exc.problems
-    except ExecTimeout:  # named by what it probed, not by the script's text
-        tampered = container.check_probe()
-        if not tampered:
-            raise ExecTimeout(runtime, ["(containersec probe)", *keys], PROBE_TIMEOUT) from None
-    else:
-        tampered = container.check_probe()
+    target = identity.credentials(host_status, label, uid_map, gid_map)
+    took = identity_probe.run(container, probe.argv(probed), probed, target, PROBE_TIMEOUT)
+    out, inside_status, tampered = took.output, took.status, took.tampered
     if tampered:
         out, inside_status = probe.ProbeOutput("", {}, {}, {}), host_status
-    else:
-        if result.rc != 0:
-            raise ProbeError(
-                runtime,
-                f"the probe exec failed with status {result.rc}: {result.stderr.strip()[-1000:]}",
-            )
-        try:
-            out = probe.parse(result.stdout, probed)
-            inside_status = procfs.parse_status(out.status_text)
-        except ContainerSecError as exc:
-            raise ProbeError(runtime, str(exc)) from None
     declared = container.declared()
     facts = compose(
         runtime=runtime,
@@ -209,12 +211,26 @@ def collect(
     seen = {m.field for m in facts.mismatches if m.source == "declared"}
     extra = [m for m in declared_mismatches(facts, requested(container.spec), "spec")
              if m.field not in seen]  # fmt: skip
+    inside = [m for m in facts.mismatches if m.source == "inside"]
+    me = chosen or next(iter(procs), None)
     facts = replace(
         facts,
         mismatches=facts.mismatches + tuple(extra),
         masked=masking.settle(masks, out.access),
         access={k: v for k, v in facts.access.items() if k in keys},
+        processes=procs,
+        identity=ProbeIdentity(
+            pid=host_status.nspid[-1],
+            host_pid=pid,
+            comm=me.comm if me is not None and me.host_pid == pid else "",
+            method="none" if inside else took.method,
+            setpriv=took.setpriv,
+            unreproduced=identity_probe.reasons(inside, took.reasons),
+        ),
+        rlimits=rlimits,
+        oom_score_adj=oom,
     )
+    facts = surface_files.attach(facts, container, mountinfo, uid_map, gid_map, proc)
     return mark_probe_tampered(facts, tampered) if tampered else facts
 
 
@@ -300,26 +316,32 @@ def compose(
         declared=declared,
         host_capabilities=host_capabilities,
     )
-    mismatches = declared_mismatches(facts) + inside_mismatches(facts, inside_status)
+    mismatches = declared_mismatches(facts)
+    if probe_out.status_text:  # empty: the probe was modified, it reported nothing
+        mismatches += inside_mismatches(
+            status, uid_map, gid_map, lsm.label, inside_status, probe_out.label
+        )
     return replace(facts, mismatches=tuple(mismatches))
 
 
-def inside_mismatches(facts: Facts, inside: procfs.Status) -> list[Mismatch]:
-    """Where the probe's own view (an exec with the container's settings) differs from
-    the host's view of the main process: an exec that escapes confinement, or a main
-    process that changed its own state."""
-    out: list[Mismatch] = []
-    pairs: list[tuple[str, Any, Any]] = [
-        ("capabilities.bounding", facts.capabilities.bounding, inside.cap_bounding),
-        ("seccomp", facts.seccomp, inside.seccomp),
-        ("no_new_privs", facts.no_new_privs, inside.no_new_privs),
-        ("user.uid", facts.user.uid, inside.uid[1]),
-        ("capabilities.effective", facts.capabilities.effective, inside.cap_effective),
+def inside_mismatches(
+    status: procfs.Status,
+    uid_map: tuple[tuple[int, int, int], ...],
+    gid_map: tuple[tuple[int, int, int], ...],
+    label: str | None,
+    inside: procfs.Status,
+    inside_label: str | None,
+) -> list[Mismatch]:
+    """Where the probe's own view of itself differs from the host's view of the process
+    under test: every part of its identity (ids, groups, the five capability sets,
+    seccomp mode and filter count, no_new_privs, LSM label). An exec that escapes
+    confinement, or a process that changed itself in a way the probe could not follow."""
+    target = identity.credentials(status, label, uid_map, gid_map)
+    probe_view = identity.credentials(inside, inside_label)
+    return [
+        Mismatch(name, host, claimed, "inside")
+        for name, host, claimed in identity.differences(target, probe_view)
     ]
-    for name, host, claimed in pairs:
-        if host != claimed:
-            out.append(Mismatch(name, host, claimed, "inside"))
-    return out
 
 
 def requested(spec: ContainerSpec) -> dict[str, Any]:

@@ -93,6 +93,77 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class ProcessRecord:
+    """One process of the container, read from the host's /proc/<pid>/status."""
+
+    pid: int  # as the container sees it (the last NSpid)
+    host_pid: int
+    comm: str
+    cmdline: tuple[str, ...]
+    user: User
+    capabilities: Capabilities
+    seccomp: str
+    no_new_privs: bool
+    main: bool = False  # the container's main process
+
+
+@dataclass(frozen=True)
+class RLimit:
+    soft: int | None  # None = unlimited
+    hard: int | None
+
+
+@dataclass(frozen=True)
+class SetuidFile:
+    """A setuid or setgid file of the container's file systems (read from the host)."""
+
+    path: str
+    mode: int  # st_mode & 0o7777
+    uid: int  # owner as the container sees it (65534 when unmapped)
+    gid: int
+    setuid: bool
+    setgid: bool
+    nosuid: bool = False  # on a nosuid mount: the bits do nothing
+
+
+@dataclass(frozen=True)
+class FileCapability:
+    """A file with a ``security.capability`` xattr (file capabilities)."""
+
+    path: str
+    permitted: tuple[str, ...]
+    inheritable: tuple[str, ...]
+    effective: bool  # the effective bit: permitted caps become effective at exec
+    version: int  # VFS caps revision 1, 2 or 3 (0: a value that does not parse)
+    rootid: int | None = None  # v3: the host uid whose namespace root the caps are for
+    nosuid: bool = False  # on a nosuid mount: the kernel ignores file capabilities there
+
+
+@dataclass(frozen=True)
+class SurfaceScan:
+    """How the container's file systems were walked for setuid files and capabilities."""
+
+    entries: int  # directory entries looked at
+    complete: bool  # False: a limit (entries, depth, time) stopped the walk
+    skipped: tuple[str, ...] = ()  # mount points not walked (proc, sysfs, the probe, ...)
+    reason: str = ""  # why the walk is incomplete
+
+
+@dataclass(frozen=True)
+class ProbeIdentity:
+    """Whose identity the probe's access and operation attempts were made with."""
+
+    pid: int  # the process the verdicts are for, as the container sees it
+    host_pid: int
+    comm: str
+    # "exec": the engine's exec already had its credentials; "setpriv": the probe took
+    # them with setpriv; "none": they could not be (see ``unreproduced``)
+    method: str
+    setpriv: tuple[str, ...] = ()  # the setpriv options used
+    unreproduced: tuple[str, ...] = ()  # each part that could not be reproduced, and why
+
+
+@dataclass(frozen=True)
 class Facts:
     runtime: str
     engine_rootless: bool
@@ -122,6 +193,18 @@ class Facts:
     # workload (every field of every runtime but a sandboxed one): e.g. gVisor's
     # ``{"user": "inside(gvisor)", "cgroup": "host(sandbox)", ...}`` (see SOURCE_*).
     sources: dict[str, str] = field(default_factory=dict)
+    # Every process of the container, and whose identity the probe took.
+    processes: tuple[ProcessRecord, ...] = ()
+    identity: ProbeIdentity | None = None
+    # The process's resource limits (/proc/<pid>/limits: "nofile", "nproc", ...).
+    rlimits: dict[str, RLimit] = field(default_factory=dict)
+    oom_score_adj: int | None = None
+    # The escalation surface of the container's file systems (None: not scanned).
+    setuid_files: tuple[SetuidFile, ...] | None = None
+    file_capabilities: tuple[FileCapability, ...] | None = None
+    surface_scan: SurfaceScan | None = None
+    # The image config's USER ("" when it sets none; None when the runtime has no image config).
+    image_user: str | None = None
 
     # -- derived views ---------------------------------------------------------------
 
@@ -163,6 +246,8 @@ class Facts:
             m["options"] = list(m["options"])
         for k, v in d["capabilities"].items():
             d["capabilities"][k] = list(v)
+        for name in ("processes", "identity", "setuid_files", "file_capabilities", "surface_scan"):
+            d[name] = _lists(d[name])
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -194,11 +279,68 @@ class Facts:
             host_capabilities=tuple(d.get("host_capabilities", ())),
             masked={k: MaskedPath(**v) for k, v in d.get("masked", {}).items()},
             sources={str(k): str(v) for k, v in d.get("sources", {}).items()},
+            processes=tuple(_process(p) for p in d.get("processes", ())),
+            identity=_identity(d.get("identity")),
+            rlimits={k: RLimit(**v) for k, v in (d.get("rlimits") or {}).items()},
+            oom_score_adj=d.get("oom_score_adj"),
+            setuid_files=None
+            if d.get("setuid_files") is None
+            else tuple(SetuidFile(**x) for x in d["setuid_files"]),
+            file_capabilities=None
+            if d.get("file_capabilities") is None
+            else tuple(
+                FileCapability(
+                    **{
+                        **x,
+                        "permitted": tuple(x["permitted"]),
+                        "inheritable": tuple(x["inheritable"]),
+                    }
+                )
+                for x in d["file_capabilities"]
+            ),
+            surface_scan=None
+            if d.get("surface_scan") is None
+            else SurfaceScan(
+                **{**d["surface_scan"], "skipped": tuple(d["surface_scan"]["skipped"])}
+            ),
+            image_user=d.get("image_user"),
         )
 
     @classmethod
     def from_json(cls, text: str) -> Facts:
         return cls.from_dict(json.loads(text))
+
+
+def _lists(x: Any) -> Any:
+    """Tuples to lists, all the way down (JSON's shape)."""
+    if isinstance(x, tuple | list):
+        return [_lists(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    return x
+
+
+def _process(d: dict[str, Any]) -> ProcessRecord:
+    return ProcessRecord(
+        **{
+            **d,
+            "cmdline": tuple(d["cmdline"]),
+            "user": User(**{**d["user"], "groups": tuple(d["user"].get("groups", ()))}),
+            "capabilities": Capabilities(**{k: tuple(v) for k, v in d["capabilities"].items()}),
+        }
+    )
+
+
+def _identity(d: dict[str, Any] | None) -> ProbeIdentity | None:
+    if d is None:
+        return None
+    return ProbeIdentity(
+        **{
+            **d,
+            "setpriv": tuple(d.get("setpriv", ())),
+            "unreproduced": tuple(d.get("unreproduced", ())),
+        }
+    )
 
 
 def map_id(idmap: tuple[MapEntry, ...], inside: int) -> int | None:

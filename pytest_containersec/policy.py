@@ -34,7 +34,7 @@ def _exposure(f: Facts, limit: Any) -> list[Violation]:
     return [Violation("exposure", f.runtime, f"exposure <= {float(limit):.1f}", f"{s}{why}")]
 
 
-# family -> (evaluator, schema: "flag" | "str" | "float" | "list" | {allowed keys})
+# family -> (evaluator, schema: "flag" | "str" | "float" | "list" | "ints" | {allowed keys})
 FAMILIES: dict[str, tuple[Evaluator, Any]] = {
     "root_unprivileged": (_flag(checks.root_unprivileged), "flag"),
     "read_only_rootfs": (_flag(checks.read_only_rootfs), "flag"),
@@ -50,8 +50,26 @@ FAMILIES: dict[str, tuple[Evaluator, Any]] = {
     "uid_map": (lambda f, v: checks.uid_map(f, [tuple(e) for e in v]), "list"),
     "user": (lambda f, v: checks.user(f, v.get("uid"), v.get("gid")), {"uid", "gid"}),
     "capabilities": (
-        lambda f, v: checks.capabilities(f, v.get("effective"), v.get("at_most"), v.get("absent")),
-        {"effective", "at_most", "absent"},
+        lambda f, v: checks.capabilities(
+            f,
+            v.get("effective"),
+            v.get("at_most"),
+            v.get("absent"),
+            v.get("bounding"),
+            v.get("ambient"),
+        ),
+        {"effective", "at_most", "absent", "bounding", "ambient"},
+    ),
+    "operation_allowed": (lambda f, v: checks.operation_allowed(f, v), "str"),
+    "groups": (lambda f, v: checks.groups(f, v), "ints"),
+    "namespaces_host": (lambda f, v: checks.namespaces_host(f, v), "names"),
+    "no_setuid_binaries": (
+        lambda f, v: checks.no_setuid_binaries(f, v.get("allow", [])),
+        {"allow"},
+    ),
+    "no_file_capabilities": (
+        lambda f, v: checks.no_file_capabilities(f, v.get("allow", [])),
+        {"allow"},
     ),
     "cgroup": (
         lambda f, v: checks.cgroup(f, v.get("memory"), v.get("pids"), v.get("cpus")),
@@ -171,6 +189,11 @@ def _expectation(path: str, node: yaml.Node) -> Expectation:
         )
     ):
         bad = "must be a list of [inside, outside, count]"
+    elif schema == "ints" and not (
+        isinstance(value, list)
+        and all(isinstance(e, int) and not isinstance(e, bool) for e in value)
+    ):
+        bad = "must be a list of whole numbers"
     elif isinstance(schema, set):
         if not isinstance(value, dict) or not value:
             bad = f"must be a mapping with keys from {sorted(schema)}"
@@ -202,7 +225,7 @@ def _dry_run(exp: Expectation) -> None:
             caps.normalize_set(names)
     elif exp.family == "seccomp" and v not in checks.SECCOMP_MODES:
         raise ValueError(f"must be one of {', '.join(checks.SECCOMP_MODES)}")
-    elif exp.family == "operation_denied" and v not in probe.OPERATIONS:
+    elif exp.family in ("operation_denied", "operation_allowed") and v not in probe.OPERATIONS:
         raise ValueError(f"must be one of {', '.join(probe.OPERATIONS)}")
     elif exp.family in ("masked", "readonly_path") and v not in masking.STANDARD_PATHS:
         raise ValueError(f"must be one of {', '.join(masking.STANDARD_PATHS)}")

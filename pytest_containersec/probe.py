@@ -80,6 +80,8 @@ try() { # kind key command...  (runs it, captures rc + stderr tail)
 }
 printf '%s\n' "CSPROBE1 BEGIN"
 while IFS= read -r line; do printf 'S\t%s\n' "$line"; done < /proc/self/status
+lbl=; { IFS= read -r lbl < /proc/self/attr/current; } 2>/dev/null
+[ -z "$lbl" ] || printf 'L\t%s\n' "${lbl//$TAB/ }"
 for spec in "$@"; do
   p=${spec%:*}; m=${spec##*:}
   case $m in
@@ -183,6 +185,7 @@ class ProbeOutput:
     access: dict[str, AccessResult]
     operations: dict[str, AccessResult]
     sockets: dict[str, bool]  # engine API socket path -> writable by the container's user
+    label: str | None = None  # the probe's own LSM label (/proc/self/attr/current)
 
 
 _LINE = re.compile(r"^R\t([AOK])\t([^\t]*)\t(-?\d{1,3})\t([^\t]*)$")
@@ -213,9 +216,15 @@ def parse(text: str, expected_access: tuple[str, ...] = ()) -> ProbeOutput:
     access: dict[str, AccessResult] = {}
     ops: dict[str, AccessResult] = {}
     sockets: dict[str, bool] = {}
+    label: str | None = None
     for n, line in enumerate(lines[1:-1], start=2):
         if line.startswith("S\t"):
             status.append(line[2:])
+            continue
+        if line.startswith("L\t"):
+            if label is not None or len(line) > 4096:
+                raise ProbeParseError(src, f"line {n}: a second or oversized LSM label line")
+            label = line[2:].rstrip("\0") or None
             continue
         m = _LINE.match(line)
         if not m:
@@ -240,4 +249,4 @@ def parse(text: str, expected_access: tuple[str, ...] = ()) -> ProbeOutput:
         raise ProbeParseError(src, f"no result for {', '.join(missing)}")
     if not status:
         raise ProbeParseError(src, "no /proc/self/status lines")
-    return ProbeOutput("\n".join(status) + "\n", access, ops, sockets)
+    return ProbeOutput("\n".join(status) + "\n", access, ops, sockets, label)

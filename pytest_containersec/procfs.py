@@ -65,6 +65,7 @@ class Status:
     seccomp: str  # "disabled" | "strict" | "filter"
     no_new_privs: bool
     nspid: tuple[int, ...]  # host pid first, then the pid in each nested pid namespace
+    seccomp_filters: int | None = None  # Seccomp_filters (kernel >= 5.9); None when absent
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -89,7 +90,7 @@ def parse_status(text: str, source: str = "/proc/<pid>/status") -> Status:
         key, sep, value = line.partition(":")
         if not sep or not key or key != key.strip():
             raise ProbeParseError(source, f"line {n} is not 'Key:<TAB>value': {line!r}")
-        if key in _STATUS_KEYS:
+        if key in _STATUS_KEYS or key == "Seccomp_filters":
             if key in fields:
                 raise ProbeParseError(source, f"line {n}: duplicate {key!r}")
             fields[key] = value
@@ -128,6 +129,11 @@ def parse_status(text: str, source: str = "/proc/<pid>/status") -> Status:
         seccomp=flag("Seccomp", SECCOMP_MODES),
         no_new_privs=flag("NoNewPrivs", {"0": "0", "1": "1"}) == "1",
         nspid=nspid,
+        seccomp_filters=(
+            _int(fields["Seccomp_filters"].strip(" \t"), source, "Seccomp_filters")
+            if "Seccomp_filters" in fields
+            else None
+        ),
     )
 
 

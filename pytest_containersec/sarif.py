@@ -31,6 +31,9 @@ RULES: dict[str, str] = {
     "exposure": "The exposure score must stay under the limit",
     "masked": "Kernel paths the engines mask must be masked (absent on the host: not judged)",
     "readonly_path": "Kernel paths the engines make read-only must not be writable",
+    "setuid": "No setuid/setgid files beyond those allowed",
+    "file_capabilities": "No files with capabilities beyond those allowed",
+    "groups": "The supplementary groups must be as expected",
     "test": "A containersec test failed",
 }
 

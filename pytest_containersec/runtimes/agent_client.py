@@ -103,11 +103,15 @@ class AgentClient:
                 os.close(fd)
         self._req = self._ready = self._req_path = self._run_fd = self._stage_fd = None
 
-    def exec(self, argv: list[str], timeout: float, main_pid: int) -> ExecResult:
-        """Run ``argv``; on a timeout kill it (``main_pid``: the container's main process)."""
+    def exec(
+        self, argv: list[str], timeout: float, main_pid: int, as_root: bool = False
+    ) -> ExecResult:
+        """Run ``argv``; on a timeout kill it (``main_pid``: the container's main process).
+        ``as_root``: without the user switch, as the agent itself (nspawn: the container's
+        root; how the probe takes on another process's identity with setpriv)."""
         if self._req is None:
             raise ProbeError(self.runtime, "the container is stopped")
-        req = self._request(argv)
+        req = self._request(argv, as_root)
         try:
             try:
                 os.write(self._req, f"{req.name}\n".encode())
@@ -124,7 +128,7 @@ class AgentClient:
             shared_dir.remove_if_same(self._run_fd, req.name, req.dir_fd)
             os.close(req.dir_fd)
 
-    def _request(self, argv: list[str]) -> Request:
+    def _request(self, argv: list[str], as_root: bool = False) -> Request:
         """The request folder, complete and open, renamed from the stage into RUN."""
         assert self._stage_fd is not None
         assert self._run_fd is not None
@@ -135,6 +139,8 @@ class AgentClient:
         req = Request(name, shared_dir.open_dir(name, self._stage_fd))
         try:
             shared_dir.write_new(req.dir_fd, "argv", data, self.owner)
+            if as_root:
+                shared_dir.write_new(req.dir_fd, "root", b"", self.owner)
             for fifo in ("out", "err", "rc"):
                 os.mkfifo(fifo, 0o600, dir_fd=req.dir_fd)
                 fd = shared_dir.open_in(req.dir_fd, fifo, READ_FLAGS, stat.S_ISFIFO)

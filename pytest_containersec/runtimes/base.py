@@ -12,6 +12,7 @@ from ..spec import ContainerSpec
 
 if TYPE_CHECKING:
     from ..facts import AccessResult, Facts
+    from ..processes import ProcessSelector
     from .probe_copy import ProbeCopy
 
 # Where the host's static busybox is bind-mounted read-only in every container: the probe
@@ -78,6 +79,18 @@ class Container(abc.ABC):
     def logs(self) -> str:
         """The main process's output so far (bounded)."""
 
+    def image_user(self) -> str | None:
+        """The image config's USER ("" when it sets none); None when there is no image
+        config to read (a runtime without images)."""
+        return None
+
+    def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """Run ``argv`` inside as the container's root (uid 0 with the capabilities the
+        engine gives a root exec), in the same namespaces, cgroup, seccomp filter and LSM
+        label as :meth:`exec`: how the probe takes on another process's identity.
+        Raises NotImplementedError (saying why) where the runtime cannot."""
+        raise NotImplementedError(f"{self.runtime} has no exec as another user")
+
     def probe_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """Run an applet of the bind-mounted static busybox (``argv[0]`` is the applet)."""
         return self.exec([PROBE_BUSYBOX, *argv], timeout=timeout)
@@ -132,16 +145,31 @@ class Container(abc.ABC):
         copy.remove()
 
     _facts_cache: Facts | None = None
+    _process_facts: dict[int, Facts] | None = None
 
-    def facts(self, access: tuple[str, ...] | list[str] = (), refresh: bool = False) -> Facts:
-        """A snapshot of what is in effect: host-side /proc + cgroup files, one exec inside.
+    def facts(
+        self,
+        access: tuple[str, ...] | list[str] = (),
+        refresh: bool = False,
+        process: ProcessSelector | None = None,
+    ) -> Facts:
+        """A snapshot of what is in effect: host-side /proc + cgroup files, one exec inside
+        (two when the probe takes on the process's identity with setpriv).
 
         Taken once and cached: every check on this container reads the same snapshot.
         A new snapshot is taken with ``refresh=True`` or when ``access`` names a path not
         probed yet (it then includes every path probed before).
+
+        ``process``: the snapshot of another process than the main one (its identity,
+        capabilities, seccomp mode, limits; the probe's verdicts as that process): a pid
+        inside the container, a name (``comm``) or a predicate over
+        :class:`~pytest_containersec.model.ProcessRecord`, e.g.
+        ``process=lambda p: p.comm == "nginx" and p.user.uid != 0``.
         """
         from ..facts import collect
 
+        if process is not None:
+            return self._facts_of_process(tuple(access), refresh, process)
         cached = self._facts_cache
         keys = tuple(access)
         if cached is not None and not refresh and all(k in cached.access for k in keys):
@@ -150,6 +178,27 @@ class Container(abc.ABC):
             keys = tuple(dict.fromkeys((*cached.access, *keys)))
         self._facts_cache = collect(self, access=keys)
         return self._facts_cache
+
+    def _facts_of_process(
+        self, access: tuple[str, ...], refresh: bool, process: ProcessSelector
+    ) -> Facts:
+        from .. import processes, procfs
+        from ..facts import collect
+
+        uid_map = procfs.read_uid_map(self.host_pid)
+        gid_map = procfs.read_gid_map(self.host_pid)
+        chosen = processes.select(
+            processes.read_processes(self.host_pid, uid_map, gid_map), process
+        )
+        cache = self._process_facts = self._process_facts or {}
+        cached = cache.get(chosen.host_pid)
+        keys = tuple(access)
+        if cached is not None and not refresh and all(k in cached.access for k in keys):
+            return cached
+        if cached is not None:
+            keys = tuple(dict.fromkeys((*cached.access, *keys)))
+        cache[chosen.host_pid] = collect(self, access=keys, process=chosen.pid)
+        return cache[chosen.host_pid]
 
     def probe_access(self, path: str, mode: str = "r") -> AccessResult:
         """Attempt one access as the container's user; returns allowed and the errno name."""

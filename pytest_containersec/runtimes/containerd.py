@@ -106,15 +106,14 @@ class ContainerdContainer(Container):
 
     def start(self) -> None:
         rt, spec = self._rt, self.spec
-        tools = None
-        if spec.user is not None:
-            tools = agent.setpriv_tools(state_root() / "tools" / "setpriv")
-            self.prefix = self._user()
         copy = self.probe_copy = ProbeCopy.create(self.name)
+        if spec.user is not None:
+            self.prefix = self._user()
+            copy.add_tools()  # the user switch runs the host's setpriv from tools/
         self.pids_cgroups = pids_cgroup(self.name, spec.pids_limit)
         self.argv = mapping.run_argv(
             spec, name=self.name, log=self.state / "log", pid_file=self.state / "pid",
-            probe_dir=copy.path, tools=tools, prefix=self.prefix,
+            probe_dir=copy.path, tools=None, prefix=self.prefix,
             labels=session.current().labels, runc_binary=rt.runc_binary,
         )  # fmt: skip
         out = rt.ctr(*self.argv, timeout=CTR_TIMEOUT)

@@ -134,10 +134,10 @@ class DockerContainer(oci.EngineContainer):
             raise ContainerStartError(runtime.name, [], None, why)
         self.host_pid = host_pid
 
-    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
+    def _exec(self, argv: list[str], timeout: float, user: str | None = None) -> ExecResult:
         api = self._rt.client.api
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
-        exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True)["Id"]
+        exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True, user=user or "")["Id"]
 
         def stream() -> Iterable[tuple[bytes | None, bytes | None]]:
             return api.exec_start(exec_id, stream=True, demux=True)
@@ -168,6 +168,18 @@ class DockerContainer(oci.EngineContainer):
     def _inspect(self) -> dict[str, Any]:
         self._sdk.reload()
         return self._sdk.attrs
+
+    _image_user: str | None = None
+
+    def image_user(self) -> str | None:
+        if self._image_user is not None:  # an image's config does not change
+            return self._image_user
+        try:
+            attrs = self._rt.client.images.get(self.spec.image).attrs
+        except ENGINE_ERRORS as exc:
+            raise self._rt.engine_error(f"inspect image {self.spec.image}", exc) from None
+        self._image_user = str((attrs.get("Config") or {}).get("User") or "")
+        return self._image_user
 
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         return declared_from_inspect(attrs, self._rt.security_options)

@@ -95,6 +95,30 @@ def remove_nspawn_files(name: str, rootfs: Path) -> None:
         (NSPAWN_RUN / "propagate" / name).rmdir()
 
 
+def _image_config(image: str) -> dict[str, Any] | None:
+    """The cached image's config (docker/podman inspect's ``Config``), if recorded."""
+    try:
+        path = state_root() / "images" / images.cache_key(image) / "config.json"
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def with_image_config(spec: ContainerSpec, config: dict[str, Any]) -> ContainerSpec:
+    """``spec`` as docker runs it on this image (pure): the image's USER when the spec
+    names none, and its ENTRYPOINT in front of a given command (a given command replaces
+    CMD; without one the idle sleep runs, as on every runtime)."""
+    changes: dict[str, Any] = {}
+    user = config.get("User")
+    if spec.user is None and isinstance(user, str) and user:
+        changes["user"] = user
+    entry = config.get("Entrypoint")
+    if spec.command and isinstance(entry, list) and all(isinstance(a, str) for a in entry):
+        changes["command"] = (*entry, *spec.command)
+    return spec.replace(**changes) if changes else spec
+
+
 class NspawnContainer(Container):
     def __init__(
         self,
@@ -109,6 +133,7 @@ class NspawnContainer(Container):
         self.runtime = NAME
         self.name = self.id = name
         self.spec = spec
+        self.run_spec = spec  # with the image config's USER and ENTRYPOINT applied
         self.engine_rootless = False
         self.host_pid = 0
         self.state = state
@@ -123,8 +148,18 @@ class NspawnContainer(Container):
         self.guard_probe()
         return self.agent.exec(list(argv), timeout, self.host_pid)
 
+    def image_user(self) -> str | None:
+        config = _image_config(self.spec.image)
+        return None if config is None else str(config.get("User") or "")
+
+    def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """As the agent itself: the container's root, before the user switch of ``user``."""
+        assert self.proc is not None
+        self.guard_probe()
+        return self.agent.exec(list(argv), timeout, self.proc.pid, as_root=True)
+
     def declared(self) -> dict[str, Any]:
-        out = declared_from_argv(self.argv, self._env, self.spec)
+        out = declared_from_argv(self.argv, self._env, self.run_spec)
         out["cgroup_dirs"] = [str(d) for d in self.cgroups]
         return out
 
@@ -159,30 +194,29 @@ class NspawnContainer(Container):
     def start(self, cache: Path, image_env: dict[str, str], options: list[str]) -> None:
         """Everything after the spec checked out; the caller stops us on any error."""
         rootfs, systemd = self.state / "rootfs", hostinfo.systemd_is_pid1()
-        tools = None
-        if self.spec.user is not None:
-            tools = agent.setpriv_tools(state_root() / "tools" / "setpriv")
         images.prepare_copy(cache, rootfs)
         for rel, is_dir in [
             (PROBE_DIR, True),
-        ] + [(v.target, os.path.isdir(v.source)) for v in _volumes(self.spec)]:
+        ] + [(v.target, os.path.isdir(v.source)) for v in _volumes(self.run_spec)]:
             images.ensure_path(rootfs, rel, is_dir)
         env = dict(image_env)
         prefix: list[str] = []
-        if self.spec.user is not None:
+        if self.run_spec.user is not None:
             prefix, home = self._user(rootfs)
-            if home and "HOME" not in dict(_env(self.spec)):
+            if home and "HOME" not in dict(_env(self.run_spec)):
                 env["HOME"] = home
         self.agent.prepare(prefix)
         copy = self.probe_copy = ProbeCopy.create(self.name)
+        if prefix:
+            copy.add_tools()  # the user switch runs the host's setpriv from tools/
         if not systemd:
             dirs = cg.plan(hostinfo.cgroup_version(), self.name)
             self.cgroups = cg.unique(dirs)
             (self.state / "cgroups").write_text(json.dumps([str(d) for d in self.cgroups]))
             cg.create(hostinfo.cgroup_version(), dirs, *self._limits())
         self.argv = nspawn_argv(
-            self.spec, options, name=self.name, rootfs=rootfs, run=self.state / "run",
-            probe_dir=str(copy.path), tools=tools, systemd=systemd, extra_env=env,
+            self.run_spec, options, name=self.name, rootfs=rootfs, run=self.state / "run",
+            probe_dir=str(copy.path), tools=None, systemd=systemd, extra_env=env,
         )  # fmt: skip
         (self.state / "argv.json").write_text(json.dumps(self.argv))
         with (self.state / "log").open("wb") as log:
@@ -207,19 +241,21 @@ class NspawnContainer(Container):
             os.close(pidfd)
 
     def _limits(self) -> tuple[int | None, int | None, float | None]:
-        return _memory(self.spec), self.spec.pids_limit, self.spec.cpus
+        return _memory(self.run_spec), self.run_spec.pids_limit, self.run_spec.cpus
 
     def _user(self, rootfs: Path) -> tuple[list[str], str | None]:
-        assert self.spec.user is not None
+        assert self.run_spec.user is not None
         try:
             uid, gid, extra, _name, home = agent.resolve_user(
-                self.spec.user,
+                self.run_spec.user,
                 images.read_file(rootfs, "etc/passwd"),
                 images.read_file(rootfs, "etc/group"),
             )
         except ValueError as exc:
-            raise ContainerStartError(NAME, [f"user={self.spec.user}"], None, str(exc)) from None
-        helpers = agent.HELPER_CAPS - capability_set(self.spec)
+            raise ContainerStartError(
+                NAME, [f"user={self.run_spec.user}"], None, str(exc)
+            ) from None
+        helpers = agent.HELPER_CAPS - capability_set(self.run_spec)
         return agent.drop_prefix(uid, gid, extra, helpers), home
 
     def _main_pid(self, prefix: list[str]) -> int:
@@ -287,16 +323,18 @@ class NspawnRuntime:
 
     def start(self, spec: ContainerSpec) -> Container:
         systemd = hostinfo.systemd_is_pid1()
-        options, env = spec_args(spec, systemd)
-        if (spec.memory or spec.pids_limit or spec.cpus) and not systemd:
-            cg.plan(hostinfo.cgroup_version(), "x")  # fails early if cgroupfs is unreadable
         root = state_root()
         cache, image_env = images.rootfs(spec.image, root, NAME)
+        run_spec = with_image_config(spec, _image_config(spec.image) or {})
+        options, env = spec_args(run_spec, systemd)
+        if (spec.memory or spec.pids_limit or spec.cpus) and not systemd:
+            cg.plan(hostinfo.cgroup_version(), "x")  # fails early if cgroupfs is unreadable
         name = session.current().next_name(NAME)[:MACHINE_NAME_MAX]
         state = root / "nspawn" / name
         state.mkdir(parents=True, mode=0o700)
         (state / "owner").write_text(session.current().owner)
         c = NspawnContainer(self, spec, name, state, [], env)
+        c.run_spec = run_spec
         with self._lock:
             self._live[name] = c
         try:

@@ -13,7 +13,9 @@ Protocol (RUN is a host directory bind-mounted at /.containersec/run):
   ``RUN/ready``: FIFO the agent writes once when it listens.
 - per request ``RUN/<id>/argv`` (NUL-separated, never interpolated: ``read -d ''`` puts
   each item in a variable and the command runs as ``"$@"``) and FIFOs ``out``, ``err``,
-  ``rc`` the host reads; ``pid`` holds the command's pid (for a kill on timeout).
+  ``rc`` the host reads; ``pid`` holds the command's pid (for a kill on timeout); an
+  empty ``root`` file: run it without the prefix, as the agent itself (the container's
+  root: how the probe takes on another process's identity with setpriv).
 
 RUN is writable by the container (root inside may replace any name in it): the host side
 (:mod:`.agent_client`) builds each request folder out of reach and renames it in with its
@@ -26,13 +28,8 @@ otherwise run its own applet of that name instead of the image's binary.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from ..errors import RuntimeUnavailable
 from .agent_client import EOF_GRACE, AgentClient, Request, nul_bytes
 from .base import PROBE_BUSYBOX, PROBE_DIR
 
@@ -75,7 +72,8 @@ run=$1; shift
     + SH_RESOLVE
     + r"""handle() {
   d=$run/$1; set --; first=1
-  while IFS= read -r -d '' a; do set -- "$@" "$a"; done <"$run/prefix"
+  [ -e "$d/root" ] ||
+    while IFS= read -r -d '' a; do set -- "$@" "$a"; done <"$run/prefix"
   while IFS= read -r -d '' a; do
     if [ $first = 1 ]; then
       first=0
@@ -179,39 +177,6 @@ def drop_prefix(uid: int, gid: int, groups: list[int], helper_caps: frozenset[st
         drop = ",".join(f"-{c.removeprefix('CAP_').lower()}" for c in sorted(helper_caps))
         argv.append(f"--bounding-set={drop}")
     return [*argv, "--"]
-
-
-def setpriv_tools(dest: Path) -> Path:
-    """``dest`` holding the host's setpriv, its libraries and loader (made once, atomically)."""
-    if (dest / "setpriv").exists():
-        return dest
-    exe = shutil.which("setpriv")
-    if exe is None:
-        raise RuntimeUnavailable(
-            NAME_HINT, "util-linux setpriv not found", "apt-get install util-linux"
-        )
-    out = subprocess.run(["ldd", exe], capture_output=True, text=True, check=True).stdout
-    files = [exe]
-    for line in out.splitlines():
-        words = line.split()
-        if "=>" in words and len(words) > 2 and words[2].startswith("/"):
-            files.append(words[2])
-        elif words and words[0].startswith("/"):
-            files.append(words[0])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tools.", dir=dest.parent))
-    try:
-        for f in files:
-            name = LOADER if "/ld-linux" in f or "/ld64" in f else os.path.basename(f)
-            shutil.copy(f, tmp / name)
-        tmp.chmod(0o755)
-        os.rename(tmp, dest)
-    except OSError:
-        if not (dest / "setpriv").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def write_nul(path: Path, argv: list[str]) -> None:

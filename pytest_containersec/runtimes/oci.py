@@ -294,7 +294,7 @@ class EngineContainer(Container):
     _engine_errors: tuple[type[Exception], ...]
     _stopped: bool = False
 
-    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
+    def _exec(self, argv: list[str], timeout: float, user: str | None = None) -> ExecResult:
         raise NotImplementedError
 
     def _inspect(self) -> dict[str, Any]:
@@ -310,6 +310,15 @@ class EngineContainer(Container):
         self.guard_probe()
         try:
             return self._exec(argv, timeout)
+        except self._engine_errors as exc:
+            raise self._api.engine_error("exec", exc) from None
+
+    def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """An exec as user 0:0 (the engine's ``exec --user 0:0``): the container's root with
+        the capabilities the engine gives root, same confinement otherwise."""
+        self.guard_probe()
+        try:
+            return self._exec(argv, timeout, user="0:0")
         except self._engine_errors as exc:
             raise self._api.engine_error("exec", exc) from None
 

@@ -79,10 +79,14 @@ class PodmanContainer(oci.EngineContainer):
         self.sandbox = sandbox_of(runtime.oci_runtime)
         self.host_pid = int(sdk.attrs["State"]["Pid"])
 
-    def _exec(self, argv: list[str], timeout: float) -> ExecResult:
+    def _exec(self, argv: list[str], timeout: float, user: str | None = None) -> ExecResult:
         api = self._rt.client.api
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
-        body = {"AttachStdout": True, "AttachStderr": True, "AttachStdin": False, "Cmd": wrapped}
+        body: dict[str, Any] = {
+            "AttachStdout": True, "AttachStderr": True, "AttachStdin": False, "Cmd": wrapped,
+        }  # fmt: skip
+        if user is not None:
+            body["User"] = user
         resp = api.post(f"/containers/{self.id}/exec", data=json.dumps(body))
         resp.raise_for_status()
         exec_id = str(resp.json()["Id"])
@@ -122,6 +126,18 @@ class PodmanContainer(oci.EngineContainer):
     def _inspect(self) -> dict[str, Any]:
         self._sdk.reload()
         return cast(dict[str, Any], self._sdk.attrs)
+
+    _image_user: str | None = None
+
+    def image_user(self) -> str | None:
+        if self._image_user is not None:  # an image's config does not change
+            return self._image_user
+        try:
+            attrs = self._rt.client.images.get(self.spec.image).attrs
+        except self._engine_errors as exc:
+            raise self._api.engine_error(f"inspect image {self.spec.image}", exc) from None
+        self._image_user = str((attrs.get("Config") or {}).get("User") or "")
+        return self._image_user
 
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         oci_config: dict[str, Any] | None = None

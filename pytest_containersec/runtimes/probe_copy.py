@@ -28,11 +28,13 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import hostinfo, session
+from ..errors import RuntimeUnavailable
 from .base import PROBE_DIR
 
 NOT_A_MODULE = b"\x7fELF containersec: not a kernel module\n"
@@ -43,6 +45,34 @@ MAX_DIFFS = 8  # problems named at most (one per entry is plenty)
 
 def copies_root() -> Path:
     return session.STATE_DIR / "probe" / "c"
+
+
+TOOLS_LOADER = "ld.so"  # the host's dynamic loader, named so in tools/
+
+
+@functools.cache
+def _tool_files() -> tuple[tuple[str, bytes], ...]:
+    """The host's util-linux setpriv, the libraries it links and their loader, as
+    (name in tools/, content): run as ``tools/ld.so --library-path tools tools/setpriv``,
+    it needs nothing from the image."""
+    exe = shutil.which("setpriv")
+    if exe is None:
+        raise RuntimeUnavailable(
+            "containersec", "util-linux setpriv not found", "apt-get install util-linux"
+        )
+    out = subprocess.run(["ldd", exe], capture_output=True, text=True, check=True).stdout
+    files = [exe]
+    for line in out.splitlines():
+        words = line.split()
+        if "=>" in words and len(words) > 2 and words[2].startswith("/"):
+            files.append(words[2])
+        elif words and words[0].startswith("/"):
+            files.append(words[0])
+    named = []
+    for f in files:
+        name = TOOLS_LOADER if "/ld-linux" in f or "/ld64" in f else os.path.basename(f)
+        named.append((name, Path(f).read_bytes()))
+    return tuple(named)
 
 
 @functools.cache
@@ -100,6 +130,7 @@ class ProbeCopy:
         booted systemd, whose user namespace cannot write it): checks it, never removes it."""
         other = ProbeCopy(self.root)
         other._stats, other._digests, other._owned = self._stats, self._digests, False
+        other._tools = self._tools
         return other
 
     @classmethod
@@ -142,12 +173,32 @@ class ProbeCopy:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             self._stats["."] = _Stat.of(os.fstat(fd))
-            for name in (*FILES, *DIRS):
+            for name in (*FILES, *DIRS, *self._tools):
                 self._stats[name] = _Stat.of(os.stat(name, dir_fd=fd, follow_symlinks=False))
-            for name in FILES:
+            for name in (*FILES, *self._tools):
                 self._digests[name] = _digest(fd, name)
         finally:
             os.close(fd)
+
+    _tools: tuple[str, ...] = ()  # "tools/NAME" entries, once add_tools() wrote them
+
+    def add_tools(self) -> None:
+        """Write the host's setpriv, its libraries and loader into ``tools/`` (once, for a
+        container whose probe must take on another identity). Only onto an intact copy:
+        a modified one stays modified (the next check reports it)."""
+        if self._tools or not self._owned or self.host_problems():
+            return
+        tools = self.path / "tools"
+        names = []
+        for name, data in _tool_files():
+            mode = 0o644 if ".so." in name and name != TOOLS_LOADER else 0o755
+            fd = os.open(tools / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tools / name, mode)
+            names.append(f"tools/{name}")
+        self._tools = tuple(names)
+        self._record()
 
     # -- checks -------------------------------------------------------------------------
 
@@ -163,6 +214,12 @@ class ProbeCopy:
             if got != self._stats["."]:
                 out.append(_describe("the folder", self._stats["."], got))
             extra = sorted(set(os.listdir(fd)) - set(self._stats))
+            with contextlib.suppress(OSError):
+                tfd = os.open("tools", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    extra += sorted({f"tools/{n}" for n in os.listdir(tfd)} - set(self._stats))
+                finally:
+                    os.close(tfd)
             out += [f"{n}: added" for n in extra[:MAX_DIFFS]]
             for name, want in self._stats.items():
                 if name == ".":
@@ -198,7 +255,7 @@ class ProbeCopy:
             want = self._stats["."]
             if (st.st_dev, st.st_ino) != (want.dev, want.ino):
                 out.append(f"{PROBE_DIR} inside is not the container's probe folder")
-            for name in FILES:
+            for name in (*FILES, *self._tools):
                 want = self._stats[name]
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)

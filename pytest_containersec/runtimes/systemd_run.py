@@ -61,6 +61,7 @@ from .systemd_run_declared import pairs, run_argv, unit_properties
 
 if TYPE_CHECKING:
     from ..model import Facts
+    from ..processes import ProcessSelector
 
 NAME = sdhost.NAME
 START_TIMEOUT = 30.0
@@ -190,10 +191,15 @@ class SystemdRunContainer(Container):
         out["manager"] = self.inst.kind
         return out
 
-    def facts(self, access: tuple[str, ...] | list[str] = (), refresh: bool = False) -> Facts:
+    def facts(
+        self,
+        access: tuple[str, ...] | list[str] = (),
+        refresh: bool = False,
+        process: ProcessSelector | None = None,
+    ) -> Facts:
         """The common snapshot plus every systemd-analyze verdict the facts contradict."""
-        f = super().facts(access, refresh)
-        if any(m.source == decl.SOURCE for m in f.mismatches):
+        f = super().facts(access, refresh, process)
+        if process is not None or any(m.source == decl.SOURCE for m in f.mismatches):
             return f
         extra = decl.analyze_mismatches(f)
         if extra:

@@ -342,17 +342,24 @@ def test_engine_socket_under_another_name_is_found_from_the_host() -> None:
         assert "engine API socket at /srv/api.sock" in fails(expect.no_sensitive_mounts, c)
 
 
-def test_access_verdicts_refused_when_the_main_process_dropped_to_another_user() -> None:
+def test_access_verdicts_as_the_user_the_main_process_dropped_to() -> None:
     """The entrypoint drops to uid 1000 while execs run as the configured user (root):
-    the probe's attempts would not speak for the main process, so no verdict is given."""
+    the probe takes on uid 1000 with setpriv (even without CAP_SETPCAP, when the bounding
+    set already is the process's), and its verdicts are uid 1000's."""
     rt = runtime_or_skip("docker")
     drop = ["/bin/su", "-s", "/bin/sh", "user", "-c", "exec /bin/sleep 100000"]
-    with rt.start(ContainerSpec(command=drop)) as c:
-        f = c.facts()
-        assert f.user.uid == 1000
-        assert any(m.field == "user.uid" and m.source == "inside" for m in f.mismatches)
-        why = fails(expect.denied, c, "/proc/sys/kernel/core_pattern", "w")
-        assert "user.uid: main process 1000, probe 0" in why
+    for spec in (
+        ContainerSpec(command=drop),
+        ContainerSpec(command=drop, cap_drop=["ALL"], cap_add=["SETUID", "SETGID"]),
+    ):
+        with rt.start(spec) as c:
+            f = c.facts()
+            assert f.user.uid == 1000
+            assert f.identity is not None
+            assert f.identity.method == "setpriv", f.identity
+            assert [m for m in f.mismatches if m.source == "inside"] == []
+            expect.denied(c, "/etc/shadow", "r", errno="EACCES")  # root's exec reads it
+            expect.denied(c, "/proc/sys/kernel/core_pattern", "w")
 
 
 def test_a_command_killed_by_sigkill_is_not_mistaken_for_a_timeout() -> None:

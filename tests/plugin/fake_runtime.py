@@ -73,7 +73,12 @@ class FakeContainer(Container):
     def logs(self) -> str:
         return f"fake log of {self.name}\n"
 
-    def facts(self, access: tuple[str, ...] | list[str] = (), refresh: bool = False) -> Facts:
+    def facts(
+        self,
+        access: tuple[str, ...] | list[str] = (),
+        refresh: bool = False,
+        process: object = None,
+    ) -> Facts:
         spec = self.spec
         effective = set(DEFAULT_CAPS) | set(spec.cap_add)
         effective = set() if "ALL" in spec.cap_drop else effective - set(spec.cap_drop)

@@ -100,7 +100,14 @@ def test_inside_view_that_disagrees_with_the_host_is_flagged() -> None:
         Cgroup(1, "/docker/x", 64 * 1024**2, 50, 0.5),
     )
     inside = {m.field for m in f.mismatches if m.source == "inside"}
-    assert inside == {"capabilities.bounding", "capabilities.effective", "user.uid"}
+    assert inside == {
+        "capabilities.bounding",
+        "capabilities.effective",
+        "capabilities.permitted",
+        "user.uid",
+        "user.gid",
+        "user.groups",
+    }
 
 
 def test_rootless_podman_user_maps_to_subuid() -> None:
