@@ -1,0 +1,99 @@
+"""Runs INSIDE the VM (started by /usr/local/sbin/containersec-vm-boot after multi-user and
+docker.service): copies the read-only shared checkout to /root/src, installs the package
+into the image's venv without network, runs the host's command there with its timeout.
+
+Its stdout/stderr is /mnt/results/output.log, which the host streams as it grows; the
+boot script writes the exit status to /mnt/results/status and powers off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SRC = Path("/mnt/src")
+WORK = Path("/root/src")
+VENV = Path("/opt/containersec-venv")
+IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "reports",
+    "*.egg-info",
+)
+
+
+def say(msg: str) -> None:
+    up = Path("/proc/uptime").read_text().split()[0]
+    print(f"vm guest [{float(up):6.1f}s]: {msg}", flush=True)
+
+
+def main() -> int:
+    results = Path(sys.argv[1])
+    cmd = json.loads((results / "command.json").read_text())
+    argv: list[str] = cmd["argv"]
+    timeout = float(cmd["timeout"])
+    say(f"copying the checkout to {WORK}; pip install -e (offline)")
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    shutil.copytree(SRC, WORK, symlinks=True, ignore=IGNORE)
+    (WORK / ".venv").symlink_to(VENV)
+    pip = subprocess.run(
+        [
+            str(VENV / "bin/pip"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-e",
+            str(WORK),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if pip.returncode != 0:
+        print(pip.stdout + pip.stderr, flush=True)
+        say("offline pip install of the checkout failed")
+        return 125
+    (VENV / ".containersec-installed").touch()  # scripts/setup: the venv is current
+    env = {
+        "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "CONTAINERSEC_VM": "1",
+        "CONTAINERSEC_VENV": str(VENV),
+        "CONTAINERSEC_VM_RESULTS": str(results),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(cmd.get("env", {}))
+    say(f"running {argv} (timeout {timeout:.0f} s)")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=WORK, env=env, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        say(f"the command did not finish within {timeout:.0f} s: killed")
+        return 124
+    if rc < 0:
+        rc = 128 - rc  # killed by a signal, as a shell reports it
+    say(f"exit status {rc} after {time.monotonic() - t0:.0f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
