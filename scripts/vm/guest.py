@@ -43,29 +43,22 @@ def main() -> int:
     cmd = json.loads((results / "command.json").read_text())
     argv: list[str] = cmd["argv"]
     timeout = float(cmd["timeout"])
-    say(f"copying the checkout to {WORK}; pip install -e (offline)")
+    say(f"copying the checkout to {WORK}")
     if WORK.exists():
         shutil.rmtree(WORK)
     shutil.copytree(SRC, WORK, symlinks=True, ignore=IGNORE)
     (WORK / ".venv").symlink_to(VENV)
-    pip = subprocess.run(
-        [
-            str(VENV / "bin/pip"),
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-index",
-            "--no-build-isolation",
-            "-e",
-            str(WORK),
-        ],
+    # The image's venv has the package installed editable from WORK (entry points
+    # registered at build time); check it imports from here.
+    check = subprocess.run(
+        [str(VENV / "bin/python"), "-c", "import pytest_containersec as p; print(p.__file__)"],
         capture_output=True,
         text=True,
         check=False,
     )
-    if pip.returncode != 0:
-        print(pip.stdout + pip.stderr, flush=True)
-        say("offline pip install of the checkout failed")
+    if check.returncode != 0 or not check.stdout.startswith(str(WORK)):
+        print(check.stdout + check.stderr, flush=True)
+        say(f"the venv does not import pytest_containersec from {WORK} (rebuild the image)")
         return 125
     (VENV / ".containersec-installed").touch()  # scripts/setup: the venv is current
     env = {

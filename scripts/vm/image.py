@@ -33,6 +33,7 @@ RECIPE_VERSION = "1"
 DISK_SIZE = "12G"
 MIN_FREE_BYTES = 10 * 1024**3  # rootfs (~2.5 GB) + disk image (~2.5 GB used) + margin
 VENV = "/opt/containersec-venv"
+CHECKOUT_IN_VM = "/root/src"
 ROOTLESS_USER = "containersec"
 
 # Everything the project's setup installs (scripts/setup, setup.d) plus what a systemd
@@ -144,6 +145,24 @@ def python_requirements(pyproject: Path) -> list[str]:
     return sorted(set(reqs))
 
 
+def project_metadata(pyproject: Path) -> dict[str, object]:
+    """What the editable install at build time records: name, version, entry points, ..."""
+    data = tomllib.loads(pyproject.read_text())
+    keep = (
+        "name",
+        "version",
+        "requires-python",
+        "dependencies",
+        "optional-dependencies",
+        "entry-points",
+        "scripts",
+    )
+    meta = {k: v for k, v in data["project"].items() if k in keep}
+    meta["build-system"] = data.get("build-system", {})
+    meta["wheel"] = data.get("tool", {}).get("hatch", {}).get("build", {})
+    return meta
+
+
 def builder_ast() -> str:
     return ast.dump(ast.parse(Path(__file__).read_text()), annotate_fields=False)
 
@@ -156,6 +175,7 @@ def recipe(pyproject: Path) -> dict[str, object]:
         "packages": list(PACKAGES),
         "masked": list(MASKED_UNITS),
         "python": python_requirements(pyproject),
+        "project": project_metadata(pyproject),
         # The builder's code, not its formatting or comments: its AST.
         "builder": hashlib.sha256(builder_ast().encode()).hexdigest(),
     }
@@ -352,6 +372,32 @@ class Builder:
         reqs = [str(r) for r in rec["python"]]  # type: ignore[attr-defined]
         self.in_chroot("pip install", rootfs, [f"{VENV}/bin/pip", "install", "-q", *reqs], pip_env)
         (rootfs / "tmp/host-ca.crt").unlink(missing_ok=True)
+        # The package itself, editable from /root/src, where the VM copies the checkout at
+        # each run: its entry points (pytest11, the CLI) are registered here, offline.
+        src = rootfs / CHECKOUT_IN_VM.lstrip("/")
+        src.mkdir(parents=True)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(self.checkout / name, src / name)
+        shutil.copytree(
+            self.checkout / "pytest_containersec",
+            src / "pytest_containersec",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        self.in_chroot(
+            "pip install -e",
+            rootfs,
+            [
+                f"{VENV}/bin/pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--no-build-isolation",
+                "-e",
+                CHECKOUT_IN_VM,
+            ],
+        )
+        shutil.rmtree(src)
 
     def _configure(self, rootfs: Path) -> None:
         sysd = rootfs / "etc/systemd/system"
@@ -378,6 +424,7 @@ class Builder:
         # The venv's marker that scripts/setup checks; the package itself comes from the
         # shared checkout at run time (guest.py: pip install --no-deps --no-index -e).
         (rootfs / VENV.lstrip("/") / ".containersec-image").write_text(RECIPE_VERSION + "\n")
+        disable_absent_apparmor_profiles(rootfs)
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (rootfs / junk).glob("*"):
                 if p.is_file():
@@ -391,6 +438,44 @@ class Builder:
         shutil.copyfile(kernels[-1], tmp / "vmlinuz")
         shutil.copyfile(initrds[-1], tmp / "initrd.img")
         (tmp / "kernel-version").write_text(kernels[-1].name.removeprefix("vmlinuz-") + "\n")
+
+
+def profile_attachment(text: str) -> str | None:
+    """The program path an AppArmor profile file attaches to (its first profile), if any."""
+    for line in text.splitlines():
+        m = re.match(r"^\s*profile\s+\S+\s+(/\S+)", line) or re.match(
+            r"^\s*(/[^\s{]+)\s+(flags=|\{)", line
+        )
+        if m:
+            return m.group(1).strip('"')
+    return None
+
+
+def disable_absent_apparmor_profiles(rootfs: Path) -> list[str]:
+    """Disable (apparmor.d/disable/ links) the profiles of programs the image lacks.
+
+    trixie ships ~100 profiles for desktop programs (browsers, chat apps) that only grant
+    them user namespaces; loading them costs ~40 s per boot under TCG and changes nothing
+    for a program that is not installed. Profiles with glob attachments stay.
+    """
+    aa = rootfs / "etc/apparmor.d"
+    disabled = []
+    (aa / "disable").mkdir(exist_ok=True)
+    for f in sorted(aa.iterdir()):
+        if not f.is_file():
+            continue
+        path = profile_attachment(f.read_text(errors="replace"))
+        if path is None or any(c in path for c in "*?[{@"):
+            continue
+        if (
+            not (rootfs / path.lstrip("/")).exists()
+            and not (rootfs / path.lstrip("/")).is_symlink()
+        ):
+            link = aa / "disable" / f.name
+            if not link.exists():
+                link.symlink_to(f"/etc/apparmor.d/{f.name}")
+            disabled.append(f.name)
+    return disabled
 
 
 def chroot_main(argv: list[str]) -> int:

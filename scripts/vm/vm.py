@@ -47,6 +47,15 @@ class VMError(Exception):
     """A step of a VM run failed; the message names the step and the log."""
 
 
+class BootPanic(VMError):
+    """The guest kernel panicked before the VM was ready (worth another boot)."""
+
+
+# QEMU 7.2's multi-threaded TCG sometimes runs a stale int3 of the kernel's text patching
+# (Oops: int3 ... Kernel panic) in the first seconds of a boot: boot again, at most this often.
+BOOT_ATTEMPTS = 3
+
+
 @dataclass(frozen=True)
 class VMConfig:
     image: Path
@@ -221,6 +230,8 @@ class Run:
         ready = self.cfg.results / "ready"
         while not ready.exists():
             if self.proc.poll() is not None:
+                if "Kernel panic" in tail(self.console, 200):
+                    raise BootPanic(f"boot: the guest kernel panicked; log: {self.console}")
                 raise VMError(
                     f"boot: qemu exited with status {self.proc.returncode} before the VM was "
                     f"ready; logs: {self.console}, {self.cfg.results / 'qemu.log'}\n"
@@ -274,6 +285,19 @@ class Run:
 
 def warmup_boot(disk_dir: Path, timeout: float = 900.0) -> None:
     """The build's first boot of a new disk under TCG: boot to multi-user, power off."""
+    for attempt in range(BOOT_ATTEMPTS):
+        try:
+            _warmup_once(disk_dir, timeout)
+            return
+        except BootPanic:
+            if attempt + 1 == BOOT_ATTEMPTS:
+                raise image.BuildError(
+                    "warm-up boot", "the guest kernel panicked", STATE / "build-console.log"
+                ) from None
+            print("vm build: the guest kernel panicked in the warm-up boot; booting again")
+
+
+def _warmup_once(disk_dir: Path, timeout: float) -> None:
     console = STATE / "build-console.log"
     cfg = VMConfig(image=disk_dir, src=CHECKOUT, results=disk_dir, accel="tcg")
     argv = qemu_argv(cfg, warmup=True)
@@ -296,7 +320,10 @@ def warmup_boot(disk_dir: Path, timeout: float = 900.0) -> None:
             proc.kill()
             proc.wait()
         shutil.move(disk_dir / "console.log", console)
-    done = "warm-up boot done" in console.read_text(errors="replace")
+    text = console.read_text(errors="replace")
+    done = "warm-up boot done" in text
+    if not done and "Kernel panic" in text:
+        raise BootPanic("warm-up boot: the guest kernel panicked")
     if rc is None or rc != 0 or not done:
         why = "did not power off in time" if rc is None else f"qemu exit status {rc}"
         raise image.BuildError(
@@ -323,29 +350,30 @@ def run_in_vm(
     accels = [accel]
     if accel == "auto":
         accels = ["kvm", "tcg"] if kvm_usable() and not kvm_marker.exists() else ["tcg"]
-    for i, acc in enumerate(accels):
+    attempts = [*accels[:-1], *[accels[-1]] * BOOT_ATTEMPTS]
+    for i, acc in enumerate(attempts):
+        last = i + 1 == len(attempts)
         results = new_run_dir(STATE)
         (results / "command.json").write_text(
             json.dumps({"argv": list(argv), "env": env, "timeout": cmd_timeout}) + "\n"
         )
         cfg = VMConfig(image=img, src=CHECKOUT, results=results, accel=acc)
         # A bounded check for KVM: a working KVM boots in well under a minute.
-        run = Run(
-            cfg, boot_timeout=60 if i + 1 < len(accels) else boot_timeout, cmd_timeout=cmd_timeout
-        )
+        run = Run(cfg, boot_timeout=60 if acc == "kvm" else boot_timeout, cmd_timeout=cmd_timeout)
         print(f"vm: booting {img.name} with {acc.upper()} (logs: {results})", flush=True)
         t0 = time.monotonic()
         try:
             run.start()
             try:
                 took = run.wait_ready()
+            except BootPanic as e:
+                if last:
+                    raise
+                print(f"vm: {e}; booting again", flush=True)
+                continue
             except VMError as e:
-                if i + 1 < len(accels):
-                    print(
-                        f"vm: {acc.upper()} did not work ({e}); falling back to "
-                        f"{accels[i + 1].upper()}",
-                        flush=True,
-                    )
+                if acc == "kvm" and not last:
+                    print(f"vm: KVM did not work ({e}); falling back to TCG", flush=True)
                     kvm_marker.write_text(f"{time.ctime()}: {e}\n")
                     continue
                 raise
