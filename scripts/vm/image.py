@@ -15,6 +15,7 @@ The chroot commands run in a private mount namespace (`unshare --mount`): /proc,
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import json
 import os
@@ -163,8 +164,45 @@ def project_metadata(pyproject: Path) -> dict[str, object]:
     return meta
 
 
-def builder_ast() -> str:
-    return ast.dump(ast.parse(Path(__file__).read_text()), annotate_fields=False)
+# Top-level names of this file that do not change what is built (caching, locking,
+# messages): editing them does not rebuild the image. Everything else does.
+NOT_RECIPE = frozenset(
+    {
+        "NOT_RECIPE",
+        "BuildError",
+        "builder_ast",
+        "recipe",
+        "recipe_hash",
+        "debian_mirror",
+        "host_mirror",
+        "check_free_space",
+        "image_dir",
+        "ensure_image",
+        "_ensure_image",
+    }
+)
+
+
+def _node_name(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.FunctionDef | ast.ClassDef):
+        return node.name
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    return None
+
+
+def builder_ast(source: str | None = None) -> str:
+    """The code that builds the image (its AST: formatting and comments do not count)."""
+    tree = ast.parse(source if source is not None else Path(__file__).read_text())
+    kept = [
+        n
+        for n in tree.body
+        if not isinstance(n, ast.Import | ast.ImportFrom | ast.Expr | ast.If)
+        and _node_name(n) not in NOT_RECIPE
+    ]
+    return "\n".join(ast.dump(n, annotate_fields=False) for n in kept)
 
 
 def recipe(pyproject: Path) -> dict[str, object]:
@@ -505,7 +543,19 @@ def ensure_image(
     force: bool = False,
     warmup: Callable[[Path], None] | None = None,
 ) -> Path:
-    """The cached image for the current recipe, building it first if needed."""
+    """The cached image for the current recipe, building it first if needed.
+
+    One build at a time: a second caller waits for the first one's image (flock).
+    """
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_image(state, checkout, force, warmup)
+
+
+def _ensure_image(
+    state: Path, checkout: Path, force: bool, warmup: Callable[[Path], None] | None
+) -> Path:
     rec = recipe(checkout / "pyproject.toml")
     digest = recipe_hash(rec)
     out = image_dir(state, digest)

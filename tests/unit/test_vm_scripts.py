@@ -56,12 +56,20 @@ def test_recipe_lists_the_runtimes_and_no_browser() -> None:
     assert "chromium" not in image.PACKAGES
 
 
-def test_builder_hash_ignores_comments_and_formatting(tmp_path: Path) -> None:
-    import ast
-
+def test_builder_hash_ignores_comments_and_formatting() -> None:
     src = (VM_DIR / "image.py").read_text()
     reformatted = "# a comment\n" + src.replace("SUITE = ", "SUITE  =  ", 1)
-    assert ast.dump(ast.parse(reformatted), annotate_fields=False) == image.builder_ast()
+    assert image.builder_ast(reformatted) == image.builder_ast()
+
+
+def test_builder_hash_follows_the_build_steps_not_the_caching() -> None:
+    src = (VM_DIR / "image.py").read_text()
+    caching = src.replace("One build at a time", "One build at a time, always")
+    assert image.builder_ast(caching) == image.builder_ast()
+    packages = src.replace('"kmod",', '"kmod",\n    "strace",', 1)
+    assert image.builder_ast(packages) != image.builder_ast()
+    steps = src.replace('"--variant=minbase"', '"--variant=buildd"', 1)
+    assert image.builder_ast(steps) != image.builder_ast()
 
 
 @pytest.mark.parametrize(
@@ -131,3 +139,32 @@ def test_guest_env_passes_ci_and_test_args_only(monkeypatch: pytest.MonkeyPatch)
     assert env["CI"] == "true"
     assert env["CONTAINERSEC_TEST_ARGS"] == "-k docker"
     assert "SECRET_TOKEN" not in env
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("abi <abi/4.0>,\nprofile crun /usr/bin/crun flags=(unconfined) {\n}\n", "/usr/bin/crun"),
+        (
+            "#include <tunables/global>\n/usr/bin/busybox flags=(complain) {\n}\n",
+            "/usr/bin/busybox",
+        ),
+        ("profile runc /usr/{bin,sbin}/runc flags=(unconfined) {\n}\n", "/usr/{bin,sbin}/runc"),
+        ("# only abstractions\n", None),
+    ],
+)
+def test_apparmor_profile_attachment(text: str, want: str | None) -> None:
+    assert image.profile_attachment(text) == want
+
+
+def test_profiles_of_absent_programs_are_disabled_only(tmp_path: Path) -> None:
+    aa = tmp_path / "etc/apparmor.d"
+    aa.mkdir(parents=True)
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/crun").write_text("")
+    (aa / "crun").write_text("profile crun /usr/bin/crun flags=(unconfined) {\n}\n")
+    (aa / "brave").write_text("profile brave /opt/brave.com/brave/brave flags=(unconfined) {\n}\n")
+    (aa / "runc").write_text("profile runc /usr/{bin,sbin}/runc flags=(unconfined) {\n}\n")
+    assert image.disable_absent_apparmor_profiles(tmp_path) == ["brave"]
+    assert (aa / "disable/brave").is_symlink()
+    assert not (aa / "disable/crun").exists()
