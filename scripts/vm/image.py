@@ -65,6 +65,15 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "util-linux",
     "make",
+    # What an ordinary install gets as Recommends (apt's default) and the tiers need:
+    # the docker CLI is its own package in trixie; containers-storage ships storage.conf.
+    "docker-cli",
+    "containers-storage",
+    "passt",
+    "aardvark-dns",
+    "libnss-systemd",
+    "linux-sysctl-defaults",
+    "zstd",
 )
 
 # Units that only cost boot time in a VM without network that lives for one command.

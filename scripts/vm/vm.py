@@ -487,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "setup":
             host_setup()
             return 0
+        if shutil.which(QEMU) is None:  # the build's warm-up boot needs it too
+            raise VMError(
+                f"preflight: {QEMU} is missing (fix: apt-get install qemu-system-x86, "
+                "or scripts/vm/vm.py setup)"
+            )
         img = image.ensure_image(
             STATE, CHECKOUT, force=getattr(args, "force", False), warmup=warmup_boot
         )
