@@ -3,7 +3,7 @@
 PY := .venv/bin
 REPORTS := reports
 
-.PHONY: setup demo test lint unit bench
+.PHONY: setup demo test test-vm lint unit bench
 
 setup:
 	./scripts/setup
@@ -28,6 +28,12 @@ unit:
 
 test: setup lint
 	$(PY)/pytest tests -n 2 -p no:cacheprovider -rfEs
+
+# The second test host: the integration tier and the examples inside a Debian trixie VM
+# under qemu (scripts/vm/vm.py; image cached by recipe hash under /var/lib/containersec/vm).
+test-vm:
+	python3 scripts/vm/vm.py setup
+	python3 scripts/vm/vm.py test
 
 bench: setup
 	$(PY)/python benchmarks/startup.py

@@ -3,7 +3,9 @@
 # which renders the HTML matrix page, reads back the DOM and checks a screenshot.
 # Sourced by scripts/setup (say/did/die and $state come from there).
 
-if [ -x /usr/bin/chromium ]; then
+if [ "${CONTAINERSEC_VM:-}" = 1 ]; then
+  say "chromium: skipped in the VM tier (offline; the browser test runs on the host tier)"
+elif [ -x /usr/bin/chromium ]; then
   say "chromium: installed ($(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo not from apt))"
 else
   say "installing chromium (log: $state/apt-chromium.log)"
