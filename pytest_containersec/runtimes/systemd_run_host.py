@@ -80,7 +80,10 @@ class SystemdInstance:
         self.kind = kind
         self.state = state
         self.run_host = state / "run"
-        self.run_inside = RUN_INSIDE if kind == "booted" else str(self.run_host)
+        # Where units find their agent folders: bound at /.containersec/run either way
+        # (nspawn's bind, or each unit's BindReadOnlyPaths=); never the host path, whose
+        # parents (0700) a unit's non-root user cannot traverse.
+        self.run_inside = RUN_INSIDE
         self.leader = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.cgroups: list[Path] = []

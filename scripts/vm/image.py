@@ -65,6 +65,9 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "util-linux",
     "make",
+    # the lxc and containerd runtimes (scripts/setup.d/80-engines.sh installs them on a host)
+    "lxc",
+    "containerd",
     # What an ordinary install gets as Recommends (apt's default) and the tiers need:
     # the docker CLI is its own package in trixie; containers-storage ships storage.conf.
     "docker-cli",
