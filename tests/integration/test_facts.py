@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import expect
+from pytest_containersec import expect, hostinfo
 from pytest_containersec.caps import DOCKER_DEFAULT_CAPS
 from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
 from pytest_containersec.model import Facts
@@ -160,6 +160,10 @@ def test_case(
     assert_matches_host(c, f)
     assert f.runtime == name
     v1_rootless = rootless and f.cgroup.version == 1
+    # systemd-run's manager: the host's own systemd (its units run as host root, with
+    # every capability and no filter unless asked), or one booted in nspawn (a user
+    # namespace, and nspawn's own seccomp filter over every unit)
+    host_units = name == "systemd-run" and hostinfo.systemd_is_pid1()
 
     if case == "default":
         assert f.seccomp == "filter"
@@ -174,7 +178,7 @@ def test_case(
             assert "CAP_SYS_ADMIN" in fails(expect.capabilities, c, absent=["SYS_ADMIN"])
         else:
             assert "CAP_SYS_ADMIN" not in f.capabilities.bounding
-        if name == "lxc":  # LXC's default in a user namespace: every capability
+        if name == "lxc" or host_units:  # every capability (LXC: in a user namespace)
             assert set(f.capabilities.bounding) >= host_bounding()
             assert "bounding set" in fails(expect.not_privileged, c)
         else:
@@ -186,7 +190,7 @@ def test_case(
             assert "False" in fails(expect.no_new_privs, c)
         assert "allowed" in fails(expect.denied, c, "/etc/shadow", "r")
         assert "unlimited" in fails(expect.cgroup, c, memory="64m")
-        if name in ("docker", "podman", "containerd"):  # no user namespace by default
+        if name in ("docker", "podman", "containerd") or host_units:  # no user namespace
             assert "IS host root" in fails(expect.root_unprivileged, c)
         else:
             expect.root_unprivileged(c)
@@ -199,7 +203,7 @@ def test_case(
         assert "CAP_SYS_ADMIN" in f.capabilities.effective
         assert "CAP_SYS_ADMIN" in f.capabilities.bounding
         assert "CAP_SYS_ADMIN" in fails(expect.capabilities, c, absent=["SYS_ADMIN"])
-    elif case in ("privileged", "seccomp_unconfined") and name == "systemd-run":
+    elif case in ("privileged", "seccomp_unconfined") and name == "systemd-run" and not host_units:
         # units run under the booting nspawn's own seccomp filter: asked-for but not in
         # effect, and reported as such
         assert f.seccomp == "filter"
@@ -290,7 +294,8 @@ def test_userns_root_cannot_read_a_root_only_host_file(name: str, secret_file: P
     userns = {"podman": "0:100000:5000", "nspawn": "0:100000:65536",
               "containerd": "0:100000:65536"}.get(name)  # fmt: skip
     spec = ContainerSpec(volumes=[f"{secret_file}:/secret:ro"], userns=userns)
-    if name == "systemd-run":  # units see the booted systemd's tree, not host paths
+    host_units = name == "systemd-run" and hostinfo.systemd_is_pid1()
+    if name == "systemd-run" and not host_units:  # units see the booted tree, not the host's
         with pytest.raises(UnsupportedSpec, match="volumes"):
             rt.start(spec)
         return
@@ -298,7 +303,7 @@ def test_userns_root_cannot_read_a_root_only_host_file(name: str, secret_file: P
         f = c.facts(access=("/secret:r",))
         assert f.user.uid == 0
         assert "CAP_DAC_OVERRIDE" in f.capabilities.effective
-        if name == "docker":  # no user namespace: container root is host root
+        if name == "docker" or host_units:  # no user namespace: root is host root
             expect.allowed(c, "/secret", "r")
             assert "IS host root" in fails(expect.root_unprivileged, c)
         else:
