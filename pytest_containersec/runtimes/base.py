@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -21,6 +23,16 @@ PROBE_DIR = "/.containersec"
 PROBE_BUSYBOX = f"{PROBE_DIR}/busybox"
 DEFAULT_EXEC_TIMEOUT = 30.0
 MAX_OUTPUT = 8 * 1024 * 1024  # bytes kept of an exec's stdout and of its stderr
+
+
+def log_tail(path: Path, limit: int = MAX_OUTPUT) -> str:
+    """The last ``limit`` bytes of a container's log file (bounded however much it wrote)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(logs unavailable: {exc})"
 
 
 @dataclass(frozen=True)

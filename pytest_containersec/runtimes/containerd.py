@@ -32,7 +32,7 @@ from . import nspawn_agent as agent
 from . import nspawn_image as images
 from . import oci, procs
 from . import podman_service as svc
-from .base import DEFAULT_EXEC_TIMEOUT, MAX_OUTPUT, Availability, Container, ExecResult
+from .base import DEFAULT_EXEC_TIMEOUT, Availability, Container, ExecResult, log_tail
 from .docker_daemons import DaemonConfig, DockerDaemon
 from .lxc import stream_pipes
 from .nspawn import state_root
@@ -188,12 +188,7 @@ class ContainerdContainer(Container):
         return mapping.declared_from_info(json.loads(out.stdout), self.spec, self.spec.pids_limit)
 
     def logs(self) -> str:
-        try:
-            with (self.state / "log").open("rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - MAX_OUTPUT))
-                return f.read(MAX_OUTPUT).decode("utf-8", "replace")
-        except OSError as exc:
-            return f"(logs unavailable: {exc})"
+        return log_tail(self.state / "log")
 
     def stop(self) -> None:
         if self._stopped:
@@ -201,8 +196,8 @@ class ContainerdContainer(Container):
         self._stopped = True
         try:
             self._rt.remove(self.name)
-            self.release_probe()
         finally:
+            self.release_probe()
             self._rt.forget(self)
 
 

@@ -29,7 +29,14 @@ from . import lxc_spec as mapping
 from . import nspawn_agent as agent
 from . import nspawn_image as images
 from . import oci, procs
-from .base import DEFAULT_EXEC_TIMEOUT, MAX_OUTPUT, PROBE_DIR, Availability, Container, ExecResult
+from .base import (
+    DEFAULT_EXEC_TIMEOUT,
+    PROBE_DIR,
+    Availability,
+    Container,
+    ExecResult,
+    log_tail,
+)
 from .nspawn import state_root
 from .probe_copy import ProbeCopy
 
@@ -226,12 +233,7 @@ class LxcContainer(Container):
         return mapping.declared_from_config(self.config, self.spec)
 
     def logs(self) -> str:
-        try:
-            with (self.state / "console.log").open("rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - MAX_OUTPUT))
-                return f.read(MAX_OUTPUT).decode("utf-8", "replace")
-        except OSError as exc:
-            return f"(logs unavailable: {exc})"
+        return log_tail(self.state / "console.log")
 
     def stop(self) -> None:
         if self._stopped:
@@ -239,8 +241,8 @@ class LxcContainer(Container):
         self._stopped = True
         try:
             destroy(self.name)
-            self.release_probe()
         finally:
+            self.release_probe()
             self._rt.forget(self)
 
 

@@ -27,12 +27,12 @@ from . import nspawn_image as images
 from . import procs
 from .base import (
     DEFAULT_EXEC_TIMEOUT,
-    MAX_OUTPUT,
     PROBE_BUSYBOX,
     PROBE_DIR,
     Availability,
     Container,
     ExecResult,
+    log_tail,
 )
 from .nspawn_spec import (
     NAME,
@@ -164,12 +164,7 @@ class NspawnContainer(Container):
         return out
 
     def logs(self) -> str:
-        try:
-            with (self.state / "log").open("rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - MAX_OUTPUT))
-                return f.read(MAX_OUTPUT).decode("utf-8", "replace")
-        except OSError as exc:
-            return f"(logs unavailable: {exc})"
+        return log_tail(self.state / "log")
 
     def stop(self) -> None:
         if self._stopped:
