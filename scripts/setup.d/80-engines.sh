@@ -22,11 +22,12 @@ fi
 
 # LXC maps ids through newuidmap/newgidmap, which insist that root, too, has subordinate
 # ranges: give root one of its own, after every range handed out so far.
+# One start for both files: LXC needs the same range in each.
+touch /etc/subuid /etc/subgid
+eng_next=$(awk -F: '$2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ { e = $2 + $3; if (e > m) m = e }
+                    END { print (m > 231072 ? m : 231072) }' /etc/subuid /etc/subgid)
 for f in /etc/subuid /etc/subgid; do
-  touch "$f"
   if ! grep -q '^root:' "$f"; then
-    eng_next=$(awk -F: '$2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ { e = $2 + $3; if (e > m) m = e }
-                        END { print (m > 231072 ? m : 231072) }' /etc/subuid /etc/subgid)
     echo "root:$eng_next:65536" >>"$f"
     did "gave root the range $eng_next:65536 in $f (LXC's idmap)"
   fi
