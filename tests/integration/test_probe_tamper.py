@@ -63,12 +63,14 @@ def sys_admin(runtime: str) -> dict[str, Any]:
 def wait_for_attacks(c: Container, timeout: float = 30.0) -> dict[str, bool]:
     deadline = time.monotonic() + timeout
     while True:
-        logs = c.logs()
+        # whole lines only: a journal (systemd-run) also logs the command line itself
+        lines = c.logs().splitlines()
         done = {
-            name: f"ATTACK:{name}-ok" in logs
+            name: f"ATTACK:{name}-ok" in lines
             for name in ("rewrite", "cover")
-            if f"ATTACK:{name}-" in logs
+            if f"ATTACK:{name}-ok" in lines or f"ATTACK:{name}-failed" in lines
         }
+        logs = "\n".join(lines)
         if len(done) == 2:
             return done
         assert time.monotonic() < deadline, f"the attacks did not finish: {logs[-500:]}"
