@@ -169,17 +169,8 @@ class DockerContainer(oci.EngineContainer):
         self._sdk.reload()
         return self._sdk.attrs
 
-    _image_user: str | None = None
-
-    def image_user(self) -> str | None:
-        if self._image_user is not None:  # an image's config does not change
-            return self._image_user
-        try:
-            attrs = self._rt.client.images.get(self.spec.image).attrs
-        except ENGINE_ERRORS as exc:
-            raise self._rt.engine_error(f"inspect image {self.spec.image}", exc) from None
-        self._image_user = str((attrs.get("Config") or {}).get("User") or "")
-        return self._image_user
+    def _image_attrs(self) -> dict[str, Any]:
+        return self._rt.client.images.get(self.spec.image).attrs
 
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         return declared_from_inspect(attrs, self._rt.security_options)

@@ -306,6 +306,22 @@ class EngineContainer(Container):
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _image_attrs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    _image_user: str | None = None
+
+    def image_user(self) -> str | None:
+        """The image config's USER ("" when it sets none); an image's config does not
+        change, so it is asked once."""
+        if self._image_user is None:
+            try:
+                attrs = self._image_attrs()
+            except self._engine_errors as exc:
+                raise self._api.engine_error(f"inspect image {self.spec.image}", exc) from None
+            self._image_user = str((attrs.get("Config") or {}).get("User") or "")
+        return self._image_user
+
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         self.guard_probe()
         try:

@@ -127,17 +127,8 @@ class PodmanContainer(oci.EngineContainer):
         self._sdk.reload()
         return cast(dict[str, Any], self._sdk.attrs)
 
-    _image_user: str | None = None
-
-    def image_user(self) -> str | None:
-        if self._image_user is not None:  # an image's config does not change
-            return self._image_user
-        try:
-            attrs = self._rt.client.images.get(self.spec.image).attrs
-        except self._engine_errors as exc:
-            raise self._api.engine_error(f"inspect image {self.spec.image}", exc) from None
-        self._image_user = str((attrs.get("Config") or {}).get("User") or "")
-        return self._image_user
+    def _image_attrs(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._rt.client.images.get(self.spec.image).attrs)
 
     def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
         oci_config: dict[str, Any] | None = None
