@@ -82,3 +82,19 @@ def encode(names: Iterable[str]) -> int:
         n = normalize(name)
         mask |= 1 << (CAP_BITS[n] if n in CAP_BITS else int(n[4:]))
     return mask
+
+
+def tweak(
+    default: frozenset[str], cap_add: Iterable[str], cap_drop: Iterable[str], privileged: bool
+) -> frozenset[str]:
+    """Docker's TweakCapabilities arithmetic over an engine's ``default`` set: privileged
+    or ``cap_add ALL`` grant everything (minus the drops), ``cap_drop ALL`` keeps only the
+    adds, else the default minus the drops plus the adds."""
+    if privileged:
+        return ALL_CAPS
+    add, drop = set(cap_add), set(cap_drop)
+    if "ALL" in add:
+        return frozenset(ALL_CAPS - normalize_set(drop - {"ALL"}))
+    if "ALL" in drop:
+        return normalize_set(add)
+    return frozenset((default - drop) | add)

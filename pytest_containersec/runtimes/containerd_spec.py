@@ -62,14 +62,7 @@ def image_ref(image: str) -> str:
 
 
 def capability_set(spec: ContainerSpec) -> frozenset[str]:
-    if spec.privileged:
-        return caps.ALL_CAPS
-    add, drop = set(spec.cap_add), set(spec.cap_drop)
-    if "ALL" in add:
-        return frozenset(caps.ALL_CAPS - caps.normalize_set(drop - {"ALL"}))
-    if "ALL" in drop:
-        return caps.normalize_set(add)
-    return frozenset((CONTAINERD_DEFAULT_CAPS - drop) | add)
+    return caps.tweak(CONTAINERD_DEFAULT_CAPS, spec.cap_add, spec.cap_drop, spec.privileged)
 
 
 def run_argv(

@@ -70,14 +70,7 @@ def default_caps(idmapped: bool) -> frozenset[str]:
 
 def capability_set(spec: ContainerSpec, idmapped: bool) -> frozenset[str]:
     """Docker's TweakCapabilities arithmetic over LXC's default set."""
-    if spec.privileged:
-        return caps.ALL_CAPS
-    add, drop = set(spec.cap_add), set(spec.cap_drop)
-    if "ALL" in add:
-        return frozenset(caps.ALL_CAPS - caps.normalize_set(drop - {"ALL"}))
-    if "ALL" in drop:
-        return caps.normalize_set(add)
-    return frozenset((default_caps(idmapped) - drop) | add)
+    return caps.tweak(default_caps(idmapped), spec.cap_add, spec.cap_drop, spec.privileged)
 
 
 def parse_subids(text: str, user: str = "root") -> list[tuple[int, int]]:

@@ -71,14 +71,7 @@ def _env(spec: ContainerSpec) -> list[tuple[str, str]]:
 
 def capability_set(spec: ContainerSpec) -> frozenset[str]:
     """The capabilities the container keeps: Docker's TweakCapabilities over nspawn's set."""
-    if spec.privileged:
-        return caps.ALL_CAPS
-    add, drop = set(spec.cap_add), set(spec.cap_drop)
-    if "ALL" in add:
-        return frozenset(caps.ALL_CAPS - caps.normalize_set(drop - {"ALL"}))
-    if "ALL" in drop:
-        return caps.normalize_set(add)
-    return frozenset((NSPAWN_DEFAULT_CAPS - drop) | add)
+    return caps.tweak(NSPAWN_DEFAULT_CAPS, spec.cap_add, spec.cap_drop, spec.privileged)
 
 
 def spec_args(spec: ContainerSpec, systemd: bool) -> tuple[list[str], dict[str, str]]:
