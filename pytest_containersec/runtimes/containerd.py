@@ -29,6 +29,7 @@ from ..errors import ContainerStartError, ImageNotFound, ProbeError, RuntimeUnav
 from ..spec import ContainerSpec
 from . import containerd_spec as mapping
 from . import nspawn_agent as agent
+from . import nspawn_cgroup as cg
 from . import nspawn_image as images
 from . import oci, procs
 from . import podman_service as svc
@@ -244,21 +245,7 @@ def remove_cgroups(name: str) -> None:
     """The task's cgroups (runc removes them on delete; a lost shim may not)."""
     root = Path("/sys/fs/cgroup")
     tops = [root] if hostinfo.cgroup_version() == 2 else [p for p in root.iterdir() if p.is_dir()]
-    for top in tops:
-        d = top / mapping.CGROUP_PARENT / name
-        if d.is_dir():
-            with contextlib.suppress(OSError, ValueError):
-                for pid in (d / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(OSError):
-                        os.kill(int(pid), 9)
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+    cg.kill_and_remove([top / mapping.CGROUP_PARENT / name for top in tops], wait=1.0)
 
 
 class ContainerdRuntime:

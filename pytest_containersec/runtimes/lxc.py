@@ -27,6 +27,7 @@ from ..errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ..spec import ContainerSpec
 from . import lxc_spec as mapping
 from . import nspawn_agent as agent
+from . import nspawn_cgroup as cg
 from . import nspawn_image as images
 from . import oci, procs
 from .base import (
@@ -91,19 +92,7 @@ def cgroup_dirs(name: str) -> list[Path]:
 
 def remove_cgroups(name: str) -> None:
     """Kill what is left in ``name``'s cgroups and remove them (after a lost monitor)."""
-    for d in cgroup_dirs(name):
-        with contextlib.suppress(OSError, ValueError):
-            for pid in (d / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):
-                    os.kill(int(pid), 9)
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.02)
+    cg.kill_and_remove(cgroup_dirs(name), wait=1.0)
 
 
 def destroy(name: str) -> None:
