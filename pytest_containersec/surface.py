@@ -54,7 +54,8 @@ SAFE_HOST_DEVICES = frozenset(
         "/dev/console",
     }
 )
-PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "mqueue", "devpts"})
+# (fusectl: LXC binds the host's by default; its files are host root's, 0200/0400)
+PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "mqueue", "devpts", "fusectl"})
 # Privileged mode's signature in capabilities: what Docker/Podman never grant by default.
 PRIVILEGED_CAPS = frozenset(
     {

@@ -29,6 +29,7 @@ and **no seccomp filter** unless asked. Each spec field:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ def run_argv(
         argv.append(f"--memory-limit={spec.memory}")
     if spec.cpus is not None:
         argv.append(f"--cpus={spec.cpus:g}")
-    argv += userns_args(spec)
+    userns = userns_args(spec)
+    argv += userns
     if spec.network == "host":
         argv.append("--net-host")
     mounts = [(str(probe_dir), PROBE_DIR, True)]
@@ -120,10 +122,30 @@ def run_argv(
     for src, dst, ro in mounts:
         if "," in src or "," in dst or "=" in src or "=" in dst:
             raise UnsupportedSpec("volumes", NAME, f"{src}:{dst}: ctr --mount splits on , and =")
-        argv.append(f"--mount=type=bind,src={src},dst={dst},options=rbind:{'ro' if ro else 'rw'}")
+        locked = locked_flags(src) if userns else []
+        opts = ["rbind", "ro" if ro or "ro" in locked else "rw", *(f for f in locked if f != "ro")]
+        argv.append(f"--mount=type=bind,src={src},dst={dst},options={':'.join(opts)}")
     argv += [f"--env={k}={v}" for k, v in dict(spec.env).items()]
     main = list(spec.command) if spec.command else [PROBE_BUSYBOX, *IDLE_COMMAND]
     return [*argv, image_ref(spec.image), name, *prefix, *main]
+
+
+# statvfs flag -> mount option: the flags a user namespace may not clear on a bind mount
+LOCKED_FLAGS = ((os.ST_RDONLY, "ro"), (os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"),
+                (os.ST_NOEXEC, "noexec"),
+                (os.ST_NOATIME, "noatime"), (os.ST_NODIRATIME, "nodiratime"),
+                (os.ST_RELATIME, "relatime"))  # fmt: skip
+
+
+def locked_flags(source: str) -> list[str]:
+    """The source mount's flags that runc's remount inside a user namespace must keep
+    (the kernel locks them: EPERM otherwise), as Docker and Podman add them; ``ctr`` does
+    not, so a read-only volume from a nosuid,nodev /tmp would not start."""
+    try:
+        flags = os.statvfs(source).f_flag
+    except OSError:
+        return []  # ctr names the missing source itself
+    return [name for bit, name in LOCKED_FLAGS if flags & bit]
 
 
 def userns_args(spec: ContainerSpec) -> list[str]:

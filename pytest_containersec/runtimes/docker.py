@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..spec import ContainerSpec
 from . import oci, oci_fields, procs
+from . import podman_service as svc
 from .base import (
     PROBE_DIR,
     Availability,
@@ -220,7 +221,9 @@ class DockerRuntime:
             if self.daemon is not None:
                 self.base_url = self.daemon.ensure()
             try:
-                client = docker.DockerClient(base_url=self.base_url, timeout=API_TIMEOUT)
+                client = docker.DockerClient(
+                    base_url=self.base_url, version=self._api_version(), timeout=API_TIMEOUT
+                )
                 info = client.info()  # one request: the version is in it too
                 self.version = str(info.get("ServerVersion") or "?")
             except docker.errors.DockerException as exc:
@@ -232,6 +235,15 @@ class DockerRuntime:
             self.rootless = any(o.startswith("name=rootless") for o in self.security_options)
             self._client = client
         return self._client
+
+    def _api_version(self) -> str:
+        """The daemon's API version from its /_ping headers (no /version request, which
+        rootless Docker 26 cannot serve); docker-py's own negotiation where that fails."""
+        if self.base_url.startswith("unix://"):
+            version = svc.ping_api_version(Path(self.base_url.removeprefix("unix://")))
+            if version is not None:
+                return version
+        return "auto"
 
     def availability(self) -> Availability:
         if self._client is None and self.daemon is not None and not self.daemon.answers():

@@ -53,6 +53,11 @@ ROOTLESS_SCRIPTS = (
 )
 COMMON_FLAGS = ("--bridge=none", "--iptables=false", "--ip-masq=false", "--shutdown-timeout=2")
 SETUP_HINT = "run the project setup (make setup)"
+# Where a system containerd runs (trixie's docker.io uses it when it is there), a second
+# dockerd must not share the main one's containerd namespace: each daemon deletes the
+# tasks it does not know in its namespace (moby#41640).
+CONTAINERD_NAMESPACES = ("--containerd-namespace=containersec-userns",
+                         "--containerd-plugins-namespace=containersec-userns-plugins")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,8 @@ def userns_config() -> DaemonConfig:
     argv = (_which("dockerd") or "dockerd", f"--host=unix://{base}.sock",
             f"--data-root={session.STATE_DIR / 'docker-userns'}", f"--exec-root={base}-exec",
             f"--pidfile={base}.pid", f"--config-file={base}.daemon.json",
-            "--userns-remap=default", "--ip-forward=false", *COMMON_FLAGS)  # fmt: skip
+            "--userns-remap=default", "--ip-forward=false", *CONTAINERD_NAMESPACES,
+            *COMMON_FLAGS)  # fmt: skip
     return DaemonConfig(USERNS, False, Path(f"{base}.sock"), run, Path(f"{base}.pid"), argv,
                         cleanup_dirs=(Path(f"{base}-exec"),), require=require)  # fmt: skip
 
@@ -139,7 +145,11 @@ def rootless_config() -> DaemonConfig:
                 raise RuntimeUnavailable(ROOTLESS, why, SETUP_HINT)
 
     kit = own / "docker-rootless-kit"  # rootlesskit's state (else a temp dir left if killed)
-    env = {**user.env(), "DOCKERD_ROOTLESS_ROOTLESSKIT_NET": "host",
+    # "container" set: moby's apparmor.HostSupports() is false, as for Docker-in-Docker.
+    # Rootless Docker cannot use AppArmor (its daemon info lists none), yet on an AppArmor
+    # host Docker 26 still checks /sys/kernel/security/apparmor/profiles for docker-default
+    # before every start, which its user namespace may not read: every start failed.
+    env = {**user.env(), "container": "rootless-docker", "DOCKERD_ROOTLESS_ROOTLESSKIT_NET": "host",
            "DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER": "none",
            "DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS": f"--state-dir={kit}"}  # fmt: skip
     argv = (script, f"--host=unix://{xdg / 'docker.sock'}",

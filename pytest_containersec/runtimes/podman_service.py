@@ -150,6 +150,35 @@ def answers(sock: Path, timeout: float = 2.0, owner: int | None = None) -> bool:
     return head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
 
 
+def ping_api_version(sock: Path, timeout: float = 2.0) -> str | None:
+    """The API version a Docker-compatible engine names in its ``/_ping`` headers, or None.
+
+    Clients that pass it need no ``/version`` request: rootless Docker 26 with RootlessKit's
+    host network and no port driver panics serving ``/version`` (a nil port driver in
+    ``fillRootlessVersion``, moby#47085), so docker-py's ``version="auto"`` cannot connect."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 8192:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return None
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    if not lines[0].startswith(("HTTP/1.0 200", "HTTP/1.1 200")):
+        return None
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "api-version" and value.strip():
+            return value.strip()
+    return None
+
+
 class PodmanService:
     """A service socket; ``owned`` when this process started it (and must stop it)."""
 

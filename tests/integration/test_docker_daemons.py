@@ -226,7 +226,7 @@ def test_session_close_stops_the_daemon_it_started(own_daemon: tuple[str, dd.Dae
     c = rt.start(ContainerSpec(cap_drop=["ALL"]))
     assert_host_pid(c)
     tree = tree_of(cfg)
-    assert len(tree) >= 2  # the daemon and its containerd at least
+    assert tree  # the daemon, and its own containerd where no system containerd runs
     rt.close()  # stops the container and the daemon it started
     assert_gone(cfg, tree)
     assert not Path(f"/proc/{c.host_pid}").exists() or nspid(c.host_pid)[-1] != 1

@@ -139,7 +139,11 @@ def test_hardened_unit(hardened: SystemdRunContainer) -> None:
     expect.denied(hardened, "/etc/passwd", "w")  # EACCES first: not the owner
     for op in ("mount_tmpfs", "mknod_device", "unshare_user", "load_module"):
         expect.operation_denied(hardened, op)
-    expect.root_unprivileged(hardened)
+    if hardened.inst.kind == "booted":  # the booted manager itself runs in a user namespace
+        expect.root_unprivileged(hardened)
+    else:  # the host's systemd: DynamicUser is not a user namespace; uid 0 is host root
+        with pytest.raises(expect.CheckFailed, match="container root IS host root"):
+            expect.root_unprivileged(hardened)
     d = f.declared
     assert d["dynamic_user"]
     assert d["no_new_privileges"]
@@ -301,25 +305,31 @@ def test_stop_removes_the_unit(rt: SystemdRunRuntime) -> None:
     assert not run.exists()
 
 
-def test_reap_removes_the_booted_system_of_a_killed_session(rt: SystemdRunRuntime) -> None:
-    if rt.instance().kind != "booted":
-        pytest.skip("systemd is PID 1 here: nothing is booted")
+def test_reap_removes_what_a_killed_session_left(rt: SystemdRunRuntime) -> None:
+    """A booted system (leader, cgroups, rootfs copy) or, on a systemd host, the host's
+    own units: a SIGKILLed session leaves them running, the reaper removes them."""
     code = ("import sys\nfrom pytest_containersec.runtimes import get_runtime\n"
             "from pytest_containersec.spec import ContainerSpec\n"
             "rt = get_runtime('systemd-run'); c = rt.start(ContainerSpec())\n"
-            "print(c.inst.state, c.inst.leader, c.host_pid, flush=True)\n"
+            "print(c.inst.kind, c.inst.state, c.inst.leader, c.host_pid, c.unit, flush=True)\n"
             "sys.stdin.read()\n")  # fmt: skip
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert child.stdout is not None
-    state_s, leader, pid = child.stdout.readline().split()
+    kind, state_s, leader, pid, unit = child.stdout.readline().split()
     child.send_signal(signal.SIGKILL)
     child.wait()
     state = Path(state_s)
     assert state.exists()
     assert Path(f"/proc/{pid}").exists()
     assert rt.reap() >= 1
-    assert leftovers(state, state.name, [int(leader), int(pid)]) == []
+    if kind == "booted":
+        assert leftovers(state, state.name, [int(leader), int(pid)]) == []
+    else:  # the host's systemd: the unit is gone from the host's manager
+        assert leftovers(state, state.name, [int(pid)]) == []
+        shown = subprocess.run(["systemctl", "show", unit, "-p", "LoadState", "--value"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        assert shown.stdout.strip() == "not-found"
 
 
 def test_close_stops_the_booted_system(

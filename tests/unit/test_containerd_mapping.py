@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,15 @@ def test_capabilities_follow_dockers_arithmetic() -> None:
     assert m.capability_set(ContainerSpec(privileged=True)) == caps.ALL_CAPS
 
 
-def test_every_other_field(tmp_path: Path) -> None:
+class _Statvfs:
+    def __init__(self, flags: int) -> None:
+        self.f_flag = flags
+
+
+def test_every_other_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the sources' mounts as on a host whose /tmp is tmpfs with nosuid,nodev
+    flags = os.ST_NOSUID | os.ST_NODEV | os.ST_RELATIME
+    monkeypatch.setattr(m.os, "statvfs", lambda path: _Statvfs(flags))
     profile = tmp_path / "p.json"
     profile.write_text("{}")
     spec = ContainerSpec(
@@ -73,13 +82,27 @@ def test_every_other_field(tmp_path: Path) -> None:
     a = argv(spec, tools=Path("/t"), runc_binary="crun")
     for flag in ("--read-only", f"--memory-limit={64 * 1024**2}", "--cpus=0.5",
                  "--uidmap=0:100000:65536", "--gidmap=0:100000:65536", "--net-host",
-                 f"--mount=type=bind,src={tmp_path},dst=/data,options=rbind:ro",
-                 f"--mount=type=bind,src=/t,dst={agent.TOOLS_DIR},options=rbind:ro",
+                 f"--mount=type=bind,src={tmp_path},dst=/data,options=rbind:ro:nosuid:nodev:relatime",
+                 f"--mount=type=bind,src=/t,dst={agent.TOOLS_DIR},options=rbind:ro:nosuid:nodev:relatime",
                  "--env=A=b c", "--seccomp", f"--seccomp-profile={profile}",
                  "--runc-binary=crun"):  # fmt: skip
         assert flag in a, flag
     assert a[-1] == "id"
     assert "--seccomp" not in argv(ContainerSpec(seccomp="unconfined"))
+
+
+def test_locked_mount_flags_are_kept_only_in_a_user_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runc's read-only remount in a user namespace fails with EPERM unless it keeps the
+    source mount's locked flags (Docker and Podman add them; ctr does not)."""
+    monkeypatch.setattr(m.os, "statvfs", lambda path: _Statvfs(os.ST_NOSUID | os.ST_NOEXEC))
+    vol = ContainerSpec(volumes=[f"{tmp_path}:/data:ro"])
+    assert f"--mount=type=bind,src={tmp_path},dst=/data,options=rbind:ro" in argv(vol)
+    mapped = argv(ContainerSpec(volumes=[f"{tmp_path}:/data:ro"], userns="0:100000:65536"))
+    assert f"--mount=type=bind,src={tmp_path},dst=/data,options=rbind:ro:nosuid:noexec" in mapped
+    monkeypatch.setattr(m.os, "statvfs", lambda path: (_ for _ in ()).throw(OSError(2, "x")))
+    assert m.locked_flags("/no/such") == []
 
 
 def test_what_ctr_cannot_express() -> None:
