@@ -71,7 +71,7 @@ class _Statvfs:
 def test_every_other_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the sources' mounts as on a host whose /tmp is tmpfs with nosuid,nodev
     flags = os.ST_NOSUID | os.ST_NODEV | os.ST_RELATIME
-    monkeypatch.setattr(m.os, "statvfs", lambda path: _Statvfs(flags))
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(flags))
     profile = tmp_path / "p.json"
     profile.write_text("{}")
     spec = ContainerSpec(
@@ -96,12 +96,12 @@ def test_locked_mount_flags_are_kept_only_in_a_user_namespace(
 ) -> None:
     """runc's read-only remount in a user namespace fails with EPERM unless it keeps the
     source mount's locked flags (Docker and Podman add them; ctr does not)."""
-    monkeypatch.setattr(m.os, "statvfs", lambda path: _Statvfs(os.ST_NOSUID | os.ST_NOEXEC))
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(os.ST_NOSUID | os.ST_NOEXEC))
     vol = ContainerSpec(volumes=[f"{tmp_path}:/data:ro"])
     assert f"--mount=type=bind,src={tmp_path},dst=/data,options=rbind:ro" in argv(vol)
     mapped = argv(ContainerSpec(volumes=[f"{tmp_path}:/data:ro"], userns="0:100000:65536"))
     assert f"--mount=type=bind,src={tmp_path},dst=/data,options=rbind:ro:nosuid:noexec" in mapped
-    monkeypatch.setattr(m.os, "statvfs", lambda path: (_ for _ in ()).throw(OSError(2, "x")))
+    monkeypatch.setattr(os, "statvfs", lambda path: (_ for _ in ()).throw(OSError(2, "x")))
     assert m.locked_flags("/no/such") == []
 
 
