@@ -278,7 +278,8 @@ class ContainersecMatrixHooks:
             return
         from . import hostinfo
 
-        matrix.host = {"kernel": hostinfo.kernel(), "cgroup": f"v{hostinfo.cgroup_version()}"}
+        matrix.host = {"kernel": hostinfo.kernel(), "cgroup": f"v{hostinfo.cgroup_version()}",
+                       "LSM": hostinfo.lsm()}  # fmt: skip
         settings = options.settings(self.config)
         skipped = matrix.skipped()
         if settings.strict and skipped:
