@@ -68,6 +68,8 @@ PACKAGES: tuple[str, ...] = (
     # the lxc and containerd runtimes (scripts/setup.d/80-engines.sh installs them on a host)
     "lxc",
     "containerd",
+    # gVisor for the docker:/podman:/containerd:runsc variants (80-engines.sh, 85-gvisor.sh)
+    "runsc",
     # What an ordinary install gets as Recommends (apt's default) and the tiers need:
     # the docker CLI is its own package in trixie; containers-storage ships storage.conf.
     "docker-cli",

@@ -6,10 +6,11 @@ tests can use the trixie host's real files:
     OUT/<runtime>-<case>/cgroup/<path from the root>/{memory.max,pids.max,cpu.max,
                                                       cgroup.controllers,...}
     OUT/<runtime>-<case>/meta.json   (the command, host pid, cgroup path, engine version)
-    OUT/lsm, OUT/host.json
+    OUT/lsm, OUT/host.json, OUT/host_mountinfo
 
 Containers are started with the engines' own CLIs (not through the product), so the files
-show where each engine really puts them. Cases: default, limits (--memory 64m
+show where each engine really puts them; docker-userns and docker-rootless are the
+product's own daemons (``docker_daemons up``), driven by the docker CLI. Cases: default, limits (--memory 64m
 --pids-limit 32 --cpus 0.5 or the unit properties), privileged (docker, podman).
 """
 
@@ -114,13 +115,13 @@ def wait_pid(get: Callable[[], int], what: str) -> int:
 
 
 def record_oci(out: Path, runtime: str, base: list[str]) -> None:
-    version = (
-        sh([*base, "version", "--format", "{{.Server.Version}}"])
+    version = (  # `docker info`: rootless Docker 26 panics serving /version (moby#47085)
+        sh([*base, "info", "--format", "{{.ServerVersion}}"])
         if base[0] == "docker"
         else sh([*base, "version", "--format", "{{.Version}}"])
     )
     for case, flags in CASES.items():
-        if case == "privileged" and runtime == "podman-rootless":
+        if case == "privileged" and runtime.endswith(("rootless", "userns")):
             continue
         name = f"csrec-{runtime}-{case}"
         subprocess.run([*base, "rm", "-f", name], capture_output=True, check=False)
@@ -234,6 +235,7 @@ def main() -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copyfile("/sys/kernel/security/lsm", out / "lsm")
+    shutil.copyfile("/proc/self/mountinfo", out / "host_mountinfo")  # where cgroup2 is
     host = {
         "uname": os.uname().release,
         "os": Path("/etc/os-release").read_text(),
@@ -243,6 +245,13 @@ def main() -> int:
     record_oci(out, "docker", ["docker"])
     record_oci(out, "podman", ["podman"])
     record_oci(out, "podman-rootless", as_user(["podman"]))
+    for daemon in ("docker-userns", "docker-rootless"):  # the product's own daemons
+        up = [sys.executable, "-m", "pytest_containersec.runtimes.docker_daemons"]
+        url = sh([*up, "up", daemon, "--lease-pid", str(os.getpid())])
+        try:
+            record_oci(out, daemon, ["docker", "-H", url])
+        finally:
+            sh([*up, "down", daemon, "--lease-pid", str(os.getpid())])
     record_nspawn(out)
     record_systemd_run(out)
     failed = sorted(p.parent.name for p in out.glob("*/error.txt"))

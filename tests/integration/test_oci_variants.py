@@ -34,7 +34,7 @@ def test_runc_variants_run_with_runc(name: str, engine_says: str) -> None:
         assert f.cgroup.pids_max == 30
 
 
-@pytest.mark.parametrize("name", ["podman:crun", "containerd:crun"])
+@pytest.mark.parametrize("name", ["podman:crun", "docker:crun", "containerd:crun"])
 def test_crun_runs_or_names_why_it_refuses_this_host(name: str) -> None:
     rt = runtime_or_skip(name)
     if not hybrid():
