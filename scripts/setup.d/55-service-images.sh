@@ -16,7 +16,7 @@ si_stamp=$("$si_tool" stamp)
 si_names=$("$si_tool" names)
 si_missing=()
 
-mkdir -p "$si_dir"
+[ -d "$si_dir" ] || mkdir -p "$si_dir"  # the VM's share of the host's tarballs is read-only
 if ! command -v setcap >/dev/null 2>&1; then  # the setuid image's `setcap cap_net_raw+ep`
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends libcap2-bin >>"$state/apt.log" 2>&1 \
@@ -41,8 +41,10 @@ for si_name in $si_names; do
     did "service images: built containersec/$si_name in $((SECONDS - si_t0)) s ($(du -h "$si_dir/$si_name.tar" | cut -f1))"
   fi
 done
-chmod 0755 "$si_dir"
-chmod 0644 "$si_dir"/*.tar "$si_dir"/*.changes "$si_dir"/*.json 2>/dev/null || true
+if [ -w "$si_dir" ]; then
+  chmod 0755 "$si_dir"
+  chmod 0644 "$si_dir"/*.tar "$si_dir"/*.changes "$si_dir"/*.json 2>/dev/null || true
+fi
 
 if [ ${#si_missing[@]} -gt 0 ]; then
   say "service images: SKIPPED ${si_missing[*]}: no apt mirror is reachable (or no package lists," \

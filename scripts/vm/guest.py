@@ -38,6 +38,22 @@ def say(msg: str) -> None:
     print(f"vm guest [{float(up):6.1f}s]: {msg}", flush=True)
 
 
+def service_images() -> Path | None:
+    """Mount the host's service-image tarballs (9p tag "service", when shared)."""
+    tags = Path("/sys/bus/virtio/drivers/9pnet_virtio").glob("*/mount_tag")
+    if not any(t.read_bytes().rstrip(b"\0\n") == b"service" for t in tags):
+        return None
+    target = Path("/mnt/service-images")
+    target.mkdir(parents=True, exist_ok=True)
+    opts = "trans=virtio,version=9p2000.L,msize=524288,ro"
+    done = subprocess.run(["mount", "-t", "9p", "-o", opts, "service", str(target)], check=False)
+    if done.returncode != 0:
+        say("cannot mount the service images share; their tests will fail")
+        return None
+    say(f"service images shared from the host at {target}")
+    return target
+
+
 def main() -> int:
     results = Path(sys.argv[1])
     cmd = json.loads((results / "command.json").read_text())
@@ -65,6 +81,9 @@ def main() -> int:
         "CONTAINERSEC_VM_RESULTS": str(results),
         "PYTHONUNBUFFERED": "1",
     }
+    shared = service_images()
+    if shared is not None:
+        env["CONTAINERSEC_SERVICE_IMAGES"] = str(shared)
     env.update(cmd.get("env", {}))
     say(f"running {argv} (timeout {timeout:.0f} s)")
     t0 = time.monotonic()

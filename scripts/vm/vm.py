@@ -38,6 +38,11 @@ import image
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CONTAINERSEC_VM_STATE", "/var/lib/containersec/vm"))
+# The service images this host built (scripts/setup.d/55-service-images.sh): the VM has no
+# mirror to build them, so their tarballs are shared read-only and imported there.
+SERVICE_IMAGES = Path(
+    os.environ.get("CONTAINERSEC_SERVICE_IMAGES", "/var/lib/containersec/images/service")
+)
 PR_SET_PDEATHSIG = 1
 KEEP_RUNS = 6
 QEMU = "qemu-system-x86_64"
@@ -62,6 +67,7 @@ class VMConfig:
     src: Path
     results: Path
     accel: str  # "kvm" or "tcg"
+    service_images: Path | None = None  # shared read-only as "service" when it exists
     cpus: int = 2
     memory_mb: int = 4096
 
@@ -119,6 +125,11 @@ def qemu_argv(cfg: VMConfig, warmup: bool = False) -> list[str]:
         f"local,path={cfg.src},mount_tag=src,security_model=none,readonly=on",
         "-virtfs",
         f"local,path={cfg.results},mount_tag=results,security_model=none",
+        *(
+            ["-virtfs", f"local,path={si},mount_tag=service,security_model=none,readonly=on"]
+            if (si := cfg.service_images) is not None and si.is_dir()
+            else []
+        ),
     ]
 
 
@@ -357,7 +368,8 @@ def run_in_vm(
         (results / "command.json").write_text(
             json.dumps({"argv": list(argv), "env": env, "timeout": cmd_timeout}) + "\n"
         )
-        cfg = VMConfig(image=img, src=CHECKOUT, results=results, accel=acc)
+        cfg = VMConfig(image=img, src=CHECKOUT, results=results, accel=acc,
+                       service_images=SERVICE_IMAGES)  # fmt: skip
         # A bounded check for KVM: a working KVM boots in well under a minute.
         run = Run(cfg, boot_timeout=60 if acc == "kvm" else boot_timeout, cmd_timeout=cmd_timeout)
         print(f"vm: booting {img.name} with {acc.upper()} (logs: {results})", flush=True)

@@ -123,6 +123,16 @@ def test_qemu_argv_tcg_has_no_network_a_snapshot_and_a_read_only_checkout() -> N
     assert all(isinstance(a, str) for a in argv)
 
 
+def test_service_images_are_shared_read_only_when_the_host_has_them(tmp_path: Path) -> None:
+    cfg = vm.VMConfig(image=Path("/img"), src=Path("/src"), results=Path("/res"), accel="tcg",
+                      service_images=tmp_path)  # fmt: skip
+    shares = [a for a in vm.qemu_argv(cfg) if a.startswith("local,")]
+    assert f"local,path={tmp_path},mount_tag=service,security_model=none,readonly=on" in shares
+    gone = vm.VMConfig(image=Path("/img"), src=Path("/src"), results=Path("/res"), accel="tcg",
+                       service_images=tmp_path / "none")  # fmt: skip
+    assert not any("mount_tag=service" in a for a in vm.qemu_argv(gone))
+
+
 def test_qemu_argv_kvm_and_warmup() -> None:
     argv = vm.qemu_argv(_cfg("kvm"), warmup=True)
     assert argv[argv.index("-accel") + 1] == "kvm"
