@@ -3,7 +3,7 @@
 PY := .venv/bin
 REPORTS := reports
 
-.PHONY: setup demo test test-vm lint unit bench
+.PHONY: setup demo test test-vm lint unit bench bench-vm
 
 setup:
 	./scripts/setup
@@ -42,3 +42,8 @@ bench: setup
 	$(PY)/python benchmarks/module20.py
 	$(PY)/python benchmarks/session.py all
 	$(PY)/python benchmarks/concurrency.py
+
+# The same ratios on the second test host (the trixie VM under qemu; ~30 min under TCG).
+bench-vm:
+	python3 scripts/vm/vm.py setup
+	python3 scripts/vm/vm.py run --timeout 3000 -- scripts/vm/inside bench
