@@ -66,7 +66,8 @@ def test_terminal_matrix(fake: FakeEnv) -> None:
             "[[]3] podman: spec field 'userns' is not supported: the fake cannot express it",
             "[[]4] podman-rootless: spec field 'userns' is not supported: the fake cannot express it",
             "runtimes: docker = Fake docker 1.0; podman = Fake podman 1.0; podman-rootless = "
-            f"Fake podman-rootless 1.0; nspawn = unavailable (kernel {kernel}, cgroup v{cgroup})",
+            f"Fake podman-rootless 1.0; nspawn = unavailable (kernel {kernel}, cgroup v{cgroup}, "
+            f"LSM {hostinfo.lsm()})",
         ],
         consecutive=True,
     )
