@@ -44,7 +44,7 @@ def evaluate(
             results.append(
                 CheckResult(
                     exp.name,
-                    violations[0].check if violations else exp.family,
+                    str(violations[0].check) if violations else exp.family,
                     obs.runtime,
                     outcome,
                     "\n".join(str(v) for v in findings or absent),

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 
 from . import caps
-from .model import AccessResult, Facts, MapEntry, map_id
+from .check_params import (
+    AccessMode,
+    AccessPath,
+    CapNames,
+    Errno,
+    Operation,
+    SeccompMode,
+    Size,
+    UidMap,
+)
+from .check_registry import check
+from .model import AccessResult, Facts, map_id
 from .spec import parse_size
 from .surface import (
     ENGINE_MANAGED_MOUNTS,
@@ -74,7 +86,7 @@ __all__ = [
     "user",
 ]
 
-SECCOMP_MODES = ("disabled", "strict", "filter")
+SECCOMP_MODES: tuple[SeccompMode, ...] = typing.get_args(SeccompMode)
 CGROUP_V1_ROOTLESS_HINT = (
     "rootless {runtime} on cgroup v1 ignores resource limits (the kernel does not "
     "delegate v1 controllers to unprivileged users); use cgroup v2 with systemd "
@@ -94,6 +106,7 @@ def _size(n: int | None) -> str:
 # -- identity -------------------------------------------------------------------------
 
 
+@check("Container root must not be host root")
 def root_unprivileged(f: Facts) -> list[Violation]:
     """Container uid 0 must not be host uid 0 (and the process must not run as host root)."""
     host_root = map_id(f.uid_map, 0)
@@ -121,14 +134,18 @@ def root_unprivileged(f: Facts) -> list[Violation]:
     return out
 
 
-def uid_map(f: Facts, expected: Iterable[MapEntry]) -> list[Violation]:
+@check("The user-namespace map must be as expected")
+def uid_map(f: Facts, expected: UidMap) -> list[Violation]:
+    """The uid_map is exactly ``expected``: ``[(inside, outside, count), ...]``."""
     want = tuple((int(a), int(b), int(c)) for a, b, c in expected)
     if f.uid_map == want:
         return []
     return [Violation("uid_map", f.runtime, fmt_map(want), fmt_map(f.uid_map))]
 
 
+@check("The process must run as the expected user")
 def user(f: Facts, uid: int | None = None, gid: int | None = None) -> list[Violation]:
+    """The main process runs as this uid and gid (as the container sees them)."""
     out = []
     if uid is not None and f.user.uid != uid:
         out.append(Violation("user", f.runtime, f"uid {uid}", f"uid {f.user.uid}"))
@@ -144,7 +161,7 @@ def _access(f: Facts, path: str, mode: str) -> AccessResult | None:
     return f.access.get(f"{path}:{mode}")
 
 
-def probe_differs(f: Facts) -> Violation | None:
+def probe_differs(f: Facts, check: str = "access") -> Violation | None:
     """Access and operation results are attempts made by the probe exec. They speak for
     the main process only when the probe ran with its identity and confinement; when the
     main process changed itself (an entrypoint that drops to another user, a setuid
@@ -152,7 +169,7 @@ def probe_differs(f: Facts) -> Violation | None:
     modified = f.probe_modified
     if modified is not None:
         return Violation(
-            "access", f.runtime, "an unmodified probe", f"the probe was modified from inside: "
+            check, f.runtime, "an unmodified probe", f"the probe was modified from inside: "
             f"{modified}", "the container rewrote or covered its read-only /.containersec "
             "(root with CAP_SYS_ADMIN and no user namespace can); no access verdict is given",
         )  # fmt: skip
@@ -170,67 +187,77 @@ def probe_differs(f: Facts) -> Violation | None:
         else ("set the spec's user (and capabilities) to what the process runs as")
     )
     return Violation(
-        "access", f.runtime, f"the probe to run as the {who} does", what, hint
+        check, f.runtime, f"the probe to run as the {who} does", what, hint
     )  # fmt: skip
 
 
-def denied(f: Facts, path: str, mode: str = "r", errno: str | None = None) -> list[Violation]:
-    """The access must fail (ENOENT counts: the path is not reachable); with ``errno``,
-    it must fail with exactly that errno."""
-    differs = probe_differs(f)
+@check("File access must be denied as expected", legacy=("access",), access=("path", "mode"))
+def denied(
+    f: Facts, path: AccessPath, mode: AccessMode = "r", errno: Errno | None = None
+) -> list[Violation]:
+    """Opening ``path`` for ``mode`` (r, w, x) fails as the workload's own identity (ENOENT
+    counts: the path is not reachable); with ``errno`` (EACCES, EPERM, EROFS, ENOSYS, ...),
+    it fails with exactly that errno."""
+    differs = probe_differs(f, "denied")
     if differs:
         return [differs]
     r = _access(f, path, mode)
     what = f"{path}:{mode}"
     if r is None:
-        return [Violation("access", f.runtime, f"{what} denied", "not probed")]
+        return [Violation("denied", f.runtime, f"{what} denied", "not probed")]
     if r.allowed:
         hint = ""
         if f.user.uid == 0 and "CAP_DAC_OVERRIDE" in f.capabilities.effective:
             hint = "the process is root with CAP_DAC_OVERRIDE: run as a non-root user or drop it"
-        return [Violation("access", f.runtime, f"{what} denied", "allowed", hint)]
+        return [Violation("denied", f.runtime, f"{what} denied", "allowed", hint)]
     if errno is not None and r.errno != errno:
         return [
-            Violation("access", f.runtime, f"{what} denied with {errno}", f"denied with {r.errno}")
+            Violation("denied", f.runtime, f"{what} denied with {errno}", f"denied with {r.errno}")
         ]
     return []
 
 
-def allowed(f: Facts, path: str, mode: str = "r") -> list[Violation]:
-    differs = probe_differs(f)
+@check("File access must be allowed as expected", legacy=("access",), access=("path", "mode"))
+def allowed(f: Facts, path: AccessPath, mode: AccessMode = "r") -> list[Violation]:
+    """Opening ``path`` for ``mode`` (r, w, x) succeeds as the workload's own identity."""
+    differs = probe_differs(f, "allowed")
     if differs:
         return [differs]
     r = _access(f, path, mode)
     what = f"{path}:{mode}"
     if r is None:
-        return [Violation("access", f.runtime, f"{what} allowed", "not probed")]
+        return [Violation("allowed", f.runtime, f"{what} allowed", "not probed")]
     if not r.allowed:
-        return [Violation("access", f.runtime, f"{what} allowed", f"denied with {r.errno}")]
+        return [Violation("allowed", f.runtime, f"{what} allowed", f"denied with {r.errno}")]
     return []
 
 
-def operation_denied(f: Facts, name: str) -> list[Violation]:
-    differs = probe_differs(f)
+@check("Escape-surface operations must be denied", legacy=("operation", "access"))
+def operation_denied(f: Facts, name: Operation) -> list[Violation]:
+    """An escape-surface operation fails as the workload: mount_tmpfs, mknod_device,
+    unshare_user, load_module or write_sysfs."""
+    differs = probe_differs(f, "operation_denied")
     if differs:
         return [differs]
     r = f.operations.get(name)
     if r is None:
-        return [Violation("operation", f.runtime, f"{name} denied", "not probed")]
+        return [Violation("operation_denied", f.runtime, f"{name} denied", "not probed")]
     if r.allowed:
-        return [Violation("operation", f.runtime, f"{name} denied", "allowed")]
+        return [Violation("operation_denied", f.runtime, f"{name} denied", "allowed")]
     return []
 
 
 # -- capabilities, seccomp, no_new_privs, LSM --------------------------------------------
 
 
+@check("Capabilities must be limited as expected")
 def capabilities(
     f: Facts,
-    effective: Iterable[str] | None = None,
-    at_most: Iterable[str] | None = None,
-    absent: Iterable[str] | None = None,
-    bounding: Iterable[str] | None = None,
-    ambient: Iterable[str] | None = None,
+    effective: CapNames | None = None,
+    at_most: CapNames | None = None,
+    absent: CapNames | None = None,
+    bounding: CapNames | None = None,
+    ambient: CapNames | None = None,
 ) -> list[Violation]:
     """``effective``: exactly this effective set. ``at_most``: effective is a subset.
     ``absent``: in no set at all (effective, permitted, inheritable, ambient, bounding),
@@ -302,7 +329,9 @@ def _caps_hint(f: Facts, extra: Iterable[str]) -> str:
     return "drop them with cap_drop=['ALL'] and add back only what is needed"
 
 
-def seccomp(f: Facts, mode: str) -> list[Violation]:
+@check("A seccomp filter must be in effect")
+def seccomp(f: Facts, mode: SeccompMode) -> list[Violation]:
+    """The seccomp mode of the process is ``mode``: disabled, strict or filter."""
     if mode not in SECCOMP_MODES:
         raise ValueError(f"seccomp mode must be one of {', '.join(SECCOMP_MODES)}")
     if f.seccomp == mode:
@@ -313,7 +342,10 @@ def seccomp(f: Facts, mode: str) -> list[Violation]:
     return [Violation("seccomp", f.runtime, mode, f.seccomp, hint)]
 
 
+@check("no_new_privs must be set")
 def no_new_privs(f: Facts, expected: bool = True) -> list[Violation]:
+    """no_new_privs is ``expected`` (set: setuid and file-capability binaries cannot raise
+    privileges)."""
     if f.no_new_privs == expected:
         return []
     return [
@@ -329,7 +361,9 @@ def no_new_privs(f: Facts, expected: bool = True) -> list[Violation]:
     ]
 
 
+@check("An LSM label must confine the process")
 def lsm(f: Facts, label: str | None = None, confined: bool = True) -> list[Violation]:
+    """An AppArmor/SELinux label confines the process (and equals ``label`` if given)."""
     out = []
     if label is not None and f.lsm.label != label:
         out.append(Violation("lsm", f.runtime, f"label {label!r}", f"label {f.lsm.label!r}"))
@@ -356,13 +390,16 @@ def _limits_hint(f: Facts) -> str:
     return ""
 
 
+@check("Resource limits must be in effect")
 def cgroup(
     f: Facts,
-    memory: str | int | None = None,
+    memory: Size | None = None,
     pids: int | None = None,
     cpus: float | None = None,
 ) -> list[Violation]:
-    """Each given limit must be in effect and no looser than asked (a stricter one passes)."""
+    """Each given limit is in effect (read from the host's cgroup files, parents included)
+    and no looser than asked (a stricter one passes): memory as "64m" or bytes, pids, cpus
+    in cores."""
     out = []
     hint = _limits_hint(f)
     if memory is not None:
@@ -408,7 +445,9 @@ def cgroup(
 # -- file system and attack surface -------------------------------------------------------
 
 
+@check("The root file system must be read-only")
 def read_only_rootfs(f: Facts) -> list[Violation]:
+    """The container's root file system is mounted read-only."""
     if f.rootfs_read_only:
         return []
     return [
@@ -422,15 +461,22 @@ def read_only_rootfs(f: Facts) -> list[Violation]:
     ]
 
 
+@check("What the engine declares must be what is in effect", legacy=("mismatch",))
 def no_mismatches(f: Facts) -> list[Violation]:
+    """What the engine declares equals what is observed, and the container's own view
+    agrees with the host's (no declared, spec, inside or probe mismatch)."""
     return [
         Violation(
-            "mismatch", f.runtime, f"{m.field} = {m.expected!r} ({m.source})", f"{m.observed!r}"
+            "no_mismatches",
+            f.runtime,
+            f"{m.field} = {m.expected!r} ({m.source})",
+            f"{m.observed!r}",
         )
         for m in f.mismatches
     ]
 
 
+@check("The process must not run as root")
 def non_root(f: Facts) -> list[Violation]:
     """The main process does not run as uid 0 (as the container sees it)."""
     if f.user.uid != 0:
@@ -440,6 +486,7 @@ def non_root(f: Facts) -> list[Violation]:
     ]
 
 
+@check("Memory, pids and CPU limits must be in effect", legacy=("cgroup",))
 def limits_set(
     f: Facts, memory: bool = False, pids: bool = False, cpus: bool = False
 ) -> list[Violation]:
@@ -452,14 +499,20 @@ def limits_set(
         (cpus, "cpu", f.cgroup.cpu_max),
     ):
         if wanted and value is None:
-            out.append(Violation("cgroup", f.runtime, f"a {name} limit", "unlimited", hint))
+            out.append(Violation("limits_set", f.runtime, f"a {name} limit", "unlimited", hint))
     return out
 
 
+@check("Where an LSM is active, the process must not be unconfined", legacy=("lsm",))
 def lsm_not_unconfined(f: Facts) -> list[Violation]:
     """Where an LSM is active, the process is not running unconfined under it."""
     if f.lsm.name is not None and (f.lsm.label is None or "unconfined" in f.lsm.label):
         return [
-            Violation("lsm", f.runtime, f"a confining {f.lsm.name} label", f"label {f.lsm.label!r}")
+            Violation(
+                "lsm_not_unconfined",
+                f.runtime,
+                f"a confining {f.lsm.name} label",
+                f"label {f.lsm.label!r}",
+            )
         ]
     return []

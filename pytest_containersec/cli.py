@@ -156,11 +156,30 @@ def _flags_spec(a: argparse.Namespace) -> ContainerSpec:
 
 
 def cmd_runtimes(a: argparse.Namespace) -> int:
-    from .runtimes import KNOWN_NAMES, get_runtime
+    from .runtimes import check_names, known_names, registry
 
-    for name in KNOWN_NAMES:  # the engines, then their ENGINE:OCI runtime variants
-        print(get_runtime(name).availability().line())
-    return EXIT_OK
+    named = [n for item in a.names for n in item.split(",") if n]
+    check_names(named)
+    entries = registry()
+    unavailable = False
+    # the built-in engines, their ENGINE:OCI variants, then the installed packages' runtimes
+    for name in named or known_names():
+        line, ok = _availability_line(name)
+        origin = entries[name].origin
+        print(line if origin == "built-in" else f"{line} [{origin}]")
+        unavailable |= not ok
+    return EXIT_UNAVAILABLE if named and unavailable else EXIT_OK
+
+
+def _availability_line(name: str) -> tuple[str, bool]:
+    """One runtime's availability line; an adapter that cannot even load says why."""
+    from .runtimes import get_runtime
+
+    try:
+        av = get_runtime(name).availability()
+    except Exception as exc:  # a broken adapter (an installed package's) must not end the list
+        return f"{name}: unavailable: {type(exc).__name__}: {exc}", False
+    return av.line(), av.available
 
 
 def cmd_facts(a: argparse.Namespace) -> int:
@@ -218,13 +237,25 @@ def cmd_check(a: argparse.Namespace) -> int:
     return run(a)
 
 
-def cmd_reap(a: argparse.Namespace) -> int:
-    from .runtimes import MANIFEST_RUNTIMES, RUNTIME_NAMES, get_runtime, probe_copy
+def cmd_schema(a: argparse.Namespace) -> int:
+    from .policy_schema import dumps, policy_schema
 
-    for name in RUNTIME_NAMES + MANIFEST_RUNTIMES:  # a variant shares its engine's store
-        rt = get_runtime(name)
-        if rt.availability().available:
-            print(f"{name}: removed {rt.reap()} leftover(s) of dead sessions")
+    text = dumps(policy_schema())
+    if a.output:
+        with open(a.output, "w") as fh:
+            fh.write(text)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
+def cmd_reap(a: argparse.Namespace) -> int:
+    from .runtimes import get_runtime, probe_copy, registry
+
+    # a variant shares its engine's store
+    for name in [n for n, e in registry().items() if e.kind != "variant"]:
+        if _availability_line(name)[1]:
+            print(f"{name}: removed {get_runtime(name).reap()} leftover(s) of dead sessions")
     print(f"probe folders: removed {probe_copy.reap()} of dead sessions")
     return EXIT_OK
 
@@ -235,7 +266,13 @@ def parser() -> argparse.ArgumentParser:
         description="Observe what container confinement is really in effect.",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("runtimes", help="which runtimes work here, and the fix when not")
+    r = sub.add_parser(
+        "runtimes",
+        help="which runtimes work here, and the fix when not (built-in and installed ones)",
+    )
+    r.add_argument(
+        "names", nargs="*", metavar="NAME", help="only these (exit 3 when one is unavailable)"
+    )
     f = sub.add_parser("facts", help="start IMAGE, print its observed Facts as JSON, remove it")
     f.add_argument("--runtime", default="docker")
     add_spec_flags(f)
@@ -248,6 +285,11 @@ def parser() -> argparse.ArgumentParser:
 
     add_check(sub)
     sub.add_parser("reap", help="remove what killed sessions left behind")
+    s = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of policy files (for editors: the YAML language server)",
+    )
+    s.add_argument("--output", "-o", help="write it here instead of stdout")
     return p
 
 
@@ -257,6 +299,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "check": cmd_check,
     "reap": cmd_reap,
+    "schema": cmd_schema,
 }
 
 

@@ -73,10 +73,10 @@ class ContainersecState:
 
     def factories(self) -> dict[str, options.RuntimeFactory]:
         if self._factories is None:
-            from .runtimes import KNOWN_NAMES
+            from .runtimes import known_names
 
             found: dict[str, options.RuntimeFactory | None] = {
-                name: _builtin_factory(name) for name in KNOWN_NAMES
+                name: _registry_factory(name) for name in known_names()
             }
             hook = self.config.hook.pytest_containersec_runtime_factories
             for extra in reversed(hook(config=self.config)):
@@ -227,7 +227,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum} (SIGTERM): stopping containers")
 
 
-def _builtin_factory(name: str) -> options.RuntimeFactory:
+def _registry_factory(name: str) -> options.RuntimeFactory:
     def make() -> Runtime:
         from .runtimes import get_runtime
 

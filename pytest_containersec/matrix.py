@@ -11,7 +11,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from .runtimes import KNOWN_NAMES
+from .runtimes import known_names
 
 SYMBOLS = {
     "passed": "PASS",
@@ -70,7 +70,7 @@ class Matrix:
         seen: dict[str, None] = dict.fromkeys(self.runtimes)
         for row in self.rows.values():
             seen.update(dict.fromkeys(row))
-        order = {name: i for i, name in enumerate(KNOWN_NAMES)}
+        order = {name: i for i, name in enumerate(known_names())}
         return sorted(seen, key=lambda n: (order.get(n, len(order)), n))
 
     # -- rendering -------------------------------------------------------------------

@@ -54,6 +54,22 @@ class ContainersecHookSpecs:
         raise NotImplementedError
 
 
+def runtime_help() -> str:
+    """The ``--containersec-runtime`` help: the registry's names (built-ins and installed
+    packages'; the hook's come later, at configure time)."""
+    from .runtimes import registry
+
+    entries = registry(refresh=True).values()  # a new session looks for installed ones again
+    engines = [e.name for e in entries if e.kind == "engine"]
+    manifest = [e.name for e in entries if e.kind == "manifest"]
+    return (
+        f"runtimes to run container tests on: {', '.join(engines)}; "
+        f"{', '.join(manifest)} (kube= specs only); ENGINE:OCI variants such as docker:runsc "
+        "(only when named; `containersec runtimes` lists them all) (default: every available "
+        "one but the variants; a named runtime that is unavailable is a usage error)"
+    )
+
+
 def register(parser: pytest.Parser) -> None:
     group = parser.getgroup("containersec", "container security assertions (pytest-containersec)")
     group.addoption(
@@ -61,9 +77,7 @@ def register(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="NAME[,NAME...]",
-        help="runtimes to run container tests on: docker, podman, podman-rootless, nspawn, "
-        "docker-userns, docker-rootless, systemd-run, podman-kube (kube= specs only) "
-        "(default: every available one; a named runtime that is unavailable is a usage error)",
+        help=runtime_help(),
     )
     group.addoption(
         "--containersec-image",

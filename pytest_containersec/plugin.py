@@ -209,7 +209,7 @@ def pytest_runtest_makereport(
         exc = call.excinfo.value if call.excinfo is not None else None
         if isinstance(exc, CheckFailed):
             report.containersec_violations = [  # type: ignore[attr-defined]
-                (v.check, str(v), v.observed) for v in exc.violations
+                (str(v.check), str(v), v.observed) for v in exc.violations
             ]
         report.containersec_facts = facts_payload(  # type: ignore[attr-defined]
             info, snapshot=st.settings.wants_facts

@@ -3,121 +3,50 @@ numbers; evaluated by pure functions on Facts (pytest items and ``containersec c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import checks, profiles, sources
+from . import profiles, sources
+from .check_registry import CheckDef, all_checks
 from .checks import Violation
 from .errors import PolicyError, SourceError, SpecError
 from .model import Facts
-from .runtimes import KNOWN_NAMES
 from .spec import SPEC_FIELDS, ContainerSpec
 
-Evaluator = Callable[[Facts, Any], list[Violation]]
-
-
-def _flag(check: Callable[[Facts], list[Violation]]) -> Evaluator:
-    return lambda f, _v: check(f)
-
-
-def _exposure(f: Facts, limit: Any) -> list[Violation]:
-    from .score import score
-
-    s = score(f)
-    if s.value <= float(limit):
-        return []
-    why = f" ({s.reason})" if s.reason else ""
-    return [Violation("exposure", f.runtime, f"exposure <= {float(limit):.1f}", f"{s}{why}")]
-
-
-# family -> (evaluator, schema: "flag" | "str" | "float" | "list" | "ints" | {allowed keys})
-FAMILIES: dict[str, tuple[Evaluator, Any]] = {
-    "root_unprivileged": (_flag(checks.root_unprivileged), "flag"),
-    "read_only_rootfs": (_flag(checks.read_only_rootfs), "flag"),
-    "not_privileged": (_flag(checks.not_privileged), "flag"),
-    "no_sensitive_mounts": (_flag(checks.no_sensitive_mounts), "flag"),
-    "no_mismatches": (_flag(checks.no_mismatches), "flag"),
-    "no_new_privs": (lambda f, v: checks.no_new_privs(f, bool(v)), "bool"),
-    "seccomp": (lambda f, v: checks.seccomp(f, v), "str"),
-    "operation_denied": (lambda f, v: checks.operation_denied(f, v), "str"),
-    "masked": (lambda f, v: checks.masked(f, v), "str"),
-    "readonly_path": (lambda f, v: checks.readonly_path(f, v), "str"),
-    "max_exposure": (_exposure, "float"),
-    "uid_map": (lambda f, v: checks.uid_map(f, [tuple(e) for e in v]), "list"),
-    "user": (lambda f, v: checks.user(f, v.get("uid"), v.get("gid")), {"uid", "gid"}),
-    "capabilities": (
-        lambda f, v: checks.capabilities(
-            f,
-            v.get("effective"),
-            v.get("at_most"),
-            v.get("absent"),
-            v.get("bounding"),
-            v.get("ambient"),
-        ),
-        {"effective", "at_most", "absent", "bounding", "ambient"},
-    ),
-    "operation_allowed": (lambda f, v: checks.operation_allowed(f, v), "str"),
-    "groups": (lambda f, v: checks.groups(f, v), "ints"),
-    "namespaces_host": (lambda f, v: checks.namespaces_host(f, v), "names"),
-    "no_setuid_binaries": (
-        lambda f, v: checks.no_setuid_binaries(f, v.get("allow", [])),
-        {"allow"},
-    ),
-    "no_file_capabilities": (
-        lambda f, v: checks.no_file_capabilities(f, v.get("allow", [])),
-        {"allow"},
-    ),
-    "cgroup": (
-        lambda f, v: checks.cgroup(f, v.get("memory"), v.get("pids"), v.get("cpus")),
-        {"memory", "pids", "cpus"},
-    ),
-    "denied": (
-        lambda f, v: checks.denied(f, v["path"], v.get("mode", "r"), v.get("errno")),
-        {"path", "mode", "errno"},
-    ),
-    "allowed": (lambda f, v: checks.allowed(f, v["path"], v.get("mode", "r")), {"path", "mode"}),
-    "lsm": (
-        lambda f, v: checks.lsm(f, v.get("label"), v.get("confined", True)),
-        {"label", "confined"},
-    ),
-    "lsm_not_unconfined": (_flag(checks.lsm_not_unconfined), "flag"),
-    "non_root": (_flag(checks.non_root), "flag"),
-    "namespaces_private": (lambda f, v: checks.namespaces_private(f, v), "names"),
-    "limits_set": (
-        lambda f, v: checks.limits_set(
-            f, bool(v.get("memory")), bool(v.get("pids")), bool(v.get("cpus"))
-        ),
-        {"memory", "pids", "cpus"},
-    ),
-}
+# Every check a policy file may name (the check registry: checks, surface,
+# workload_checks, score); FAMILIES is its name from before the registry.
+CHECKS: Mapping[str, CheckDef] = all_checks()
+FAMILIES = CHECKS
 
 
 @dataclass(frozen=True)
 class Expectation:
-    family: str
+    """One entry of a policy's ``expect`` list (or a profile control): a check and its value."""
+
+    family: str  # the check's registered name
     value: Any
     line: int
     source: str = ""  # "" for the file's own expectations, else "profile NAME: CONTROL"
 
     @property
+    def check(self) -> CheckDef:
+        """The registered check."""
+        return CHECKS[self.family]
+
+    @property
     def name(self) -> str:
-        arg = self.value if isinstance(self.value, str | int | float) else ""
-        base = f"{self.family}[{arg}]" if arg not in ("", True) else self.family
-        if self.family in ("denied", "allowed"):
-            base = f"{self.family}[{self.value['path']}:{self.value.get('mode', 'r')}]"
+        base = self.check.label(self.value)
         return f"{self.source}: {base}" if self.source else base
 
     def access_key(self) -> str | None:
-        if self.family in ("denied", "allowed"):
-            return f"{self.value['path']}:{self.value.get('mode', 'r')}"
-        return None
+        return self.check.access_key(self.check.bind(self.value))
 
     def evaluate(self, facts: Facts) -> list[Violation]:
-        return FAMILIES[self.family][0](facts, self.value)
+        return self.check.evaluate(facts, self.value)
 
 
 @dataclass(frozen=True)
@@ -161,82 +90,21 @@ def _expectation(path: str, node: yaml.Node) -> Expectation:
         raise PolicyError(path, _line(node), "expect", "each entry has exactly one check family")
     knode, vnode = items[0]
     family, line, value = knode.value, _line(knode), _value(vnode)
-    if family not in FAMILIES:
+    if family not in CHECKS:
         raise PolicyError(
-            path, line, family, f"unknown check family; known: {', '.join(sorted(FAMILIES))}"
+            path, line, family, f"unknown check family; known: {', '.join(sorted(CHECKS))}"
         )
-    schema = FAMILIES[family][1]
-    bad = None
-    if schema == "flag" and value is not True:
-        bad = "must be true (remove the entry to not check it)"
-    elif schema == "bool" and not isinstance(value, bool):
-        bad = "must be true or false"
-    elif schema == "str" and not isinstance(value, str):
-        bad = "must be a string"
-    elif schema == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        bad = "must be a number"
-    elif schema == "names" and not (
-        isinstance(value, list)
-        and value
-        and set(value) <= {"net", "pid", "ipc", "uts", "user", "mnt", "cgroup"}
-    ):
-        bad = "must be a list of namespace names (net, pid, ipc, uts, user, mnt, cgroup)"
-    elif schema == "list" and not (
-        isinstance(value, list)
-        and all(
-            isinstance(e, list) and len(e) == 3 and all(isinstance(x, int) for x in e)
-            for e in value
-        )
-    ):
-        bad = "must be a list of [inside, outside, count]"
-    elif schema == "ints" and not (
-        isinstance(value, list)
-        and all(isinstance(e, int) and not isinstance(e, bool) for e in value)
-    ):
-        bad = "must be a list of whole numbers"
-    elif isinstance(schema, set):
-        if not isinstance(value, dict) or not value:
-            bad = f"must be a mapping with keys from {sorted(schema)}"
-        else:
-            unknown = set(value) - schema
-            if unknown:
-                bad = f"unknown key(s) {sorted(unknown)}; allowed: {sorted(schema)}"
-            elif family in ("denied", "allowed") and "path" not in value:
-                bad = "needs a path"
-    if bad:
-        raise PolicyError(path, line, family, bad)
-    exp = Expectation(family, value, line)
-    try:  # run it once on nothing to surface bad values (unknown caps, modes, sizes) now
-        _dry_run(exp)
+    try:  # the schema the check's signature gives, then its values (caps, sizes, paths)
+        CHECKS[family].validate(value)
     except (ValueError, SpecError) as exc:
         raise PolicyError(path, line, family, str(exc)) from None
-    return exp
+    return Expectation(family, value, line)
 
 
-def _dry_run(exp: Expectation) -> None:
-    from . import caps, masking, probe
-    from .spec import parse_size
-
-    v = exp.value
-    if exp.family == "capabilities":
-        for names in v.values():
-            if not isinstance(names, list):
-                raise ValueError("capability sets are lists of names")
-            caps.normalize_set(names)
-    elif exp.family == "seccomp" and v not in checks.SECCOMP_MODES:
-        raise ValueError(f"must be one of {', '.join(checks.SECCOMP_MODES)}")
-    elif exp.family in ("operation_denied", "operation_allowed") and v not in probe.OPERATIONS:
-        raise ValueError(f"must be one of {', '.join(probe.OPERATIONS)}")
-    elif exp.family in ("masked", "readonly_path") and v not in masking.STANDARD_PATHS:
-        raise ValueError(f"must be one of {', '.join(masking.STANDARD_PATHS)}")
-    elif exp.family == "cgroup" and v.get("memory") is not None:
-        parse_size(v["memory"])
-    elif exp.family in ("denied", "allowed"):
-        probe.validate_access(f"{v['path']}:{v.get('mode', 'r')}")
-
-
-def load(path: str | Path) -> Policy:
-    """Parse and validate one policy file; errors name file, line and key."""
+def load(path: str | Path, known_runtimes: Collection[str] | None = None) -> Policy:
+    """Parse and validate one policy file; errors name file, line and key.
+    ``known_runtimes``: the names its ``runtimes:`` may use (default: the runtime
+    registry's; the plugin adds the hook's)."""
     p = str(path)
     try:
         text = Path(path).read_text()
@@ -298,10 +166,14 @@ def load(path: str | Path) -> Policy:
         value = _value(node)
         if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
             raise PolicyError(p, line, "runtimes", "must be a list of runtime names")
-        unknown = [r for r in value if r not in KNOWN_NAMES]
+        if known_runtimes is None:
+            from .runtimes import known_names
+
+            known_runtimes = known_names()
+        unknown = [r for r in value if r not in known_runtimes]
         if unknown:
             raise PolicyError(
-                p, line, "runtimes", f"unknown {unknown}; known: {', '.join(KNOWN_NAMES)}"
+                p, line, "runtimes", f"unknown {unknown}; known: {', '.join(known_runtimes)}"
             )
         runtimes = tuple(value)
     expectations: list[Expectation] = []

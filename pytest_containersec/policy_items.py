@@ -39,12 +39,13 @@ class PolicyFile(pytest.File):
         from .fixtures import state
         from .policy import load
 
-        try:
-            self.policy = load(self.path)
+        st = state(self.config)
+        try:  # runtimes: the registry's plus the hook's, as --containersec-runtime
+            self.policy = load(self.path, known_runtimes=st.known())
         except PolicyError as exc:
             raise self.CollectError(f"containersec policy error: {exc}") from None
         self._pools: dict[str, Pool] = {}
-        selected = state(self.config).selected()
+        selected = st.selected()
         origin = self.policy.spec.origin
         kube = origin is not None and origin.kind == "kube"
         from .runtimes import MANIFEST_RUNTIMES

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .errors import ContainerSecError, UnknownRuntime
+from .errors import ContainerSecError
 from .model import Facts
-from .runtimes import KNOWN_NAMES, MANIFEST_RUNTIMES, RUNTIME_NAMES, get_runtime
+from .runtimes import check_names, default_names, get_runtime
 from .spec import ContainerSpec
 
 
@@ -21,14 +21,10 @@ class Observation:
 
 
 def select(names: Sequence[str] | None, kube: bool = False) -> list[str]:
-    """Runtimes by name (when None: every spec runtime, plus podman-kube for a spec read
-    from a Kubernetes manifest); unknown names raise UnknownRuntime."""
-    chosen = (
-        list(names) if names else list(RUNTIME_NAMES + MANIFEST_RUNTIMES if kube else RUNTIME_NAMES)
-    )
-    unknown = [n for n in chosen if n not in KNOWN_NAMES]
-    if unknown:
-        raise UnknownRuntime(unknown, KNOWN_NAMES)
+    """Runtimes by name (when None: every engine runtime of the registry, plus podman-kube
+    for a spec read from a Kubernetes manifest); unknown names raise UnknownRuntime."""
+    chosen = list(names) if names else list(default_names(kube))
+    check_names(chosen)
     return chosen
 
 

@@ -1,4 +1,4 @@
-"""SARIF 2.1.0 output: one result per failed check, one rule per check family."""
+"""SARIF 2.1.0 output: one result per failed check, one rule per registered check."""
 
 from __future__ import annotations
 
@@ -11,50 +11,53 @@ from . import __version__
 from .results import CheckResult
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-RULES: dict[str, str] = {
-    "root_unprivileged": "Container root must not be host root",
-    "uid_map": "The user-namespace map must be as expected",
-    "user": "The process must run as the expected user",
-    "access": "File access must be denied or allowed as expected",
-    "operation": "Escape-surface operations must be denied",
-    "capabilities": "Capabilities must be limited as expected",
-    "seccomp": "A seccomp filter must be in effect",
-    "no_new_privs": "no_new_privs must be set",
-    "lsm": "An LSM label must confine the process",
-    "cgroup": "Resource limits must be in effect",
-    "read_only_rootfs": "The root file system must be read-only",
-    "not_privileged": "The container must not run in privileged mode",
-    "no_sensitive_mounts": "No host root, engine socket or sensitive folder may be mounted",
-    "mismatch": "What the engine declares must be what is in effect",
-    "namespaces": "Host namespaces must not be shared",
-    "non_root": "The process must not run as root",
-    "exposure": "The exposure score must stay under the limit",
-    "masked": "Kernel paths the engines mask must be masked (absent on the host: not judged)",
-    "readonly_path": "Kernel paths the engines make read-only must not be writable",
-    "setuid": "No setuid/setgid files beyond those allowed",
-    "file_capabilities": "No files with capabilities beyond those allowed",
-    "groups": "The supplementary groups must be as expected",
-    "test": "A containersec test failed",
-}
+TEST_RULE = "A containersec test failed"
+
+
+def rules() -> dict[str, str]:
+    """Rule per check of the registry (its ``rule`` line), plus ``test`` for a failed test
+    that raised no check failure."""
+    from .check_registry import all_checks
+
+    return {**{n: c.rule for n, c in all_checks().items()}, "test": TEST_RULE}
+
+
+RULES: dict[str, str] = rules()
 
 
 def rule_id(family: str) -> str:
     return f"containersec/{family}"
 
 
+def _rule(name: str) -> dict[str, Any]:
+    """One SARIF reportingDescriptor: the check's rule line, its docstring as help, and the
+    profile controls (PSS, CIS) it observes as tags."""
+    from .check_registry import get
+
+    rule: dict[str, Any] = {
+        "id": rule_id(name),
+        "name": name,
+        "shortDescription": {"text": RULES.get(name, f"containersec check {name}")},
+        "defaultConfiguration": {"level": "error"},
+    }
+    try:
+        spec = get(name)
+    except KeyError:
+        return rule
+    if spec.help:
+        rule["fullDescription"] = {"text": spec.help.split("\n\n")[0].replace("\n", " ")}
+        rule["help"] = {"text": spec.help}
+    controls = spec.controls()
+    if controls:
+        rule["properties"] = {"tags": controls}
+    return rule
+
+
 def build(results: Iterable[CheckResult], root: Path | None = None) -> dict[str, Any]:
     """The SARIF log (a dict ready for json.dump) for the failed results."""
     failed = [r for r in results if r.outcome in ("failed", "error")]
     families = sorted({r.family for r in failed} | set(RULES))
-    rules = [
-        {
-            "id": rule_id(f),
-            "name": f,
-            "shortDescription": {"text": RULES.get(f, f"containersec check {f}")},
-            "defaultConfiguration": {"level": "error"},
-        }
-        for f in families
-    ]
+    descriptors = [_rule(f) for f in families]
     index = {f: i for i, f in enumerate(families)}
     sarif_results = []
     for r in failed:
@@ -86,7 +89,7 @@ def build(results: Iterable[CheckResult], root: Path | None = None) -> dict[str,
                     "driver": {
                         "name": "pytest-containersec",
                         "version": __version__,
-                        "rules": rules,
+                        "rules": descriptors,
                     }
                 },
                 "results": sarif_results,

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .check_params import ExposureLimit
+from .check_registry import check
 from .checks import privileged_caps, sensitive_mounts
 from .model import Facts, map_id
+from .verdict import Violation
 
 # capability -> weight when effective (half when only in the bounding set: a setuid or
 # file-capability binary could still raise it, unless no_new_privs is set).
@@ -152,3 +155,14 @@ def weight_table_markdown() -> str:
     rows = ["| item | weight | exposure when |", "|---|---|---|"]
     rows += [f"| `{n}` | {w:g} | {d} |" for n, w, d in WEIGHTS]
     return "\n".join(rows)
+
+
+@check("The exposure score must stay under the limit", legacy=("exposure",))
+def max_exposure(f: Facts, limit: ExposureLimit) -> list[Violation]:
+    """The container's exposure score (0.0 fully confined .. 10.0 host-equivalent, from
+    observed Facts only) is at most ``limit``."""
+    s = score(f)
+    if s.value <= float(limit):
+        return []
+    why = f" ({s.reason})" if s.reason else ""
+    return [Violation("max_exposure", f.runtime, f"exposure <= {float(limit):.1f}", f"{s}{why}")]

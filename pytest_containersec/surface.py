@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
+from .check_params import KernelPath, Namespaces
+from .check_registry import check
 from .masking import READONLY_SUFFICES, STANDARD_PATHS, describe
 from .model import Facts, Mount, map_id
 from .verdict import ABSENT, Violation, caps_text
@@ -103,6 +103,7 @@ def privileged_signs(f: Facts) -> list[str]:
     return signs
 
 
+@check("The container must not run in privileged mode")
 def not_privileged(f: Facts) -> list[Violation]:
     """Fails on privileged mode's capabilities or writable kernel interfaces / host devices;
     a disabled seccomp filter alone is not privileged mode (check it with ``seccomp``)."""
@@ -149,7 +150,11 @@ def sensitive_mounts(f: Facts) -> list[str]:
     return found
 
 
+@check("No host root, engine socket or sensitive folder may be mounted")
 def no_sensitive_mounts(f: Facts) -> list[Violation]:
+    """No host root, engine API socket (docker.sock, podman.sock, ...) or sensitive host
+    folder (/etc, /root, /var/run, /var/lib/docker, ...) is mounted into the container;
+    engine-managed files and harmless device binds are not counted."""
     found = sensitive_mounts(f)
     if not found:
         return []
@@ -164,17 +169,19 @@ def no_sensitive_mounts(f: Facts) -> list[Violation]:
     ]
 
 
+@check("Host namespaces must not be shared", legacy=("namespaces",))
 def namespaces_private(
-    f: Facts, names: Iterable[str] = ("net", "pid", "ipc", "uts")
+    f: Facts, names: Namespaces = ("net", "pid", "ipc", "uts")
 ) -> list[Violation]:
     """These namespaces are the container's own, not the host's."""
+    names = tuple(names)
     shared = [n for n in names if f.namespaces.get(n) == "host"]
     unknown = [n for n in names if n not in f.namespaces]
     out = []
     if shared:
         out.append(
             Violation(
-                "namespaces",
+                "namespaces_private",
                 f.runtime,
                 f"private {', '.join(names)}",
                 f"shares the host's {', '.join(shared)}",
@@ -182,7 +189,9 @@ def namespaces_private(
         )
     if unknown:
         out.append(
-            Violation("namespaces", f.runtime, f"private {', '.join(unknown)}", "not observed")
+            Violation(
+                "namespaces_private", f.runtime, f"private {', '.join(unknown)}", "not observed"
+            )
         )
     return out
 
@@ -218,7 +227,8 @@ def _masked_path(f: Facts, path: str, family: str, accept: frozenset[str]) -> li
     return [Violation(family, f.runtime, f"{path} {want}", describe(m), _MASK_HINT)]
 
 
-def masked(f: Facts, path: str) -> list[Violation]:
+@check("Kernel paths the engines mask must be masked (absent on the host: not judged)")
+def masked(f: Facts, path: KernelPath) -> list[Violation]:
     """``path`` (one of the engines' masked or read-only paths) is masked: something is
     mounted over it (``/dev/null``, an empty tmpfs, an inaccessible node) or the workload
     cannot open it. For /proc/sys, /proc/sysrq-trigger, /proc/bus, /proc/fs, /proc/irq and
@@ -228,6 +238,7 @@ def masked(f: Facts, path: str) -> list[Violation]:
     return _masked_path(f, path, "masked", frozenset(accept))
 
 
-def readonly_path(f: Facts, path: str) -> list[Violation]:
+@check("Kernel paths the engines make read-only must not be writable")
+def readonly_path(f: Facts, path: KernelPath) -> list[Violation]:
     """``path`` cannot be written from inside: masked or read-only."""
     return _masked_path(f, path, "readonly_path", frozenset({"masked", "readonly"}))

@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .check_registry import CheckName
 from .model import MapEntry
 
 
 @dataclass(frozen=True)
 class Violation:
-    check: str  # family: "capabilities", "seccomp", "cgroup", "access", ...
+    """One finding of a check: runtime, expected, observed and a hint.
+
+    ``check`` is the registered check's name (``denied``, ``limits_set``, ...; ``test`` for
+    a plain failed test); it also equals the check's former spellings (``access``,
+    ``cgroup``, ...; see the changelog)."""
+
+    check: str
     runtime: str
     expected: str
     observed: str
@@ -18,6 +25,9 @@ class Violation:
     # True when the check could not be judged because the path is absent from this host's
     # kernel: not a failure of confinement, shown as such (a warning, a skip, a matrix note).
     absent: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "check", CheckName(self.check))
 
     def __str__(self) -> str:
         text = f"[{self.runtime}] {self.check}: expected {self.expected}, observed {self.observed}"

@@ -8,10 +8,10 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 
 from . import caps
+from .check_params import Allow, Gids, Namespaces, Operation, PathPatterns
+from .check_registry import check
 from .model import Facts
 from .verdict import Violation, caps_text
-
-Allow = Iterable[str] | Mapping[str, Iterable[str]]
 
 
 def _allowed(path: str, patterns: Iterable[str]) -> str | None:
@@ -35,11 +35,12 @@ def _scan_refused(f: Facts, check: str) -> list[Violation]:
     return []
 
 
-def no_setuid_binaries(f: Facts, allow: Iterable[str] = ()) -> list[Violation]:
+@check("No setuid/setgid files beyond those allowed", legacy=("setuid",), form="mapping")
+def no_setuid_binaries(f: Facts, allow: PathPatterns = ()) -> list[Violation]:
     """No setuid or setgid file the container could execute, except those allowed (paths
     or fnmatch patterns). Files on a nosuid mount do not count (the bits do nothing)."""
     patterns = tuple(allow)
-    refused = _scan_refused(f, "setuid")
+    refused = _scan_refused(f, "no_setuid_binaries")
     if refused:
         return refused
     assert f.setuid_files is not None
@@ -55,13 +56,19 @@ def no_setuid_binaries(f: Facts, allow: Iterable[str] = ()) -> list[Violation]:
     hint = "remove the bits (chmod u-s,g-s) or run with no_new_privileges"
     if f.no_new_privs:
         hint = "no_new_privs is set, so exec ignores the bits; remove them from the image too"
-    return [Violation("setuid", f.runtime, "no setuid/setgid files", shown + more, hint)]
+    return [
+        Violation("no_setuid_binaries", f.runtime, "no setuid/setgid files", shown + more, hint)
+    ]
 
 
+@check(
+    "No files with capabilities beyond those allowed", legacy=("file_capabilities",),
+    form="mapping",
+)  # fmt: skip
 def no_file_capabilities(f: Facts, allow: Allow = ()) -> list[Violation]:
     """No file with capabilities (security.capability), except those allowed: paths or
     fnmatch patterns, or a mapping of path -> the capabilities it may carry (at most)."""
-    refused = _scan_refused(f, "file_capabilities")
+    refused = _scan_refused(f, "no_file_capabilities")
     if refused:
         return refused
     assert f.file_capabilities is not None
@@ -87,28 +94,33 @@ def no_file_capabilities(f: Facts, allow: Allow = ()) -> list[Violation]:
         return []
     return [
         Violation(
-            "file_capabilities", f.runtime, "no files with capabilities", ", ".join(bad),
+            "no_file_capabilities", f.runtime, "no files with capabilities", ", ".join(bad),
             "remove them (setcap -r) or drop the capabilities from the bounding set",
         )
     ]  # fmt: skip
 
 
-def operation_allowed(f: Facts, name: str) -> list[Violation]:
+@check("Escape-surface operations the workload needs must succeed",
+       legacy=("operation", "access"))  # fmt: skip
+def operation_allowed(f: Facts, name: Operation) -> list[Violation]:
     """The escape-surface operation succeeds (the workload needs it, e.g. mount_tmpfs)."""
     from .checks import probe_differs
 
-    differs = probe_differs(f)
+    differs = probe_differs(f, "operation_allowed")
     if differs:
         return [differs]
     r = f.operations.get(name)
     if r is None:
-        return [Violation("operation", f.runtime, f"{name} allowed", "not probed")]
+        return [Violation("operation_allowed", f.runtime, f"{name} allowed", "not probed")]
     if not r.allowed:
-        return [Violation("operation", f.runtime, f"{name} allowed", f"denied with {r.errno}")]
+        return [
+            Violation("operation_allowed", f.runtime, f"{name} allowed", f"denied with {r.errno}")
+        ]
     return []
 
 
-def groups(f: Facts, expected: Iterable[int]) -> list[Violation]:
+@check("The supplementary groups must be as expected")
+def groups(f: Facts, expected: Gids) -> list[Violation]:
     """The supplementary groups are exactly these gids (as the container sees them)."""
     want = sorted({int(g) for g in expected})
     got = sorted(set(f.user.groups))
@@ -117,7 +129,8 @@ def groups(f: Facts, expected: Iterable[int]) -> list[Violation]:
     return [Violation("groups", f.runtime, f"groups {want}", f"groups {got}")]
 
 
-def namespaces_host(f: Facts, names: Iterable[str]) -> list[Violation]:
+@check("Namespaces must be the host's as asked", legacy=("namespaces",))
+def namespaces_host(f: Facts, names: Namespaces) -> list[Violation]:
     """These namespaces are the host's (``pid="host"``, ``network="host"``, ...)."""
     names = tuple(names)
     private = [n for n in names if f.namespaces.get(n) == "private"]
@@ -126,13 +139,15 @@ def namespaces_host(f: Facts, names: Iterable[str]) -> list[Violation]:
     if private:
         out.append(
             Violation(
-                "namespaces", f.runtime, f"the host's {', '.join(names)}",
+                "namespaces_host", f.runtime, f"the host's {', '.join(names)}",
                 f"private {', '.join(private)}",
             )
         )  # fmt: skip
     if unknown:
         out.append(
-            Violation("namespaces", f.runtime, f"the host's {', '.join(unknown)}", "not observed")
+            Violation(
+                "namespaces_host", f.runtime, f"the host's {', '.join(unknown)}", "not observed"
+            )
         )
     return out
 

@@ -80,7 +80,7 @@ def test_seccomp_and_no_new_privs() -> None:
     assert v.observed == "disabled"
     assert "unconfined" in v.hint
     with pytest.raises(ValueError):
-        checks.seccomp(facts(), "on")
+        checks.seccomp(facts(), "on")  # type: ignore[arg-type]
     assert checks.no_new_privs(facts(no_new_privs=True)) == []
     assert checks.no_new_privs(facts())[0].observed == "False"
 

@@ -372,7 +372,7 @@ def test_profiles_use_masked_for_kcore_and_readonly_for_sysrq() -> None:
     # A masked kcore that opens as /dev/null (access allowed) passes the profile control;
     # the old ``denied`` control failed it.
     f = masked_facts(access={"/proc/kcore:r": AccessResult(True)})
-    assert policy.FAMILIES["masked"][0](f, "/proc/kcore") == []
+    assert policy.CHECKS["masked"].evaluate(f, "/proc/kcore") == []
     assert checks.denied(f, "/proc/kcore", "r")
 
 
