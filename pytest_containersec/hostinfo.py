@@ -31,29 +31,6 @@ def cgroup_version() -> int:
     return 1
 
 
-MAJOR_LSMS = ("apparmor", "selinux", "smack", "tomoyo")
-
-
-def lsm(root: Path = Path("/")) -> str:
-    """The host's major (labelling) LSM: ``apparmor``, ``selinux``, ... or ``none``.
-
-    From securityfs's ``lsm`` list where it is mounted, else from the modules' own files
-    (``/sys/module/apparmor/parameters/enabled``, ``/sys/fs/selinux``)."""
-    listed = root / "sys/kernel/security/lsm"
-    try:
-        names = listed.read_text().strip().split(",")
-        return next((n for n in names if n in MAJOR_LSMS), "none")
-    except OSError:
-        pass
-    try:
-        enabled = (root / "sys/module/apparmor/parameters/enabled").read_text().strip()
-        if enabled.startswith("Y"):
-            return "apparmor"
-    except OSError:
-        pass
-    return "selinux" if (root / "sys/fs/selinux/enforce").exists() else "none"
-
-
 def systemd_is_pid1() -> bool:
     return Path("/run/systemd/system").is_dir()
 

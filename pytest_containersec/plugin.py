@@ -276,10 +276,10 @@ class ContainersecMatrixHooks:
         matrix = self.matrix
         if matrix is None:
             return
-        from . import hostinfo
+        from . import hostinfo, procfs
 
         matrix.host = {"kernel": hostinfo.kernel(), "cgroup": f"v{hostinfo.cgroup_version()}",
-                       "LSM": hostinfo.lsm()}  # fmt: skip
+                       "LSM": procfs.read_host_lsm() or "none"}  # fmt: skip
         settings = options.settings(self.config)
         skipped = matrix.skipped()
         if settings.strict and skipped:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from pytest_containersec import hostinfo
+from pytest_containersec import hostinfo, procfs
 from tests.plugin.helpers import FakeEnv
 
 MIXED = """
@@ -67,7 +67,7 @@ def test_terminal_matrix(fake: FakeEnv) -> None:
             "[[]4] podman-rootless: spec field 'userns' is not supported: the fake cannot express it",
             "runtimes: docker = Fake docker 1.0; podman = Fake podman 1.0; podman-rootless = "
             f"Fake podman-rootless 1.0; nspawn = unavailable (kernel {kernel}, cgroup v{cgroup}, "
-            f"LSM {hostinfo.lsm()})",
+            f"LSM {procfs.read_host_lsm() or 'none'})",
         ],
         consecutive=True,
     )
