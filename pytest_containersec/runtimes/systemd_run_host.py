@@ -113,6 +113,28 @@ class SystemdInstance:
         except subprocess.TimeoutExpired as exc:
             return subprocess.CompletedProcess(argv, 124, "", f"timed out after {exc.timeout}s")
 
+    def spawn(self, argv: list[str]) -> subprocess.Popen[str]:
+        """Start a systemd tool against this instance; :meth:`collect` reads its result."""
+        return subprocess.Popen(
+            self.command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **TOOL_ENV}, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    @staticmethod
+    def collect(
+        proc: subprocess.Popen[str], timeout: float = TOOL_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """The result of :meth:`spawn` (killed at ``timeout``, as :meth:`run` reports it)."""
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            return subprocess.CompletedProcess(
+                proc.args, 124, "", f"timed out after {exc.timeout}s"
+            )
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
     def host_pid(self, inner: int) -> int | None:
         """The host pid of ``inner``, a pid as this systemd sees it (NSpid of the leader)."""
         if self.kind == "host" or inner <= 0:
