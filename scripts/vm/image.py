@@ -275,6 +275,9 @@ def host_mirror() -> str:
     return mirror
 
 
+KEEP_OTHER_IMAGES = 1  # ~1.3 GB each
+
+
 def check_free_space(folder: Path, need: int = MIN_FREE_BYTES) -> None:
     st = os.statvfs(folder)
     free = st.f_bavail * st.f_frsize
@@ -575,6 +578,7 @@ def _ensure_image(
     out = image_dir(state, digest)
     if not force and (out / "disk.img").is_file() and (out / "recipe.json").is_file():
         print(f"vm build: image {digest} is up to date ({out})", flush=True)
+        os.utime(out)  # recently used: a build for another recipe keeps it
         return out
     if os.geteuid() != 0:
         raise BuildError("preflight", "run as root (debootstrap and chroot need it)", None)
@@ -596,9 +600,14 @@ def _ensure_image(
     t0 = time.monotonic()
     print(f"vm build: building image {digest} (log: {log})", flush=True)
     Builder(state, checkout, log, warmup).build(rec, digest, out)
-    for old in (state / "images").iterdir():  # keep only the current image
-        if old.name != digest and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
+    # Keep the new image and the most recently used other one (two checkouts on different
+    # recipes, e.g. branches, then do not rebuild each other's image on every run).
+    others = sorted(
+        (p for p in (state / "images").iterdir() if p.name != digest and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime, reverse=True,
+    )  # fmt: skip
+    for old in others[KEEP_OTHER_IMAGES:]:
+        shutil.rmtree(old, ignore_errors=True)
     print(f"vm build: image {digest} built in {time.monotonic() - t0:.0f} s ({out})", flush=True)
     return out
 
