@@ -42,6 +42,7 @@ from ..errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ..spec import ContainerSpec
 from . import nspawn_image as images
 from . import portable_spec as pspec
+from . import systemd_run_declared as decl
 from . import systemd_run_host as sdhost
 from .base import PROBE_BUSYBOX, Availability, Container
 from .nspawn import reap_state_dirs, state_root
@@ -210,6 +211,15 @@ class PortableContainer(SystemdRunContainer):
         if r.returncode != 0:
             self._failed(r.returncode, r.stderr)
         self._watch_main()
+
+    def _failed(self, status: int | None, why: str) -> None:
+        """ContainerStartError, with the main process's exit status when it exited."""
+        if status is None:
+            argv = ["systemctl", "show", self.unit, "-p", "ExecMainCode,ExecMainStatus"]
+            shown = decl.parse_show(self.inst.run(argv).stdout)
+            if shown.get("ExecMainCode") == "1" and shown.get("ExecMainStatus", "").isdigit():
+                status = int(shown["ExecMainStatus"])  # CLD_EXITED
+        super()._failed(status, why)
 
     def _probe_path(self) -> Path:
         assert self.probe_copy is not None
