@@ -189,12 +189,7 @@ class PortableContainer(SystemdRunContainer):
                      f"--profile={self.profile}", self.paths.image_inside]  # fmt: skip
         r = inst.run(self.argv, timeout=START_TIMEOUT)
         if r.returncode != 0:
-            journal = inst.run(["journalctl", "--no-pager", "-o", "cat", "-n", "20",
-                                "-u", "systemd-portabled.service"])  # fmt: skip
-            raise ContainerStartError(
-                NAME, self.argv, r.returncode,
-                f"{r.stderr.strip()}\nsystemd-portabled's journal:\n{journal.stdout.strip()}",
-            )  # fmt: skip
+            raise ContainerStartError(NAME, self.argv, r.returncode, self._attach_failure(r))
         profile_caps = frozenset[str]()
         if self.spec.cap_add or self.spec.cap_drop:
             conf = inst.run(["cat", f"/run/systemd/system.attached/{self.unit}.d/10-profile.conf"])
@@ -220,6 +215,15 @@ class PortableContainer(SystemdRunContainer):
             if shown.get("ExecMainCode") == "1" and shown.get("ExecMainStatus", "").isdigit():
                 status = int(shown["ExecMainStatus"])  # CLD_EXITED
         super()._failed(status, why)
+
+    def _attach_failure(self, r: subprocess.CompletedProcess[str]) -> str:
+        """systemd-portabled's journal lines about this image (else its last 5; the
+        portabled of a systemd host serves every session), then portablectl's own."""
+        log = self.inst.run(["journalctl", "--no-pager", "-o", "cat", "-n", "200",
+                             "-u", "systemd-portabled.service"]).stdout.splitlines()  # fmt: skip
+        mine = [x for x in log if self.name in x] or log[-5:]
+        journal = "\n".join(mine[-20:])
+        return f"systemd-portabled's journal:\n{journal}\nportablectl: {r.stderr.strip()}"
 
     def _probe_path(self) -> Path:
         assert self.probe_copy is not None
