@@ -103,6 +103,51 @@ def cli_containerd() -> Callable[[], None]:
     return once
 
 
+def cli_portable() -> Callable[[], None]:
+    """The same portable service by hand, in the adapter's manager (the host's systemd or
+    the one booted in nspawn): an image copy with a unit, ``portablectl attach --now``, an
+    ``nsenter`` into the unit as the exec, ``portablectl detach --now``."""
+    from pytest_containersec.runtimes import portable
+
+    rt = get_runtime("portable")
+    assert isinstance(rt, portable.PortableRuntime)
+    inst = rt.instance()
+    p = portable.Paths(inst, "benchportable")
+
+    def once() -> None:
+        p.image.parent.mkdir(parents=True, exist_ok=True)
+        run(["cp", "-a", "--reflink=auto", CACHE, str(p.image)])
+        units = p.image / "usr/lib/systemd/system"
+        units.mkdir(parents=True, exist_ok=True)
+        (units / "benchportable.service").write_text("[Service]\nExecStart=/bin/sleep 3600\n")
+        (p.image / "etc/machine-id").touch()
+        try:
+            r = inst.run(["portablectl", "attach", "--now", "--runtime", "--profile=default",
+                          p.image_inside])  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            main = inst.run(["systemctl", "show", "-p", "MainPID", "--value",
+                             "benchportable.service"]).stdout.strip()  # fmt: skip
+            pid = inst.host_pid(int(main))
+            run(["nsenter", "-t", str(pid), "-a", "/bin/true"])
+            r = inst.run(["portablectl", "detach", "--now", "--runtime", p.image_inside])
+            assert r.returncode == 0, r.stderr
+        finally:
+            shutil.rmtree(p.image, ignore_errors=True)
+
+    return once
+
+
+def lazy(make: Callable[[], Callable[[], None]]) -> Callable[[], None]:
+    made: list[Callable[[], None]] = []
+
+    def once() -> None:
+        if not made:
+            made.append(make())
+        made[0]()
+
+    return once
+
+
 def adapter(name: str) -> Callable[[], None]:
     rt = get_runtime(name)
 
@@ -132,6 +177,7 @@ def main() -> None:
         "nspawn": cli_nspawn,
         "lxc": cli_lxc,
         "containerd": cli_containerd(),
+        "portable": lazy(cli_portable),  # boots a systemd: only when measured
         "podman:runc": cli_engine(["podman", "--runtime", "runc"]),
         "docker:runc": cli_engine(["docker", "-H", "unix:///var/run/docker.sock"]),
         "docker:runsc": cli_engine(

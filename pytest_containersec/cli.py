@@ -16,7 +16,7 @@ from .errors import (
     UnknownRuntime,
     UnsupportedSpec,
 )
-from .spec import DEFAULT_IMAGE, ContainerSpec
+from .spec import DEFAULT_IMAGE, PORTABLE_PROFILES, ContainerSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -47,6 +47,10 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]")
     p.add_argument("--gidmap", metavar="INSIDE:OUTSIDE:COUNT", help="gid maps apart from --userns")
+    p.add_argument(
+        "--portable-profile", choices=list(PORTABLE_PROFILES), default="default",
+        help="the portable runtime's portablectl attach --profile",
+    )  # fmt: skip
     p.add_argument(
         "--security-opt",
         action="append",
@@ -150,6 +154,7 @@ def _flags_spec(a: argparse.Namespace) -> ContainerSpec:
         sysctls=tuple(a.sysctl),
         tmpfs=tuple(a.tmpfs),
         gidmap=a.gidmap,
+        portable_profile=a.portable_profile,
     )
     fields.update(_security_opts(a.security_opt))
     return ContainerSpec(**fields)

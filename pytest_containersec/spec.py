@@ -23,6 +23,8 @@ USERNS_KEYWORDS = ("host", "auto", "keep-id")
 SECCOMP_KEYWORDS = ("default", "unconfined")
 _PROPERTY = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 NETWORKS = ("none", "host")
+# systemd's portable service profiles (portablectl attach --profile=); the portable runtime only
+PORTABLE_PROFILES = ("default", "strict", "nonetwork", "trusted")
 
 
 def parse_size(value: str | int, field_name: str = "memory") -> int:
@@ -163,6 +165,7 @@ class ContainerSpec:
     gidmap: str | None = None  # gid maps INSIDE:OUTSIDE:COUNT[,...] apart from userns's
     apparmor: str | None = None  # unconfined or a profile name; None: the engine's default
     label: Sequence[str] = ()  # SELinux: disable, user:U, role:R, type:T, level:L
+    portable_profile: str = "default"  # portable runtime: default, strict, nonetwork, trusted
     origin: Origin | None = None  # the deployment file (metadata; see Origin)
 
     def __post_init__(self) -> None:
@@ -246,6 +249,9 @@ class ContainerSpec:
             s(self, "gidmap", ",".join(":".join(map(str, m)) for m in maps))
         s(self, "apparmor", st.apparmor(self.apparmor))
         s(self, "label", st.label(self.label))
+        if self.portable_profile not in PORTABLE_PROFILES:
+            expected = ", ".join(PORTABLE_PROFILES)
+            raise SpecError("portable_profile", self.portable_profile, f"expected {expected}")
         if self.origin is not None and not isinstance(self.origin, Origin):
             raise SpecError("origin", self.origin, "set by the deployment-file readers")
 
@@ -341,6 +347,16 @@ def refuse_unmapped(spec: ContainerSpec, runtime: str, mapped: Iterable[str]) ->
     for name in spec.non_default_fields():
         if name not in handled:
             raise UnsupportedSpec(name, runtime, f"the {runtime} adapter does not map {name}")
+
+
+def refuse_portable_profile(spec: ContainerSpec, runtime: str) -> None:
+    """UnsupportedSpec on every runtime but ``portable`` for a profile other than default."""
+    from .errors import UnsupportedSpec
+
+    if spec.portable_profile != "default":
+        raise UnsupportedSpec(
+            "portable_profile", runtime, "a systemd portable service profile: use portable"
+        )
 
 
 SPEC_FIELDS: tuple[str, ...] = tuple(

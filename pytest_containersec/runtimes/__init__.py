@@ -35,6 +35,7 @@ RUNTIME_NAMES: tuple[str, ...] = (
     "systemd-run",
     "lxc",
     "containerd",
+    "portable",
 )
 # Runtimes that run a deployment file themselves, not any ContainerSpec: selected only
 # for specs read from such a file (other specs: UnsupportedSpec).
@@ -111,6 +112,11 @@ def _create(name: str) -> Runtime:
 
         containerd: Runtime = ContainerdRuntime()
         return containerd
+    if name == "portable":
+        from .portable import PortableRuntime
+
+        portable: Runtime = PortableRuntime()
+        return portable
     if name == "podman-kube":
         from .podman_kube import PodmanKubeRuntime
 

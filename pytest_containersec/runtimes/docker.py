@@ -24,7 +24,7 @@ from ..errors import (
     RuntimeUnavailable,
     UnsupportedSpec,
 )
-from ..spec import ContainerSpec
+from ..spec import ContainerSpec, refuse_portable_profile
 from . import oci, oci_fields, procs
 from . import podman_service as svc
 from .base import (
@@ -62,6 +62,7 @@ def host_config(
         check_network(runtime, oci_runtime, spec.network)
     if spec.properties:
         raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
+    refuse_portable_profile(spec, runtime)
     entrypoint, command = oci.entrypoint_and_command(spec)
     if entrypoint is not None:
         kw["entrypoint"] = entrypoint

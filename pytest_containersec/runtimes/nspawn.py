@@ -67,8 +67,11 @@ def reap_state_dirs(base: Path, finish: Callable[[Path], None]) -> int:
             owner = (d / "owner").read_text().strip()
         except OSError:
             owner = ""
-            if time.time() - d.stat().st_mtime < 60:
-                continue  # being created right now
+            try:
+                if time.time() - d.stat().st_mtime < 60:
+                    continue  # being created right now
+            except FileNotFoundError:
+                continue  # another session's reaper removed it meanwhile
         if owner and session.owner_alive(owner):
             continue
         with contextlib.suppress(OSError, ValueError):

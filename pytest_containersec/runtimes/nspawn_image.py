@@ -264,3 +264,21 @@ def prepare_copy(cache: Path, dest: Path) -> None:
                 os.close(fd)
     for d in MOUNT_POINTS:  # nspawn mounts API filesystems there (needed under --read-only)
         ensure_path(dest, d, is_dir=True)
+
+
+def write_new(root: Path, rel: str, data: bytes, mode: int = 0o644) -> bool:
+    """Create ``root/rel`` (and its folders) with ``data``; False when a folder on the way
+    is a symlink or the file already exists (nothing is written through the image's links)."""
+    *dirs, name = rel.strip("/").split("/")
+    fd = _open_dir(root, dirs, create=True)
+    if fd is None:
+        return False
+    try:
+        f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    with os.fdopen(f, "wb") as fh:
+        fh.write(data)
+    return True

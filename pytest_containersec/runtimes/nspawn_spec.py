@@ -43,7 +43,7 @@ from typing import Any
 
 from .. import caps
 from ..errors import UnsupportedSpec
-from ..spec import ContainerSpec, Volume, parse_size
+from ..spec import ContainerSpec, Volume, parse_size, refuse_portable_profile
 from . import nspawn_agent as agent
 from . import nspawn_cgroup as cg
 from .base import PROBE_BUSYBOX, PROBE_DIR
@@ -79,6 +79,7 @@ def spec_args(spec: ContainerSpec, systemd: bool) -> tuple[list[str], dict[str, 
     args: list[str] = []
     if spec.properties:
         raise UnsupportedSpec("properties", NAME, "systemd unit properties: use systemd-run")
+    refuse_portable_profile(spec, NAME)
     env: dict[str, str] = {}
     keep = capability_set(spec)
     if spec.user is not None:  # the payload's user switch needs them; it drops them after

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnsupportedSpec
-from ..spec import ContainerSpec, Volume
+from ..spec import ContainerSpec, Volume, refuse_portable_profile
 from ..spec_types import ulimits
 from . import oci, oci_fields
 from .base import PROBE_DIR
@@ -96,6 +96,7 @@ def create_kwargs(
     entrypoint, command = oci.entrypoint_and_command(spec)
     if spec.properties:
         raise UnsupportedSpec("properties", runtime, "systemd unit properties: use systemd-run")
+    refuse_portable_profile(spec, runtime)
     if entrypoint is not None:
         kw["entrypoint"] = entrypoint
     kw["command"] = command

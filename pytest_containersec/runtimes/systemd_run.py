@@ -249,6 +249,11 @@ class SystemdRunContainer(Container):
         r = self.inst.run(self.argv, timeout=START_TIMEOUT)
         if r.returncode != 0:
             self._failed(r.returncode, r.stderr)
+        self._watch_main()
+
+    def _watch_main(self) -> None:
+        """Once the unit runs: its main process on the host, the agent's folder handed to
+        the unit's user, the agent ready and the main command exec'd (``host_pid``)."""
         inner = int(self.show().get("MainPID") or 0)
         pid = self.inst.host_pid(inner)
         if pid is None:
@@ -286,7 +291,9 @@ class SystemdRunContainer(Container):
         return pid
 
     def _failed(self, status: int | None, why: str) -> None:
-        raise ContainerStartError(NAME, self.argv, status, f"{why.strip()}\n{self.logs()[-2000:]}")
+        raise ContainerStartError(
+            self.runtime, self.argv, status, f"{why.strip()}\n{self.logs()[-2000:]}"
+        )
 
     def stop(self) -> None:
         if self._stopped:

@@ -20,7 +20,7 @@ from typing import Any
 from .. import caps
 from ..errors import UnsupportedSpec
 from ..model import Facts, Mismatch
-from ..spec import DEFAULT_IMAGE, ContainerSpec, Volume
+from ..spec import DEFAULT_IMAGE, ContainerSpec, Volume, refuse_portable_profile
 from .base import PROBE_DIR
 from .oci_fields import tmpfs_flags
 
@@ -64,6 +64,7 @@ def unit_properties(spec: ContainerSpec, host_systemd: bool) -> list[tuple[str, 
         raise UnsupportedSpec(
             "image", NAME, "units run on the systemd instance's own root file system"
         )
+    refuse_portable_profile(spec, NAME)
     props: list[tuple[str, str]] = [("Type", "exec")]
     root = spec.user is None or spec.user.split(":")[0] in ("0", "root")
     if spec.user is not None:

@@ -2,7 +2,7 @@
 
 On a host where systemd is PID 1 the units are the host's (commands run directly). Elsewhere
 (CI, this VM) a Debian rootfs with systemd, built once by ``scripts/setup``
-(``$STATE/images/systemd-bookworm/rootfs``), is copied and booted once per session, lazily
+(``$STATE/images/systemd-bookworm-container/rootfs``), is copied and booted once per session, lazily
 on the first start, with ``systemd-nspawn -b --private-users=pick
 --private-users-ownership=map``; every command then runs as ``nsenter -t LEADER -a CMD``.
 The booted instance, like an nspawn container, lives in a cgroup made by hand (its
@@ -36,7 +36,7 @@ from .nspawn import reap_state_dirs, state_root
 from .probe_copy import ProbeCopy
 
 NAME = "systemd-run"
-ROOTFS_KEY = "systemd-bookworm"
+ROOTFS_KEY = "systemd-bookworm-container"  # the folder changes with what the rootfs must hold
 BOOT_TIMEOUT = 60.0
 TOOL_TIMEOUT = 30.0
 RUN_INSIDE = f"{PROBE_DIR}/run"
@@ -76,8 +76,9 @@ def nspawn_argv(name: str, rootfs: Path, probe_dir: str, run: Path) -> list[str]
 class SystemdInstance:
     """One systemd manager the runtime talks to (``kind``: ``"host"`` or ``"booted"``)."""
 
-    def __init__(self, kind: str, state: Path) -> None:
+    def __init__(self, kind: str, state: Path, runtime: str = NAME) -> None:
         self.kind = kind
+        self.runtime = runtime  # whose errors name it (systemd-run, portable)
         self.state = state
         self.run_host = state / "run"
         # Where units find their agent folders: bound at /.containersec/run either way
@@ -217,7 +218,7 @@ class SystemdInstance:
             self._fail(f"not booted after {BOOT_TIMEOUT:g}s: {what}")
 
     def _fail(self, reason: str) -> None:
-        raise ContainerStartError(NAME, self.argv, None, f"{reason}\n{self.log_tail()}")
+        raise ContainerStartError(self.runtime, self.argv, None, f"{reason}\n{self.log_tail()}")
 
     # -- cleanup ----------------------------------------------------------------------
 
@@ -270,18 +271,19 @@ def availability_reason() -> tuple[str, str] | None:
     return None
 
 
-def start_instance() -> SystemdInstance:
-    """The host's systemd, or a freshly booted one owned by this session."""
+def start_instance(base: Path | None = None, runtime: str = NAME) -> SystemdInstance:
+    """The host's systemd, or a freshly booted one owned by this session; its state folder
+    under ``base`` (default :func:`base_dir`: the reaper of ``base`` owns it)."""
     reason = availability_reason()
     if reason is not None:
-        raise RuntimeUnavailable(NAME, *reason)
+        raise RuntimeUnavailable(runtime, *reason)
     sess = session.current()
     name = sess.next_name("systemd")[:64]
-    state = base_dir() / name
+    state = (base or base_dir()) / name
     state.mkdir(parents=True, mode=0o700)
     (state / "owner").write_text(sess.owner)
     kind = "host" if hostinfo.systemd_is_pid1() else "booted"
-    inst = SystemdInstance(kind, state)
+    inst = SystemdInstance(kind, state, runtime)
     inst.run_host.mkdir(mode=0o711)
     if kind == "booted":
         try:
@@ -289,7 +291,7 @@ def start_instance() -> SystemdInstance:
         except BaseException as exc:
             inst.close()
             if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(NAME, inst.argv, None, str(exc)) from None
+                raise ContainerStartError(runtime, inst.argv, None, str(exc)) from None
             raise
     return inst
 

@@ -1,16 +1,20 @@
 # shellcheck shell=bash
-# The systemd-run runtime on hosts without systemd as PID 1: a Debian rootfs with systemd
-# that the runtime boots once per session in systemd-nspawn. Built once with debootstrap
-# (~35 s, ~240 MB) into $state/images/systemd-bookworm/rootfs; the stamp says which recipe
+# The systemd-run and portable runtimes on hosts without systemd as PID 1: a Debian rootfs
+# with systemd (and systemd-container: portablectl, systemd-portabled) that the runtimes
+# boot once per session in systemd-nspawn. Built once with debootstrap
+# (~60 s, ~110 MB) into $state/images/systemd-bookworm-container/rootfs (a new folder, not the
+# systemd-bookworm one of the recipe without systemd-container, which checkouts still on it
+# would otherwise rebuild back); the stamp says which recipe
 # built it. Sourced by scripts/setup (say/did/die and $state come from there).
 
-sd_dir=$state/images/systemd-bookworm
+sd_dir=$state/images/systemd-bookworm-container
 sd_suite=${CONTAINERSEC_SYSTEMD_SUITE:-bookworm}
-sd_stamp="$sd_suite-minbase-systemd-dbus-v5"
+sd_stamp="$sd_suite-minbase-systemd-dbus-container-v6"
 
 if [ -d /run/systemd/system ]; then
   say "systemd-run: systemd is PID 1 here, no booted rootfs needed"
-elif [ "$(cat "$sd_dir/stamp" 2>/dev/null)" = "$sd_stamp" ] && [ -x "$sd_dir/rootfs/lib/systemd/systemd" ]; then
+elif [ "$(cat "$sd_dir/stamp" 2>/dev/null)" = "$sd_stamp" ] && [ -x "$sd_dir/rootfs/lib/systemd/systemd" ] \
+     && { [ -x "$sd_dir/rootfs/usr/bin/portablectl" ] || [ -x "$sd_dir/rootfs/bin/portablectl" ]; }; then
   say "systemd-run: rootfs $sd_dir/rootfs is up to date ($sd_stamp)"
 else
   if ! command -v debootstrap >/dev/null 2>&1; then
@@ -31,7 +35,7 @@ else
   mkdir -p "$sd_dir"
   sd_tmp=$(mktemp -d "$sd_dir/.rootfs.XXXXXX")
   say "systemd-run: debootstrap $sd_suite from $sd_mirror (about 35 s; log: $state/debootstrap.log)"
-  if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus \
+  if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,systemd-container \
          "$sd_suite" "$sd_tmp" "$sd_mirror" >"$state/debootstrap.log" 2>&1; then
     rm -rf "$sd_tmp"; tail -20 "$state/debootstrap.log"; die "debootstrap failed"
   fi

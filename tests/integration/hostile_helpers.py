@@ -57,7 +57,7 @@ def docker_urls() -> dict[str, str]:
 
 
 # runtimes whose rootfs cache is exported from Docker's store (nspawn_image)
-EXPORTS_FROM_DOCKER = ("nspawn", "lxc", "containerd")
+EXPORTS_FROM_DOCKER = ("nspawn", "lxc", "containerd", "portable")
 
 
 class NameSet:
@@ -113,6 +113,7 @@ def host_leftovers(names: NameSet) -> list[str]:
     """State dirs, cgroups, nspawn's /run files and processes named after ``names``."""
     found: list[str] = []
     dirs = [state_root() / "nspawn", state_root() / "systemd-run", NSPAWN_RUN / "propagate"]
+    dirs.append(state_root() / "portable")  # its booted systems, images and records
     dirs.append(copies_root())  # each container's probe folder
     dirs += [ctrl / PARENT for ctrl in CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
     dirs.append(state_root() / "lxc")  # lxc: its lxcpath, and lxc.payload/monitor.NAME cgroups

@@ -133,7 +133,7 @@ def test_case(
     c, error = started
     name = runtime.name
     rootless = name in ("podman-rootless", "docker-rootless")
-    if case == "userns_map" and (name.startswith("docker") or name == "systemd-run"):
+    if case == "userns_map" and (name.startswith("docker") or name in ("systemd-run", "portable")):
         # Docker maps users per daemon (--userns-remap), never per container; systemd has
         # PrivateUsers= only
         assert isinstance(error, UnsupportedSpec)
@@ -143,6 +143,11 @@ def test_case(
         # LXC writes maps with newuidmap, which needs the range in root's /etc/subuid
         assert isinstance(error, UnsupportedSpec)
         assert "/etc/subuid" in str(error)
+        return
+    if case in ("privileged", "seccomp_unconfined") and name == "portable":
+        # the default profile's DynamicUser=, PrivateUsers= and filters cannot be undone
+        assert isinstance(error, UnsupportedSpec)
+        assert "portable_profile='trusted'" in str(error)
         return
     if case == "privileged" and name == "docker-userns":
         assert isinstance(error, ContainerStartError)
@@ -165,7 +170,19 @@ def test_case(
     # namespace, and nspawn's own seccomp filter over every unit)
     host_units = name == "systemd-run" and hostinfo.systemd_is_pid1()
 
-    if case == "default":
+    if case == "default" and name == "portable":  # the default profile: a dynamic user
+        assert f.seccomp == "filter"
+        assert f.no_new_privs  # systemd sets it for a non-root unit with a filter
+        assert 0 < f.user.uid < 65534
+        assert f.capabilities.effective == ()
+        assert "CAP_SYS_ADMIN" in f.capabilities.bounding  # the profile keeps it
+        assert "CAP_NET_RAW" not in f.capabilities.bounding
+        assert f.rootfs_read_only  # ProtectSystem=strict
+        expect.read_only_rootfs(c)
+        expect.not_privileged(c)
+        expect.denied(c, "/etc/shadow", "r", errno="EACCES")
+        assert "unlimited" in fails(expect.cgroup, c, memory="64m")
+    elif case == "default":
         assert f.seccomp == "filter"
         assert f.no_new_privs == (name == "containerd")  # containerd's default: on
         assert f.user.uid == 0
@@ -235,11 +252,12 @@ def test_case(
     elif case == "read_only":
         assert f.rootfs_read_only
         expect.read_only_rootfs(c)
-        expect.denied(c, "/etc/passwd", "w", errno="EROFS")
+        # a dynamic user (portable's default profile) fails the permission check first
+        expect.denied(c, "/etc/passwd", "w", errno="EACCES" if name == "portable" else "EROFS")
     elif case == "memory_64m":
         raw = host_cgroup_file(c.host_pid, "memory", "memory.limit_in_bytes")
         if f.cgroup.memory_max is None:  # not enforced: the gap must be reported
-            assert v1_rootless or name == "systemd-run"
+            assert v1_rootless or name in ("systemd-run", "portable")
             why = fails(expect.cgroup, c, memory="64m")
             assert "ignores resource limits" in why or not v1_rootless
             assert any(m.field == "cgroup.memory_max" for m in f.mismatches)
@@ -251,7 +269,7 @@ def test_case(
             assert "memory limit 64 MiB" in fails(expect.cgroup, c, memory="32m")
     elif case == "pids_50":
         if f.cgroup.pids_max is None:
-            assert v1_rootless or name == "systemd-run"
+            assert v1_rootless or name in ("systemd-run", "portable")
             assert "unlimited" in fails(expect.cgroup, c, pids=50)
             assert any(m.field == "cgroup.pids_max" for m in f.mismatches)
         else:
@@ -261,7 +279,7 @@ def test_case(
             expect.cgroup(c, pids=50)
     elif case == "cpus_half":
         if f.cgroup.cpu_max is None:
-            assert v1_rootless or name == "systemd-run"
+            assert v1_rootless or name in ("systemd-run", "portable")
             assert any(m.field == "cgroup.cpu_max" for m in f.mismatches)
         else:
             assert f.cgroup.cpu_max == 0.5
@@ -296,9 +314,12 @@ def test_userns_root_cannot_read_a_root_only_host_file(name: str, secret_file: P
     rt = runtime_or_skip(name)
     userns = {"podman": "0:100000:5000", "nspawn": "0:100000:65536",
               "containerd": "0:100000:65536"}.get(name)  # fmt: skip
-    spec = ContainerSpec(volumes=[f"{secret_file}:/secret:ro"], userns=userns)
-    host_units = name == "systemd-run" and hostinfo.systemd_is_pid1()
-    if name == "systemd-run" and not host_units:  # units see the booted tree, not the host's
+    # portable: the trusted profile's root (the others run a dynamic user)
+    profile = "trusted" if name == "portable" else "default"
+    spec = ContainerSpec(volumes=[f"{secret_file}:/secret:ro"], userns=userns,
+                         portable_profile=profile)  # fmt: skip
+    host_units = name in ("systemd-run", "portable") and hostinfo.systemd_is_pid1()
+    if name in ("systemd-run", "portable") and not host_units:  # units see the booted tree
         with pytest.raises(UnsupportedSpec, match="volumes"):
             rt.start(spec)
         return

@@ -79,8 +79,9 @@ def wait_for_attacks(c: Container, timeout: float = 30.0) -> dict[str, bool]:
 
 def essentials(f: Facts) -> dict[str, Any]:
     """What a neighbour must report exactly as a container with no hostile neighbour."""
+    dynamic = f.runtime == "portable" and f.declared.get("dynamic_user")  # a new uid each unit
     return {
-        "uid": (f.user.uid, f.user.gid),
+        "uid": "dynamic" if dynamic else (f.user.uid, f.user.gid),
         "caps": f.capabilities,
         "seccomp": f.seccomp,
         "no_new_privs": f.no_new_privs,

@@ -40,8 +40,8 @@ def test_strict_markers_accept_it(fake: FakeEnv) -> None:
          "unknown field 'capdrop' (known: image, command, user, cap_add, cap_drop, privileged, "
          "seccomp, no_new_privileges, read_only, memory, cpus, pids_limit, userns, volumes, "
          "network, env, properties, entrypoint, group_add, devices, pid, ipc, uts, ulimits, "
-         "sysctls, tmpfs, unmask, gidmap, apparmor, label, runtimes, compose, kube, quadlet, "
-         "unit, service, container)"),
+         "sysctls, tmpfs, unmask, gidmap, apparmor, label, portable_profile, runtimes, "
+         "compose, kube, quadlet, unit, service, container)"),
         ('"myapp:1.4"', "positional arguments ('myapp:1.4',) (use field=value)"),
         ('memory="lots"', "invalid memory='lots': expected a size like 64m, 1g or a byte count"),
         ('runtimes="docker"', "runtimes='docker': expected a list of runtime names"),
