@@ -3,7 +3,7 @@
 PY := .venv/bin
 REPORTS := reports
 
-.PHONY: setup demo test test-vm lint unit bench bench-vm
+.PHONY: setup demo test test-vm test-vm-full lint unit bench bench-vm
 
 setup:
 	./scripts/setup
@@ -34,6 +34,11 @@ test: setup lint
 test-vm:
 	python3 scripts/vm/vm.py setup
 	python3 scripts/vm/vm.py test
+
+# Every runtime-dependent integration test inside the VM (~60 min under TCG; not in CI).
+test-vm-full:
+	python3 scripts/vm/vm.py setup
+	CONTAINERSEC_TEST_TIER=full python3 scripts/vm/vm.py test --timeout 4800
 
 bench: setup
 	$(PY)/python benchmarks/startup.py

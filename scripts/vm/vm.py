@@ -48,7 +48,9 @@ SERVICE_IMAGES = Path(
 
 
 def service_images_share() -> Path | None:
-    return SERVICE_IMAGES if os.environ.get("CONTAINERSEC_VM_SERVICE_IMAGES") == "1" else None
+    """Shared for the full tier (its test_workload.py uses them) or when asked for."""
+    wanted = os.environ.get("CONTAINERSEC_VM_SERVICE_IMAGES") == "1"
+    return SERVICE_IMAGES if wanted or os.environ.get("CONTAINERSEC_TEST_TIER") == "full" else None
 PR_SET_PDEATHSIG = 1
 KEEP_RUNS = 6
 QEMU = "qemu-system-x86_64"
