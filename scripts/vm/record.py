@@ -48,6 +48,7 @@ CASES: dict[str, list[str]] = {"default": [], "limits": LIMITS_OCI, "privileged"
 
 
 def sh(argv: list[str], **kw: object) -> str:
+    kw.setdefault("cwd", "/")  # the rootless user cannot enter the checkout (/root/src)
     out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120, **kw)  # type: ignore[call-overload]
     if out.returncode != 0:
         raise RuntimeError(f"{argv}: exit {out.returncode}: {out.stderr.strip()[:400]}")
@@ -124,7 +125,7 @@ def record_oci(out: Path, runtime: str, base: list[str]) -> None:
         if case == "privileged" and runtime.endswith(("rootless", "userns")):
             continue
         name = f"csrec-{runtime}-{case}"
-        subprocess.run([*base, "rm", "-f", name], capture_output=True, check=False)
+        subprocess.run([*base, "rm", "-f", name], capture_output=True, check=False, cwd="/")
         argv = [
             *base,
             "run",
@@ -153,7 +154,7 @@ def record_oci(out: Path, runtime: str, base: list[str]) -> None:
             (out / f"{runtime}-{case}" / "error.txt").write_text(str(e) + "\n")
             print(f"record: {runtime}-{case}: FAILED: {e}", flush=True)
         finally:
-            subprocess.run([*base, "rm", "-f", "-t", "0", name], capture_output=True, check=False)
+            subprocess.run([*base, "rm", "-f", "-t", "0", name], capture_output=True, check=False, cwd="/")
 
 
 def record_nspawn(out: Path) -> None:
