@@ -300,10 +300,7 @@ class ContainerdRuntime:
                 require_binary(self.name, self.runc_binary)
         except RuntimeUnavailable as exc:
             return Availability(self.name, False, reason=exc.reason, hint=exc.hint)
-        out = subprocess.run(
-            ["containerd", "--version"], capture_output=True, text=True, timeout=10
-        )
-        words = out.stdout.split()
+        words = procs.tool_output(["containerd", "--version"]).split()
         return Availability(self.name, True, f"containerd {words[2] if len(words) > 2 else '?'}")
 
     # -- images -------------------------------------------------------------------------

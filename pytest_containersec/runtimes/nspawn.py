@@ -311,12 +311,9 @@ class NspawnRuntime:
             )
         try:
             hostinfo.static_busybox()
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
         except RuntimeUnavailable as exc:
             return Availability(NAME, False, reason=exc.reason, hint=exc.hint)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Availability(NAME, False, reason=f"{exe} --version failed: {exc}")
-        first = (out.stdout.splitlines() or ["?"])[0]
+        first = (procs.tool_output([exe, "--version"]).splitlines() or ["?"])[0]
         return Availability(NAME, True, "systemd-nspawn " + first.removeprefix("systemd "))
 
     def start(self, spec: ContainerSpec) -> Container:

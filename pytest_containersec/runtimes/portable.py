@@ -42,6 +42,7 @@ from ..errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ..spec import ContainerSpec
 from . import nspawn_image as images
 from . import portable_spec as pspec
+from . import procs
 from . import systemd_run_declared as decl
 from . import systemd_run_host as sdhost
 from .base import PROBE_BUSYBOX, Availability, Container
@@ -286,8 +287,8 @@ class PortableRuntime(SystemdRunRuntime):
                 reason = (str(exc), "apt-get install busybox-static")
         if reason is not None:
             return Availability(NAME, False, reason=reason[0], hint=reason[1])
-        out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True)
-        version = (out.stdout.splitlines() or ["systemd ?"])[0].split(" (")[0]
+        out = procs.tool_output(["systemctl", "--version"])
+        version = (out.splitlines() or ["systemd ?"])[0].split(" (")[0]
         where = "the host's systemd" if kind == "host" else "booted in nspawn"
         return Availability(NAME, True, f"{version} portabled, {where}")
 

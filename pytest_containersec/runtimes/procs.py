@@ -20,6 +20,17 @@ STOP_TIMEOUT = 5.0
 PROC = Path("/proc")
 
 
+def tool_output(argv: list[str], timeout: float = 30.0) -> str:
+    """The stdout of a quick query of a tool (``--version``); ``""`` when it cannot run or
+    does not answer within ``timeout`` (a loaded host: a version is never a reason to call
+    a runtime unavailable, nor to crash)."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def _ppids(proc: Path) -> dict[int, int]:
     out: dict[int, int] = {}
     for entry in os.scandir(proc):

@@ -333,8 +333,8 @@ class SystemdRunRuntime:
                 reason = (str(exc), "apt-get install busybox-static")
         if reason is not None:
             return Availability(NAME, False, reason=reason[0], hint=reason[1])
-        out = subprocess.run(["systemd-run", "--version"], capture_output=True, text=True)
-        version = (out.stdout.splitlines() or ["systemd ?"])[0].split(" (")[0]
+        out = procs.tool_output(["systemd-run", "--version"])
+        version = (out.splitlines() or ["systemd ?"])[0].split(" (")[0]
         where = "the host's systemd" if hostinfo.systemd_is_pid1() else "booted in nspawn"
         return Availability(NAME, True, f"{version}, {where}")
 
