@@ -505,8 +505,13 @@ def limits_set(
 
 @check("Where an LSM is active, the process must not be unconfined", legacy=("lsm",))
 def lsm_not_unconfined(f: Facts) -> list[Violation]:
-    """Where an LSM is active, the process is not running unconfined under it."""
-    if f.lsm.name is not None and (f.lsm.label is None or "unconfined" in f.lsm.label):
+    """Where an LSM is active, the process is not running unconfined under it: no label,
+    an unconfined one (AppArmor's ``unconfined`` or a profile in ``(unconfined)`` mode such
+    as ``runc (unconfined)``, SELinux's ``unconfined_t``), or an AppArmor profile in
+    ``(complain)`` mode, which only logs what it would deny."""
+    label = f.lsm.label
+    loose = label is None or "unconfined" in label or label.endswith("(complain)")
+    if f.lsm.name is not None and loose:
         return [
             Violation(
                 "lsm_not_unconfined",

@@ -188,6 +188,11 @@ def test_namespaces_non_root_limits_lsm() -> None:
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "unconfined")))
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("selinux", "system_u:system_r:unconfined_t:s0")))
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "docker-default (enforce)"))) == []
+    # measured on the trixie VM: rootless Docker's containers carry runc's own profile in
+    # unconfined mode, privileged Podman's crun's; a complain-mode profile denies nothing
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "runc (unconfined)")))
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "crun (unconfined)")))
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "docker-default (complain)")))
 
 
 def test_harmless_device_binds_of_rootless_engines_are_not_sensitive() -> None:
