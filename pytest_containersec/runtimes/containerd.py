@@ -413,11 +413,17 @@ def _docker_host() -> str:
 
 
 def _docker_image_id(image: str) -> str | None:
+    """The image's id in the local Docker store; None when Docker does not have it. A
+    Docker that cannot answer is not "image not found": RuntimeUnavailable says so."""
+    argv = ["docker", "-H", _docker_host(), "image", "inspect", "--format", "{{.Id}}", image]
     try:
-        out = subprocess.run(
-            ["docker", "-H", _docker_host(), "image", "inspect", "--format", "{{.Id}}", image],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = f"cannot read {image} from the local Docker store ({' '.join(argv)}): {exc}"
+        raise RuntimeUnavailable(NAME, why, "is dockerd running? (make setup)") from None
+    if out.returncode == 0:
+        return out.stdout.strip()
+    if "no such" in out.stderr.lower():
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    why = f"cannot read {image} from the local Docker store: {out.stderr.strip()[-300:]}"
+    raise RuntimeUnavailable(NAME, why, "is dockerd running? (make setup)")

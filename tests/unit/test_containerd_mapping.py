@@ -163,3 +163,31 @@ def test_declared_from_ctr_info() -> None:
 
 def test_grpc_probe_on_a_missing_socket(tmp_path: Path) -> None:
     assert grpc_answers(tmp_path / "none.sock", 0.1) is False
+
+
+def test_docker_store_lookup_tells_a_missing_image_from_a_docker_that_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+
+    from pytest_containersec.errors import RuntimeUnavailable
+    from pytest_containersec.runtimes import containerd
+
+    def answer(rc: int, out: str = "", err: str = "") -> None:
+        done = subprocess.CompletedProcess([], rc, out, err)
+        monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
+
+    answer(0, "sha256:abc\n")
+    assert containerd._docker_image_id("containersec/probe") == "sha256:abc"
+    answer(1, err="Error response from daemon: No such image: containersec/nope")
+    assert containerd._docker_image_id("containersec/nope") is None
+    answer(1, err="Cannot connect to the Docker daemon at unix:///var/run/docker.sock")
+    with pytest.raises(RuntimeUnavailable, match="Cannot connect"):
+        containerd._docker_image_id("containersec/probe")
+
+    def slow(*a: object, **k: object) -> None:
+        raise subprocess.TimeoutExpired(["docker"], 60)
+
+    monkeypatch.setattr(subprocess, "run", slow)
+    with pytest.raises(RuntimeUnavailable, match="timed out"):
+        containerd._docker_image_id("containersec/probe")
