@@ -41,6 +41,9 @@ def test_policy_items_per_expectation_and_runtime(fake: FakeEnv) -> None:
     r.stdout.fnmatch_lines([
         "*containersec-app.yaml:7: read_only_rootfs",
         "[[]docker[]] read_only_rootfs: expected read-only root file system, observed writable",
+        "*",
+        "  facts read:",
+        "    rootfs_read_only = false",
     ])  # fmt: skip
     starts = fake.events("start")
     assert sorted(e["runtime"] for e in starts) == ["docker", "podman", "podman-rootless"]
