@@ -222,7 +222,7 @@ def pytest_runtest_makereport(
             entry.failed = True
         if report.when != "teardown":
             exc = call.excinfo.value if call.excinfo is not None else None
-            whole = st.settings.keep != "never" or item.config.get_verbosity() >= 2
+            whole = st.settings.keep != "never" or int(item.config.option.verbose) >= 2
             report.sections += failure_report.sections(info, isinstance(exc, CheckFailed), whole)
     if report.when == "teardown":
         st.current_runtime = None
@@ -348,7 +348,7 @@ class ContainersecMatrixHooks:
         from . import report
         from .session_report import MAX_TERMINAL_MATRICES
 
-        verbose = self.config.get_verbosity() > 0
+        verbose = int(self.config.option.verbose) > 0
         every = self.results.matrices()
         shown = every if verbose else self.results.matrices(notable_only=True)
         quiet_ones = len(every) - len(shown)
