@@ -6,6 +6,7 @@ parameters; a unit test keeps them so), each running that check through :func:`_
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from . import checks, score
@@ -27,6 +28,8 @@ from .check_params import (
 )
 from .check_registry import get
 from .checks import Violation
+from .facts_read import describe, fields_read
+from .facts_read import lines as read_lines
 from .model import Facts
 from .verdict import split_absent
 
@@ -45,11 +48,16 @@ def facts_of(target: Target, access: tuple[str, ...] = ()) -> Facts:
 
 class CheckFailed(AssertionError):
     """An expectation did not hold; ``violations`` carries runtime, check, expected,
-    observed and hint of each finding (reports and SARIF read them)."""
+    observed and hint of each finding (reports and SARIF read them); ``facts_read`` the
+    Facts fields the check read, as (path, value in short) pairs, shown after them."""
 
-    def __init__(self, violations: list[Violation]) -> None:
+    def __init__(
+        self, violations: list[Violation], facts_read: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.violations = violations
-        super().__init__("\n".join(str(v) for v in violations))
+        self.facts_read = list(facts_read)
+        text = [str(v) for v in violations] + read_lines(self.facts_read)
+        super().__init__("\n".join(text))
 
 
 class PathAbsentWarning(UserWarning):
@@ -59,11 +67,16 @@ class PathAbsentWarning(UserWarning):
 AbsentPolicy = Literal["warn", "skip", "fail"]
 
 
-def _raise(violations: list[Violation], absent: AbsentPolicy = "fail") -> None:
+def _raise(
+    violations: list[Violation],
+    absent: AbsentPolicy = "fail",
+    read: Callable[[], list[tuple[str, str]]] | None = None,
+) -> None:
     __tracebackhide__ = True
     findings, notes = split_absent(violations)
     if findings or (notes and absent == "fail"):
-        raise CheckFailed(findings + notes if absent == "fail" else findings)
+        raise CheckFailed(findings + notes if absent == "fail" else findings,
+                          read() if read is not None else ())  # fmt: skip
     if notes and absent == "skip":
         import pytest
 
@@ -81,7 +94,13 @@ def _check(
     spec = get(name)
     args = args or {}
     key = spec.access_key(args)
-    _raise(spec.function(facts_of(target, (key,) if key else ()), **args), absent)
+    facts = facts_of(target, (key,) if key else ())
+    call_args = args
+
+    def read() -> list[tuple[str, str]]:  # only once the check has failed
+        return describe(facts, fields_read(spec.function, facts, call_args))
+
+    _raise(spec.function(facts, **args), absent, read)
 
 
 def root_unprivileged(target: Target) -> None:

@@ -448,25 +448,3 @@ def containersec_start(
     specs are shared by the tests of that scope, but never twice within one test).
     """
     return ContainersecStart(request.node, _containersec_pool, state(request.config).settings.image)
-
-
-def failure_sections(info: ItemInfo) -> list[tuple[str, str]]:
-    """Report sections of a failing test: each container's logs and Facts JSON."""
-    out = []
-    seen: set[int] = set()
-    for entry in info.entries:
-        c = entry.container
-        if id(c) in seen:
-            continue
-        seen.add(id(c))
-        try:
-            logs = c.logs() or "(no output)"
-        except Exception as exc:
-            logs = f"(logs unavailable: {type(exc).__name__}: {exc})"
-        try:
-            facts = c.facts().to_json()
-        except Exception as exc:
-            facts = f"(facts unavailable: {type(exc).__name__}: {exc})"
-        out.append((f"containersec logs [{c.runtime}] {c.name}", logs))
-        out.append((f"containersec facts [{c.runtime}] {c.name}", facts))
-    return out

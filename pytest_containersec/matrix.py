@@ -101,16 +101,19 @@ class Matrix:
             body.append(line)
         return ["test", *cols], body, notes
 
-    def lines(self) -> list[str]:
-        """The plain-text table for the terminal summary (one string per line)."""
+    def lines(self, width: int | None = None) -> list[str]:
+        """The plain-text table for the terminal summary (one string per line), at most
+        ``width`` columns wide (default: the terminal's): runtimes that do not fit go to
+        further blocks, each repeating the test column."""
         if not self.rows:
             return []
+        from .termtable import fit, terminal_width, wrap
+
+        width = width or terminal_width()
         head, body, notes = self._table()
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-               for r in [head, *body]]  # fmt: skip
-        out += notes
-        out.append(self.runtimes_line())
+        out = fit(head, body, width, max_cell=width, max_label=0.6)
+        for line in [*notes, self.runtimes_line()]:
+            out += wrap(line, width, "    ")
         return out
 
     def runtimes_line(self) -> str:

@@ -163,7 +163,7 @@ class ProbeIdentity:
     unreproduced: tuple[str, ...] = ()  # each part that could not be reproduced, and why
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Facts:
     runtime: str
     engine_rootless: bool
@@ -205,6 +205,11 @@ class Facts:
     surface_scan: SurfaceScan | None = None
     # The image config's USER ("" when it sets none; None when the runtime has no image config).
     image_user: str | None = None
+
+    def __repr__(self) -> str:
+        """``<Facts docker host_pid=1234>``: an assertion's explanation then shows the field
+        it read, not the whole snapshot (``to_json()`` has every field)."""
+        return f"<Facts {self.runtime} host_pid={self.host_pid}>"
 
     # -- derived views ---------------------------------------------------------------
 

@@ -215,12 +215,15 @@ def pytest_runtest_makereport(
             info, snapshot=st.settings.wants_facts
         )
     if report.failed:
-        from .fixtures import failure_sections
+        from . import failure_report
+        from .expect import CheckFailed
 
         for entry in info.entries:
             entry.failed = True
         if report.when != "teardown":
-            report.sections += failure_sections(info)
+            exc = call.excinfo.value if call.excinfo is not None else None
+            whole = st.settings.keep != "never" or int(item.config.option.verbose) >= 2
+            report.sections += failure_report.sections(info, isinstance(exc, CheckFailed), whole)
     if report.when == "teardown":
         st.current_runtime = None
     return report
@@ -295,7 +298,7 @@ class ContainersecMatrixHooks:
 
             matrices = self.results.matrices()
             for path in settings.report:
-                write(path, matrix, matrices)
+                write(path, matrix, matrices, self.results.facts)
         if settings.sarif is not None:
             from . import sarif
 
@@ -311,11 +314,12 @@ class ContainersecMatrixHooks:
         matrix = self.matrix
         if matrix is None:
             return
+        width = self.config.get_terminal_writer().fullwidth
         if matrix.rows:
             tr.write_sep("=", "containersec matrix")
-            for line in matrix.lines():
+            for line in matrix.lines(width):
                 tr.write_line(line)
-        self._facts_matrices(tr)
+        self._facts_matrices(tr, width)
         for message in matrix.kept:
             tr.write_line(f"containersec: {message}", yellow=True)
         if self.exposure:
@@ -338,18 +342,36 @@ class ContainersecMatrixHooks:
         if settings.sarif is not None:
             tr.write_line(f"containersec: SARIF written to {settings.sarif}")
 
-    def _facts_matrices(self, tr: pytest.TerminalReporter) -> None:
+    def _facts_matrices(self, tr: pytest.TerminalReporter, width: int) -> None:
+        """The facts matrices of the specs with a failed test or a mismatch (all of them
+        with ``-v``), at most three unless ``-v``; one line says what was left out."""
         from . import report
         from .session_report import MAX_TERMINAL_MATRICES
 
-        matrices = self.results.matrices()
-        for m in matrices[:MAX_TERMINAL_MATRICES]:
+        verbose = int(self.config.option.verbose) > 0
+        every = self.results.matrices()
+        shown = every if verbose else self.results.matrices(notable_only=True)
+        quiet_ones = len(every) - len(shown)
+        if not verbose and len(shown) > MAX_TERMINAL_MATRICES:
+            shown = shown[:MAX_TERMINAL_MATRICES]
+        for m in shown:
             tr.write_sep("-", f"containersec facts: {m.title}")
-            for line in report.to_text(m).splitlines()[1:]:
+            for line in report.to_text(m, width).splitlines()[1:]:
                 tr.write_line(line)
-        if len(matrices) > MAX_TERMINAL_MATRICES:
-            more = len(matrices) - MAX_TERMINAL_MATRICES
-            tr.write_line(f"containersec: {more} more container spec(s) in --containersec-report")
+        left_out = len(every) - len(shown)
+        if left_out:
+            more = left_out - quiet_ones
+            why = ", ".join(
+                ([f"{quiet_ones} without a failed test or a mismatch"] if quiet_ones else [])
+                + ([f"{more} beyond the first {MAX_TERMINAL_MATRICES}"] if more else [])
+            )
+            from .termtable import wrap
+
+            where = "" if options.settings(self.config).report else (
+                ", --containersec-report=FILE.html writes them")  # fmt: skip
+            text = f"containersec: {left_out} facts matrix(es) not shown ({why}): -v shows them"
+            for line in wrap(text + where, width, "    "):
+                tr.write_line(line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -121,7 +121,11 @@ class PolicyItem(pytest.Item):
 
         findings, absent = split_absent(self.expectation.evaluate(facts))
         if findings:
-            raise CheckFailed(findings)
+            from .facts_read import describe, fields_read
+
+            check = self.expectation.check
+            read = fields_read(check.function, facts, check.bind(self.expectation.value))
+            raise CheckFailed(findings, describe(facts, read))
         if absent:  # not judged: the host kernel lacks the path (shown as a skip, not a pass)
             pytest.skip("; ".join(str(v) for v in absent))
 

@@ -195,27 +195,23 @@ def _text(c: Cell | None) -> str:
     )
 
 
-def to_text(m: Matrix, width: int = 28) -> str:
-    head = ["", *m.runtimes]
-    lines = [m.title]
-    table = [head] + [[r.name, *(_text(r.cells.get(rt)) for rt in m.runtimes)] for r in m.rows]
-    widths = [min(60, max(len(row[0]) for row in table))] + [
-        min(width, max(len(row[i]) for row in table)) for i in range(1, len(head))
-    ]
+def to_text(m: Matrix, width: int | None = None) -> str:
+    """The matrix as text lines of at most ``width`` columns (default: the terminal's):
+    runtimes that do not fit go to further blocks, each repeating the row names; long
+    values wrap, never cut off."""
+    from .termtable import fit, terminal_width, wrap
 
-    def clip(s: str, w: int) -> str:
-        return s if len(s) <= w else s[: w - 1] + "…"
-
+    width = width or terminal_width()
+    rows: list[list[str] | str] = []
     group = None
-    for i, row in enumerate(table):
-        if i and m.rows[i - 1].group != group:
-            group = m.rows[i - 1].group
-            lines.append(f"-- {group}")
-        lines.append(
-            "  ".join(clip(c, w).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        )
+    for r in m.rows:
+        if r.group != group:
+            group = r.group
+            rows.append(f"-- {group}")
+        rows.append([r.name, *(_text(r.cells.get(rt)) for rt in m.runtimes)])
+    lines = [m.title, *fit(["", *m.runtimes], rows, width)]
     for rt, note in m.notes.items():
-        lines.append(f"{rt}: {note}")
+        lines += wrap(f"{rt}: {note}", width, "    ")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ Feeds the facts matrices, the report files, SARIF and ``--containersec-max-expos
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,15 @@ def facts_payload(info: ItemInfo, snapshot: bool) -> list[dict[str, Any]]:
     return out
 
 
+def _failure_text(report: Any) -> str:
+    """A failed test's message: pytest's one-line crash message (``AssertionError: assert
+    False``) first, then the end of the traceback."""
+    crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "")
+    tail = str(report.longreprtext)[-2000:]
+    first = str(crash).split("\n", 1)[0].strip()
+    return f"{first}\n{tail}" if first else tail
+
+
 @dataclass
 class SessionResults:
     facts: dict[str, dict[str, Facts]] = field(default_factory=dict)  # title -> runtime -> Facts
@@ -97,7 +107,7 @@ class SessionResults:
             family = violations[0][0] if violations else "test"
             observed = "; ".join(v[2] for v in violations if len(v) > 2)
             message = "\n".join(v[1] for v in violations) or (
-                "" if report.passed else str(report.longreprtext)[-2000:])  # fmt: skip
+                "" if report.passed else _failure_text(report))  # fmt: skip
             path, line, _ = report.location
             return CheckResult(test, family, runtime, outcome, message, path,
                                (line + 1) if line is not None else None, observed)  # fmt: skip
@@ -105,13 +115,28 @@ class SessionResults:
 
     # -- outputs ------------------------------------------------------------------------
 
-    def matrices(self, tests: TestMatrix | None = None) -> list[Matrix]:
+    def notable(self, title: str) -> bool:
+        """A test of this container spec failed (or errored) on some runtime, or some
+        runtime's Facts show a mismatch (declared, asked for or seen inside vs observed)."""
+        per_runtime = self.facts.get(title, {})
+        if any(f.mismatches for f in per_runtime.values()):
+            return True
+        return any(
+            r.outcome in ("failed", "error")
+            for test in self.tests.get(title, {})
+            for rt in per_runtime
+            if (r := self.results.get((test, rt))) is not None
+        )
+
+    def matrices(self, tests: TestMatrix | None = None, notable_only: bool = False) -> list[Matrix]:
         """One side-by-side facts matrix per container spec, with the outcomes of the tests
-        that used it as check rows."""
+        that used it as check rows (``notable_only``: of the :meth:`notable` specs)."""
         from . import report
 
         out = []
         for title, per_runtime in self.facts.items():
+            if notable_only and not self.notable(title):
+                continue
             rows: list[tuple[str, dict[str, list[Violation] | None]]] = []
             for test in self.tests.get(title, {}):
                 cells: dict[str, list[Violation] | None] = {}
@@ -147,14 +172,23 @@ class SessionResults:
         return list(self.results.values())
 
 
-def write(path: Path, tests: TestMatrix | None, matrices: list[Matrix]) -> None:
-    """The session report: the test x runtime matrix and the facts matrices."""
+def write(
+    path: Path,
+    tests: TestMatrix | None,
+    matrices: list[Matrix],
+    facts: Mapping[str, Mapping[str, Facts]] | None = None,
+) -> None:
+    """The session report: the test x runtime matrix and the facts matrices; as JSON also
+    the whole Facts of each container spec (title) on each runtime."""
     from . import report
 
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = {"tests": tests.to_dict() if tests else None,
-                "containers": [m.to_dict() for m in matrices]}  # fmt: skip
+                "containers": [m.to_dict() for m in matrices],
+                "facts": [{"title": title, "runtime": rt, "facts": f.to_dict()}
+                          for title, per_runtime in (facts or {}).items()
+                          for rt, f in per_runtime.items()]}  # fmt: skip
         text = json.dumps(data, indent=2) + "\n"
     elif suffix == ".md":
         text = (tests.to_markdown() if tests else "# containersec\n") + "\n" + "\n".join(

@@ -56,7 +56,7 @@ fi
 si_import() {  # $1: label, rest: the engine command (docker -H URL | podman | as_rootless podman)
   local label=$1 n have line
   shift
-  local -a changes
+  local -a changes imported=()
   for n in $si_names; do
     [ -f "$si_dir/$n.tar" ] && [ "$(cat "$si_dir/$n.stamp" 2>/dev/null)" = "$si_stamp" ] || continue
     have=$("$@" image inspect --format '{{index .Config.Labels "io.containersec.stamp"}}' \
@@ -64,10 +64,11 @@ si_import() {  # $1: label, rest: the engine command (docker -H URL | podman | a
     [ "$have" != "$si_stamp" ] || continue
     changes=()
     while IFS= read -r line; do [ -z "$line" ] || changes+=(-c "$line"); done <"$si_dir/$n.changes"
-    "$@" import "${changes[@]}" - "containersec/$n" <"$si_dir/$n.tar" >/dev/null 2>>"$state/service-images.log" \
-      || die "importing containersec/$n into $label failed"
-    did "service images: imported containersec/$n into $label"
+    quietly "$@" import "${changes[@]}" - "containersec/$n" <"$si_dir/$n.tar" \
+      || die "importing containersec/$n into $label failed (log: $log)"
+    imported+=("containersec/$n")
   done
+  [ ${#imported[@]} -eq 0 ] || did "service images: imported ${imported[*]} into $label"
 }
 
 si_nspawn_cache() {  # the nspawn runtime's rootfs cache (runtimes/nspawn_image.py layout)

@@ -266,6 +266,8 @@ def test_reap_stops_a_daemon_of_a_fake_dead_owner(own_daemon: tuple[str, dd.Daem
     name, cfg = own_daemon
     first = dd.DockerDaemon(name, lambda: cfg)
     first.ensure(owner=DEAD)
+    proc = first._proc
+    assert proc is not None
     first._proc = first._lease = None  # as if another, dead, session had started it
     tree = tree_of(cfg)
     other = dd.DockerDaemon(name, lambda: cfg)
@@ -274,4 +276,5 @@ def test_reap_stops_a_daemon_of_a_fake_dead_owner(own_daemon: tuple[str, dd.Daem
     other._lease = None  # that session dies too
     (cfg.path(".leases") / session.current().owner).rename(cfg.path(".leases") / "1.1")
     assert dd.DockerDaemon(name, lambda: cfg).reap() == 1
+    proc.wait(timeout=30)  # our child, stopped by the reaper: collect it
     assert_gone(cfg, tree)

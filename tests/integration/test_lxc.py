@@ -106,6 +106,8 @@ def test_lxc_attach_keeps_the_containers_confinement(many: LxcContainer) -> None
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _in_ns_of(pid: str, other: int) -> bool:

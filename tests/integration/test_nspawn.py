@@ -231,6 +231,8 @@ def test_reap_removes_leftovers_of_a_dead_owner(rt: NspawnRuntime) -> None:
     rt.forget(c)  # as if this process had been killed
     (c.state / "owner").write_text("1.0")  # pid 1 with another start time: dead
     assert rt.reap() >= 1
+    assert c.proc is not None
+    c.proc.wait(timeout=10)  # our child, killed by the reaper: collect it
     time.sleep(0.1)
     assert leftovers(c) == []
 

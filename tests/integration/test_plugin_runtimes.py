@@ -7,6 +7,7 @@ saw (container names, ids, host pids) in JSON files that the outer test checks.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -74,7 +75,8 @@ def test_factory(containersec_start):
 
 def run_pytest(path: Path, *args: str) -> tuple[int, str]:
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", *args]
-    proc = subprocess.run(argv, cwd=path, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "COLUMNS": "400"}  # wide: each matrix in one block, one line a row
+    proc = subprocess.run(argv, cwd=path, capture_output=True, text=True, timeout=600, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 

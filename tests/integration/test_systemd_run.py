@@ -319,6 +319,9 @@ def test_reap_removes_what_a_killed_session_left(rt: SystemdRunRuntime) -> None:
     kind, state_s, leader, pid, unit = child.stdout.readline().split()
     child.send_signal(signal.SIGKILL)
     child.wait()
+    child.stdout.close()
+    assert child.stdin is not None
+    child.stdin.close()
     state = Path(state_s)
     assert state.exists()
     assert Path(f"/proc/{pid}").exists()

@@ -8,6 +8,9 @@ runtimes with fakes, so no engine is contacted. Environment knobs (set by the ou
 - ``CONTAINERSEC_FAKE_UNSUPPORTED``: a spec field every fake refuses (UnsupportedSpec).
 - ``CONTAINERSEC_FAKE_START_DELAY``: seconds each start takes (events carry the times).
 - ``CONTAINERSEC_FAKE_FAIL_USER``: a spec ``user`` whose start fails (ContainerStartError).
+- ``CONTAINERSEC_FAKE_MORE``: comma-separated names of more fake runtimes (wide matrices).
+- ``CONTAINERSEC_FAKE_IGNORE_MEMORY``: a runtime that ignores ``memory`` (no limit, and a
+  ``spec`` mismatch in its Facts, as rootless engines on cgroup v1).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import pytest
 
 from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
-from pytest_containersec.model import Capabilities, Cgroup, Facts, Lsm, User
+from pytest_containersec.model import Capabilities, Cgroup, Facts, Lsm, Mismatch, User
 from pytest_containersec.runtimes import KNOWN_NAMES
 from pytest_containersec.runtimes.base import Availability, Container, ExecResult, Runtime
 from pytest_containersec.spec import ContainerSpec
@@ -85,7 +88,11 @@ class FakeContainer(Container):
         rootless = self.engine_rootless
         uid_map = ((0, 100000, 65536),) if rootless else ((0, 0, 4294967295),)
         caps = tuple(sorted(effective))
-        return Facts(
+        memory = _int(spec.memory)
+        mismatches: tuple[Mismatch, ...] = ()
+        if memory is not None and self.runtime == os.environ.get("CONTAINERSEC_FAKE_IGNORE_MEMORY"):
+            memory, mismatches = None, (Mismatch("cgroup.memory_max", memory, None, "spec"),)
+        self._facts_cache = Facts(
             runtime=self.runtime,
             engine_rootless=rootless,
             host_pid=self.host_pid,
@@ -96,10 +103,12 @@ class FakeContainer(Container):
             seccomp="filter",
             no_new_privs=spec.no_new_privileges,
             lsm=Lsm(None, None),
-            cgroup=Cgroup(2, "/fake", _int(spec.memory), spec.pids_limit, spec.cpus),
+            cgroup=Cgroup(2, "/fake", memory, spec.pids_limit, spec.cpus),
             rootfs_read_only=spec.read_only,
             mounts=(),
+            mismatches=mismatches,
         )
+        return self._facts_cache
 
 
 def _int(value: object) -> int | None:
@@ -152,9 +161,11 @@ def _factory(name: str) -> Any:
 
 @pytest.hookimpl
 def pytest_containersec_runtime_factories(config: pytest.Config) -> Mapping[str, Any]:
-    """The four fakes; every other built-in runtime is removed (None)."""
+    """The four fakes (and CONTAINERSEC_FAKE_MORE); every other built-in runtime is
+    removed (None)."""
     removed: dict[str, Any] = dict.fromkeys(KNOWN_NAMES)
-    return {**removed, **{name: _factory(name) for name in FAKE_NAMES}}
+    more = [n for n in os.environ.get("CONTAINERSEC_FAKE_MORE", "").split(",") if n]
+    return {**removed, **{name: _factory(name) for name in (*FAKE_NAMES, *more)}}
 
 
 def _check_protocol() -> Runtime:

@@ -21,6 +21,8 @@ class FakeEnv:
         monkeypatch.setenv("CONTAINERSEC_FAKE_EVENTS", str(self.events_path))
         monkeypatch.delenv("CONTAINERSEC_FAKE_UNAVAILABLE", raising=False)
         monkeypatch.delenv("CONTAINERSEC_FAKE_UNSUPPORTED", raising=False)
+        monkeypatch.delenv("CONTAINERSEC_FAKE_MORE", raising=False)
+        monkeypatch.delenv("CONTAINERSEC_FAKE_IGNORE_MEMORY", raising=False)
         pytester.makeconftest(FAKE_SOURCE.read_text())
 
     def unavailable(self, *names: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pytest_containersec.model import Facts
+
 from .helpers import FakeEnv
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "data" / "sarif-schema-2.1.0.json").read_text())
@@ -39,6 +41,9 @@ def test_policy_items_per_expectation_and_runtime(fake: FakeEnv) -> None:
     r.stdout.fnmatch_lines([
         "*containersec-app.yaml:7: read_only_rootfs",
         "[[]docker[]] read_only_rootfs: expected read-only root file system, observed writable",
+        "*",
+        "  facts read:",
+        "    rootfs_read_only = false",
     ])  # fmt: skip
     starts = fake.events("start")
     assert sorted(e["runtime"] for e in starts) == ["docker", "podman", "podman-rootless"]
@@ -92,7 +97,7 @@ def test_max_exposure_gate(fake: FakeEnv) -> None:
 
 def test_facts_matrix_in_the_terminal_and_report(fake: FakeEnv) -> None:
     fake.pytester.makepyfile(TEST)
-    r = fake.run("--containersec-runtime=docker,podman", "--containersec-report=r.json")
+    r = fake.run("--containersec-runtime=docker,podman", "--containersec-report=r.json", "-v")
     r.stdout.fnmatch_lines([
         "*containersec facts: containersec/probe cap_drop=ALL read_only=True (test_facts_matrix*",
         "*docker*podman*",
@@ -102,3 +107,6 @@ def test_facts_matrix_in_the_terminal_and_report(fake: FakeEnv) -> None:
     data = json.loads((fake.pytester.path / "r.json").read_text())
     [container] = data["containers"]
     assert container["runtimes"] == ["docker", "podman"]
+    whole = {e["runtime"]: Facts.from_dict(e["facts"]) for e in data["facts"]}
+    assert sorted(whole) == ["docker", "podman"]
+    assert whole["docker"].rootfs_read_only

@@ -51,6 +51,7 @@ def test_terminal_matrix(fake: FakeEnv) -> None:
     fake.pytester.makepyfile(test_matrix=MIXED)
     fake.unavailable("nspawn")
     fake.monkeypatch.setenv("CONTAINERSEC_FAKE_UNSUPPORTED", "userns")
+    fake.monkeypatch.setenv("COLUMNS", "200")  # one block, lines unwrapped
     r = fake.run()
     r.assert_outcomes(passed=6, failed=1, skipped=6)
     kernel, cgroup = hostinfo.kernel(), hostinfo.cgroup_version()
@@ -89,7 +90,7 @@ def test_junit_properties(fake: FakeEnv) -> None:
     assert list(cases["test_plain"].iter("property")) == []
 
 
-def test_failure_has_logs_and_facts_sections(fake: FakeEnv) -> None:
+def test_failure_has_logs_and_a_facts_summary(fake: FakeEnv) -> None:
     fake.pytester.makepyfile(
         """
         def test_fail(containersec_container):
@@ -102,11 +103,33 @@ def test_failure_has_logs_and_facts_sections(fake: FakeEnv) -> None:
             "*- containersec logs [[]docker] containersec-fake-docker-* -*",
             "fake log of containersec-fake-docker-*",
             "*- containersec facts [[]docker] containersec-fake-docker-* -*",
-            "{",
-            '  "access": {},',
+            "engine rootless: false",
+            "uid (inside -> host): 0 -> 0",
+            "*",
+            "the whole Facts JSON: --containersec-keep=failed or -vv (here), "
+            "--containersec-report=FILE.json (a file)",
         ]
     )
-    assert '"runtime": "docker",' in r.stdout.str()
+    assert '"runtime": "docker",' not in r.stdout.str()
+
+
+def test_the_whole_facts_json_on_demand(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(
+        """
+        def test_fail(containersec_container):
+            assert containersec_container.exec(["x"]).rc == 0
+        """
+    )
+    for extra in ("--containersec-keep=failed", "-vv"):
+        r = fake.run("--containersec-runtime=docker", extra)
+        r.stdout.fnmatch_lines(
+            [
+                "*- containersec facts [[]docker] containersec-fake-docker-* -*",
+                "{",
+                '  "access": {},',
+            ]
+        )
+        assert '"runtime": "docker",' in r.stdout.str()
 
 
 def test_passing_tests_carry_no_sections(fake: FakeEnv) -> None:

@@ -50,7 +50,7 @@ def test_privileged_scores_fail_in_the_matrix() -> None:
 
 def test_text_markdown_json() -> None:
     m = matrix()
-    text = report.to_text(m)
+    text = report.to_text(m, width=200)
     assert "FAIL uid_map [0-4294967294" in text
     assert "nspawn: unavailable: not installed" in text
     md = report.to_markdown(m)
