@@ -179,8 +179,15 @@ class ContainerdContainer(Container):
                 oci.kill_session(sid, self.host_pid)
             procs.kill_tree(proc.pid)
 
-        return oci.run_exec(self.runtime, wrapped, timeout, lambda: stream_pipes(proc), proc.poll,
-                            kill, note)  # fmt: skip
+        try:
+            return oci.run_exec(self.runtime, wrapped, timeout, lambda: stream_pipes(proc),
+                                proc.poll, kill, note)  # fmt: skip
+        finally:  # collected whatever happened (a killed ctr is reaped here)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
     def declared(self) -> dict[str, Any]:
         out = self._rt.ctr("containers", "info", self.name)
@@ -323,8 +330,16 @@ class ContainerdRuntime:
                 ["docker", "-H", _docker_host(), "save", image], stdout=subprocess.PIPE
             )
             argv = self.ctr_argv("images", "import", "--no-unpack", "-")
-            out = subprocess.run(argv, stdin=save.stdout, capture_output=True, timeout=CTR_TIMEOUT)
-            save.wait(CTR_TIMEOUT)
+            try:
+                out = subprocess.run(argv, stdin=save.stdout, capture_output=True,
+                                     timeout=CTR_TIMEOUT)  # fmt: skip
+                save.wait(CTR_TIMEOUT)
+            finally:
+                if save.stdout is not None:
+                    save.stdout.close()  # our end of the pipe: ctr had its own
+                if save.poll() is None:
+                    save.kill()
+                    save.wait()
             if out.returncode != 0 or save.returncode != 0:
                 err = out.stderr.decode(errors="replace")
                 raise ContainerStartError(self.name, argv, None, err)

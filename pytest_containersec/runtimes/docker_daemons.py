@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,9 +339,13 @@ class DockerDaemon:
             record = Record.read(self.config.path(".json"))
             if record is not None and not self._live_leases():
                 self._stop(record)
-        if self._proc is not None:
-            self._proc.poll()  # collect it if it exited; it may serve other sessions still
-            self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            # it serves other sessions still (their leases): not ours to wait for; dropping
+            # a running Popen is what this is, so its ResourceWarning is not a leak
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                del proc
 
     def reap(self) -> int:
         """Stop a daemon no live session holds a lease on; 1 if one was stopped."""

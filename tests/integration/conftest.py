@@ -23,31 +23,6 @@ def pytest_runtest_makereport(
     return report
 
 
-# Two leaks of pytest_containersec/runtimes/containerd.py, to be fixed there: the parent's
-# end of the `docker save` pipe of an image import stays open (whichever containerd test
-# first uses an image), and the Popen of a `ctr task exec` killed at its timeout is never
-# waited for (hostile containers). Expected in containerd's tests only, nowhere else.
-CONTAINERD_LEAKS = (
-    r"ignore:unclosed file <_io\.BufferedReader name=\d+>:ResourceWarning",
-    r"ignore:subprocess \d+ is still running:ResourceWarning",
-)
-
-
-# pytest_containersec/runtimes/docker_daemons.py: DockerDaemon.release() drops the Popen of
-# a daemon another session (an xdist worker) still uses, so it is collected while running.
-# Expected in the tests of the two extra daemons only; the fix belongs there.
-DAEMON_LEAKS = (r"ignore:subprocess \d+ is still running:ResourceWarning",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        specs: tuple[str, ...] = CONTAINERD_LEAKS if "containerd" in item.nodeid else ()
-        if "docker-userns" in item.nodeid or "docker-rootless" in item.nodeid:
-            specs += DAEMON_LEAKS
-        for spec in specs:
-            item.add_marker(pytest.mark.filterwarnings(spec))
-
-
 def runtime_or_skip(name: str) -> Runtime:
     rt = get_runtime(name)
     avail = rt.availability()
