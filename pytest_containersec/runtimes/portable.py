@@ -204,8 +204,8 @@ class PortableContainer(SystemdRunContainer):
             raise UnsupportedSpec("pids_limit", NAME, problem)
         self.argv = ["systemctl", "start", self.unit]
         r = inst.run(self.argv, timeout=START_TIMEOUT)
-        if r.returncode != 0:
-            self._failed(r.returncode, r.stderr)
+        if r.returncode != 0:  # systemctl's status is not the unit's: _failed reads that
+            self._failed(None, r.stderr)
         self._watch_main()
 
     def _failed(self, status: int | None, why: str) -> None:

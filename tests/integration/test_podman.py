@@ -107,11 +107,13 @@ def test_unknown_image_fails_fast(rt: PodmanRuntime) -> None:
 
 
 def test_engine_refusal_leaves_nothing(rt: PodmanRuntime) -> None:
-    before = podman_cli(rt.rootless, "ps", "-a", "-q")
+    # this session's containers only: another xdist worker starts and stops its own
+    mine = ("ps", "-a", "-q", "--filter", f"label={session.LABEL_SESSION}={session.current().id}")
+    before = podman_cli(rt.rootless, *mine)
     with pytest.raises(ContainerStartError) as exc:
         rt.start(ContainerSpec(user="no-such-user"))
     assert "no-such-user" in str(exc.value)
-    assert podman_cli(rt.rootless, "ps", "-a", "-q") == before
+    assert podman_cli(rt.rootless, *mine) == before
 
 
 def test_reap_removes_dead_owners_containers(rt: PodmanRuntime) -> None:
