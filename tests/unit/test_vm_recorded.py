@@ -45,10 +45,8 @@ def fake_root(rec: Path, tmp: Path) -> tuple[Path, int]:
 
 def test_every_runtime_was_recorded() -> None:
     names = {p.name for p in RECORDED}
-    # (rootless Podman's v2 tree is tests/data/cgroup/podman-rootless-v2: the recording
-    # run could not enter the checkout as that user)
-    for rt in ("docker", "podman", "docker-userns", "docker-rootless", "nspawn",
-               "systemd-run"):  # fmt: skip
+    for rt in ("docker", "podman", "podman-rootless", "docker-userns", "docker-rootless",
+               "nspawn", "systemd-run"):  # fmt: skip
         assert {f"{rt}-default", f"{rt}-limits"} <= names, rt
     assert "docker-privileged" in names
     assert "podman-privileged" in names
@@ -91,7 +89,7 @@ def test_apparmor_labels_as_each_engine_sets_them(rec: Path) -> None:
         assert label.endswith(" (enforce)")
     elif rt == "docker-rootless":  # no profile transition: runc's own, unconfined mode
         assert label == "runc (unconfined)"
-    elif rt == "podman" and privileged:  # likewise crun's
+    elif rt == "podman-rootless" or (rt == "podman" and privileged):  # likewise crun's
         assert label == "crun (unconfined)"
     else:  # privileged Docker, nspawn, plain units
         assert label == "unconfined", rec.name
