@@ -252,20 +252,13 @@ class PortableContainer(SystemdRunContainer):
         if r.returncode != 0:
             self._failed(r.returncode, f"systemctl daemon-reload: {r.stderr}")
 
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        try:
-            self.agent.close()
-            if self.inst.alive():
-                self.detach_error = detach(self.inst, self.paths, self.unit)
-            else:
-                sdhost.remove_tree(self.paths.image)
-            shutil.rmtree(self.agent.run, ignore_errors=True)
-        finally:
-            self.release_probe()
-            self._rt.forget(self)
+    def _remove_unit(self) -> None:
+        """Stop and detach the image (systemd-run's stop does the rest, including the
+        background systemd-analyze runs a plain override here used to leave behind)."""
+        if self.inst.alive():
+            self.detach_error = detach(self.inst, self.paths, self.unit)
+        else:
+            sdhost.remove_tree(self.paths.image)
 
 
 class PortableRuntime(SystemdRunRuntime):
@@ -312,16 +305,7 @@ class PortableRuntime(SystemdRunRuntime):
         copy = inst.probe.shared() if inst.probe is not None else ProbeCopy.create(name)
         c = PortableContainer(self, inst, spec, name)
         c.probe_copy = copy
-        with self._lock:
-            self._live[c.name] = c
-        try:
-            c.launch(host_systemd)
-        except BaseException as exc:
-            c.stop()
-            if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(NAME, c.argv, None, str(exc)) from None
-            raise
-        return c
+        return self._launch(c, lambda: c.launch(host_systemd))
 
     def reap(self) -> int:
         return reap()

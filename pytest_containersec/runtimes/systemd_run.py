@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,14 +306,18 @@ class SystemdRunContainer(Container):
         self._analyze = []
         try:
             self.agent.close()
-            if self.inst.alive():
-                sdhost.stop_unit(self.inst, self.unit)
+            self._remove_unit()
             shutil.rmtree(self.agent.run, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (self.inst.state / "units" / self.unit).unlink()
         finally:
             self.release_probe()
             self._rt.forget(self)
+
+    def _remove_unit(self) -> None:
+        """Stop the transient unit and forget it (the reaper's record)."""
+        if self.inst.alive():
+            sdhost.stop_unit(self.inst, self.unit)
+        with contextlib.suppress(OSError):
+            (self.inst.state / "units" / self.unit).unlink()
 
 
 class SystemdRunRuntime:
@@ -356,14 +361,18 @@ class SystemdRunRuntime:
         props += inst.unit_extra_properties(str(copy.path))
         c = SystemdRunContainer(self, inst, spec, name)
         c.probe_copy = copy
+        return self._launch(c, lambda: c.start(props))
+
+    def _launch(self, c: SystemdRunContainer, start: Callable[[], None]) -> Container:
+        """Register ``c`` and run ``start``; on any failure stop it (nothing is left)."""
         with self._lock:
             self._live[c.name] = c
         try:
-            c.start(props)
+            start()
         except BaseException as exc:
             c.stop()
             if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(NAME, c.argv, None, str(exc)) from None
+                raise ContainerStartError(self.name, c.argv, None, str(exc)) from None
             raise
         return c
 
