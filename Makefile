@@ -22,6 +22,7 @@ lint:
 	$(PY)/ruff check pytest_containersec tests benchmarks examples
 	$(PY)/ruff format --check pytest_containersec tests benchmarks examples
 	$(PY)/mypy
+	$(PY)/lint-imports --no-cache
 
 unit:
 	$(PY)/pytest tests/unit tests/plugin -q

@@ -27,7 +27,7 @@ from pathlib import Path
 from startup import as_user, cli_engine, cli_nspawn
 
 from pytest_containersec.runtimes import close_all, get_runtime
-from pytest_containersec.runtimes import docker_daemons as dd
+from pytest_containersec.runtimes.docker import docker_daemons as dd
 
 ALL = ("docker", "podman", "nspawn", "podman-rootless", "docker-userns", "docker-rootless",
        "systemd-run")  # fmt: skip

@@ -77,7 +77,7 @@ def main() -> None:
     close_all()
     # End to end, interpreter start to exit: the CLI versus the bare docker sequence.
     probes = [f"--probe-access={k}" for k in ACCESS]
-    cli = [sys.executable, "-m", "pytest_containersec.cli", "facts", "--runtime", "docker",
+    cli = [sys.executable, "-m", "pytest_containersec.cli.cli", "facts", "--runtime", "docker",
            *probes, "containersec/probe"]  # fmt: skip
 
     def bare_sequence() -> object:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_containersec import hostinfo
+from pytest_containersec.linux import hostinfo
 from pytest_containersec.runtimes import close_all, get_runtime
 from pytest_containersec.spec import ContainerSpec
 
@@ -61,7 +61,7 @@ def cli_nspawn() -> None:
 
 def cli_lxc() -> None:
     """The same LXC container by hand: a rootfs copy, a config, start, attach, stop."""
-    from pytest_containersec.runtimes import lxc_spec
+    from pytest_containersec.runtimes.lxc import lxc_spec
 
     base = Path(tempfile.mkdtemp(prefix="bench-lxc-"))
     base.chmod(0o755)
@@ -85,7 +85,7 @@ def cli_lxc() -> None:
 
 
 def cli_containerd() -> Callable[[], None]:
-    from pytest_containersec.runtimes.containerd import ContainerdRuntime
+    from pytest_containersec.runtimes.containerd.containerd import ContainerdRuntime
 
     rt = get_runtime("containerd")
     assert isinstance(rt, ContainerdRuntime)
@@ -107,7 +107,7 @@ def cli_portable() -> Callable[[], None]:
     """The same portable service by hand, in the adapter's manager (the host's systemd or
     the one booted in nspawn): an image copy with a unit, ``portablectl attach --now``, an
     ``nsenter`` into the unit as the exec, ``portablectl detach --now``."""
-    from pytest_containersec.runtimes import portable
+    from pytest_containersec.runtimes.systemd import portable
 
     rt = get_runtime("portable")
     assert isinstance(rt, portable.PortableRuntime)

@@ -60,11 +60,20 @@ __all__ = [
     "User",
 ]
 __version__ = "0.1.0"
+# Modules reachable as attributes (``pytest_containersec.sarif``), where they live now.
+_MODULES = {
+    "expect": "expect",
+    "checks": "checks.checks",
+    "policy": "policy.policy",
+    "report": "report.report",
+    "score": "checks.score",
+    "sarif": "report.sarif",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    if name in ("expect", "checks", "policy", "report", "score", "sarif"):
-        return importlib.import_module(f".{name}", __name__)
+    if name in _MODULES:
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

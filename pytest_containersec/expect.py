@@ -9,8 +9,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from . import checks, score
-from .check_params import (
+from .checks import checks, score
+from .checks.check_params import (
     AccessMode,
     AccessPath,
     Allow,
@@ -26,12 +26,12 @@ from .check_params import (
     Size,
     UidMap,
 )
-from .check_registry import get
-from .checks import Violation
-from .facts_read import describe, fields_read
-from .facts_read import lines as read_lines
+from .checks.check_registry import get
+from .checks.checks import Violation
+from .checks.facts_read import describe, fields_read
+from .checks.facts_read import lines as read_lines
+from .checks.verdict import split_absent
 from .model import Facts
-from .verdict import split_absent
 
 if TYPE_CHECKING:
     from .runtimes.base import Container

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import caps
 from . import spec_types as st
 from .errors import SpecError
+from .linux import caps
 from .spec_types import Device, Tmpfs, Ulimit
 
 __all__ = ["ContainerSpec", "Device", "Origin", "Tmpfs", "Ulimit", "Volume", "parse_size"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import UnknownRuntime
-from . import oci_variants as _variants
+from .oci import oci_variants as _variants
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -79,46 +79,46 @@ def _create(name: str) -> Runtime:
     if name in VARIANT_NAMES:
         return _create_variant(name)
     if name == "docker":
-        from .docker import DockerRuntime
+        from .docker.docker import DockerRuntime
 
         return DockerRuntime()
     if name in ("podman", "podman-rootless"):
-        from .podman import PodmanRuntime
+        from .podman.podman import PodmanRuntime
 
         podman: Runtime = PodmanRuntime(rootless=name == "podman-rootless")
         return podman
     if name == "nspawn":
-        from .nspawn import NspawnRuntime
+        from .nspawn.nspawn import NspawnRuntime
 
         nspawn: Runtime = NspawnRuntime()
         return nspawn
     if name in ("docker-userns", "docker-rootless"):  # the Docker adapter, on a daemon of its own
-        from .docker import DockerRuntime
-        from .docker_daemons import DockerDaemon
+        from .docker.docker import DockerRuntime
+        from .docker.docker_daemons import DockerDaemon
 
         return DockerRuntime(name, daemon=DockerDaemon(name))
     if name == "systemd-run":
-        from .systemd_run import SystemdRunRuntime
+        from .systemd.systemd_run import SystemdRunRuntime
 
         systemd_run: Runtime = SystemdRunRuntime()
         return systemd_run
     if name == "lxc":
-        from .lxc import LxcRuntime
+        from .lxc.lxc import LxcRuntime
 
         lxc: Runtime = LxcRuntime()
         return lxc
     if name == "containerd":
-        from .containerd import ContainerdRuntime
+        from .containerd.containerd import ContainerdRuntime
 
         containerd: Runtime = ContainerdRuntime()
         return containerd
     if name == "portable":
-        from .portable import PortableRuntime
+        from .systemd.portable import PortableRuntime
 
         portable: Runtime = PortableRuntime()
         return portable
     if name == "podman-kube":
-        from .podman_kube import PodmanKubeRuntime
+        from .podman.podman_kube import PodmanKubeRuntime
 
         kube: Runtime = PodmanKubeRuntime()
         return kube
@@ -128,15 +128,15 @@ def _create(name: str) -> Runtime:
 def _create_variant(name: str) -> Runtime:
     engine, oci = _variants.split(name)
     if engine == "docker":
-        from .docker import DockerRuntime
+        from .docker.docker import DockerRuntime
 
         return DockerRuntime(name, oci_runtime=oci)
     if engine in ("podman", "podman-rootless"):
-        from .podman import PodmanRuntime
+        from .podman.podman import PodmanRuntime
 
         podman: Runtime = PodmanRuntime(engine == "podman-rootless", oci_runtime=oci, name=name)
         return podman
-    from .containerd import ContainerdRuntime
+    from .containerd.containerd import ContainerdRuntime
 
     containerd: Runtime = ContainerdRuntime(name, runc_binary=oci)
     return containerd

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import ContainerStartError, ExecTimeout, ProbeError
 from . import procs, shared_dir
 from .base import ExecResult
-from .oci import BoundedBuffer
+from .oci.oci import BoundedBuffer
 
 EOF_GRACE = 1.0  # seconds to wait for stdout/stderr EOF after the exit code came back
 PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -1,4 +1,9 @@
-"""The contract every runtime adapter fulfils: a Runtime starts Containers."""
+"""The contract every runtime adapter fulfils: a Runtime starts Containers.
+
+An adapter implements exec, stop, declared and logs; this Container adds, once for all,
+the probe folder's checks, Facts (through :mod:`..observe`), probe access and testinfra.
+The exec contract (ExecResult, the probe's places) is observation's, re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,31 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ProbeModified
+from ..observe.target import (
+    DEFAULT_EXEC_TIMEOUT,
+    MAX_OUTPUT,
+    PROBE_BUSYBOX,
+    PROBE_DIR,
+    ExecResult,
+)
 from ..spec import ContainerSpec
 
-if TYPE_CHECKING:
-    from ..facts import AccessResult, Facts
-    from ..processes import ProcessSelector
-    from .probe_copy import ProbeCopy
+__all__ = [
+    "DEFAULT_EXEC_TIMEOUT",
+    "MAX_OUTPUT",
+    "PROBE_BUSYBOX",
+    "PROBE_DIR",
+    "Availability",
+    "Container",
+    "ExecResult",
+    "Runtime",
+    "log_tail",
+]
 
-# Where the host's static busybox is bind-mounted read-only in every container: the probe
-# never depends on the image's own shell or tools (distroless, scratch, faked /bin/sh).
-PROBE_DIR = "/.containersec"
-PROBE_BUSYBOX = f"{PROBE_DIR}/busybox"
-DEFAULT_EXEC_TIMEOUT = 30.0
-MAX_OUTPUT = 8 * 1024 * 1024  # bytes kept of an exec's stdout and of its stderr
+if TYPE_CHECKING:
+    from ..linux.processes import ProcessSelector
+    from ..model import AccessResult, Facts
+    from .probe_copy import ProbeCopy
 
 
 def log_tail(path: Path, limit: int = MAX_OUTPUT) -> str:
@@ -33,17 +50,6 @@ def log_tail(path: Path, limit: int = MAX_OUTPUT) -> str:
             return f.read(limit).decode("utf-8", "replace")
     except OSError as exc:
         return f"(logs unavailable: {exc})"
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ class Container(abc.ABC):
         if not self.probe_tampered:
             self.probe_tampered = tuple(copy.host_problems())
         if self.probe_tampered and self._facts_cache is not None:
-            from ..facts import mark_probe_tampered
+            from ..observe.facts import mark_probe_tampered
 
             self._facts_cache = mark_probe_tampered(self._facts_cache, self.probe_tampered)
         copy.remove()
@@ -178,7 +184,7 @@ class Container(abc.ABC):
         :class:`~pytest_containersec.model.ProcessRecord`, e.g.
         ``process=lambda p: p.comm == "nginx" and p.user.uid != 0``.
         """
-        from ..facts import collect
+        from ..observe.facts import collect
 
         if process is not None:
             return self._facts_of_process(tuple(access), refresh, process)
@@ -194,8 +200,8 @@ class Container(abc.ABC):
     def _facts_of_process(
         self, access: tuple[str, ...], refresh: bool, process: ProcessSelector
     ) -> Facts:
-        from .. import processes, procfs
-        from ..facts import collect
+        from ..linux import processes, procfs
+        from ..observe.facts import collect
 
         uid_map = procfs.read_uid_map(self.host_pid)
         gid_map = procfs.read_gid_map(self.host_pid)
@@ -220,7 +226,7 @@ class Container(abc.ABC):
     @property
     def testinfra(self) -> Any:
         """A testinfra ``Host`` whose commands run through :meth:`exec`."""
-        from ..testinfra_backend import host_for
+        from ..observe.testinfra_backend import host_for
 
         return host_for(self)
 

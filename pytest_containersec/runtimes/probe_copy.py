@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import hostinfo, session
 from ..errors import RuntimeUnavailable
+from ..linux import hostinfo, session
 from .base import PROBE_DIR
 
 NOT_A_MODULE = b"\x7fELF containersec: not a kernel module\n"

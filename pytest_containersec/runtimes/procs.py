@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import hostinfo, session
+from ..linux import hostinfo, session
 from . import host_files
 
 STOP_TIMEOUT = 5.0

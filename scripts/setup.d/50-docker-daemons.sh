@@ -2,7 +2,7 @@
 # Sourced by scripts/setup (section 6): the daemons of the docker-userns and docker-rootless
 # runtimes, and the three local images in their stores.
 #
-# Both daemons are managed by pytest_containersec/runtimes/docker_daemons.py (one place
+# Both daemons are managed by pytest_containersec/runtimes/docker/docker_daemons.py (one place
 # for their flags): docker-userns is `dockerd --userns-remap=default` as root on
 # /run/containersec/docker-userns.sock (data root $state/docker-userns); docker-rootless is
 # dockerd-rootless.sh (rootlesskit) as $rootless_user on $xdg/docker.sock (data root in
@@ -24,7 +24,7 @@ done
 docker_daemons() {  # the package's daemon manager, before the venv exists too (stdlib only)
   local py=python3
   [ -x "$venv/bin/python" ] && py=$venv/bin/python
-  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pytest_containersec.runtimes.docker_daemons "$@"
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pytest_containersec.runtimes.docker.docker_daemons "$@"
 }
 
 for runtime in docker-userns docker-rootless; do

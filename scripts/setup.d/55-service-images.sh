@@ -71,7 +71,7 @@ si_import() {  # $1: label, rest: the engine command (docker -H URL | podman | a
   [ ${#imported[@]} -eq 0 ] || did "service images: imported ${imported[*]} into $label"
 }
 
-si_nspawn_cache() {  # the nspawn runtime's rootfs cache (runtimes/nspawn_image.py layout)
+si_nspawn_cache() {  # the nspawn runtime's rootfs cache (runtimes/nspawn/nspawn_image.py layout)
   local n final tmp
   for n in $si_names; do
     [ -f "$si_dir/$n.tar" ] && [ "$(cat "$si_dir/$n.stamp" 2>/dev/null)" = "$si_stamp" ] || continue

@@ -247,7 +247,7 @@ def main() -> int:
     record_oci(out, "podman", ["podman"])
     record_oci(out, "podman-rootless", as_user(["podman"]))
     for daemon in ("docker-userns", "docker-rootless"):  # the product's own daemons
-        up = [sys.executable, "-m", "pytest_containersec.runtimes.docker_daemons"]
+        up = [sys.executable, "-m", "pytest_containersec.runtimes.docker.docker_daemons"]
         url = sh([*up, "up", daemon, "--lease-pid", str(os.getpid())])
         try:
             record_oci(out, daemon, ["docker", "-H", url])

@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pytest_containersec import hostinfo, session
-from pytest_containersec.runtimes import docker_daemons as dd
-from pytest_containersec.runtimes import podman_service as svc
+from pytest_containersec.linux import hostinfo, session
 from pytest_containersec.runtimes import procs
-from pytest_containersec.runtimes.nspawn import NSPAWN_RUN, state_root
-from pytest_containersec.runtimes.nspawn_cgroup import CGROUP_ROOT, PARENT
+from pytest_containersec.runtimes.docker import docker_daemons as dd
+from pytest_containersec.runtimes.nspawn.nspawn import NSPAWN_RUN, state_root
+from pytest_containersec.runtimes.nspawn.nspawn_cgroup import CGROUP_ROOT, PARENT
+from pytest_containersec.runtimes.podman import podman_service as svc
 from pytest_containersec.runtimes.probe_copy import copies_root
 
 CLI_TIMEOUT = 60
@@ -396,7 +396,7 @@ def import_image(runtime: str, tar: bytes, tag: str) -> None:
         podman_cli(runtime == "podman-rootless", "import", "-", tag, stdin=tar)
         return
     from pytest_containersec.runtimes import get_runtime
-    from pytest_containersec.runtimes.docker import DockerRuntime
+    from pytest_containersec.runtimes.docker.docker import DockerRuntime
 
     rt = get_runtime("docker" if runtime in EXPORTS_FROM_DOCKER else runtime)
     assert isinstance(rt, DockerRuntime)
@@ -412,14 +412,14 @@ def remove_image(runtime: str, tag: str) -> None:
         else:
             if runtime == "containerd":
                 from pytest_containersec.runtimes import get_runtime
-                from pytest_containersec.runtimes.containerd import ContainerdRuntime
-                from pytest_containersec.runtimes.containerd_spec import image_ref
+                from pytest_containersec.runtimes.containerd.containerd import ContainerdRuntime
+                from pytest_containersec.runtimes.containerd.containerd_spec import image_ref
 
                 ctr = get_runtime(runtime)
                 assert isinstance(ctr, ContainerdRuntime)
                 ctr.ctr("images", "rm", image_ref(tag))
             if runtime in EXPORTS_FROM_DOCKER:
-                from pytest_containersec.runtimes.nspawn_image import cache_key
+                from pytest_containersec.runtimes.nspawn.nspawn_image import cache_key
 
                 shutil.rmtree(state_root() / "images" / cache_key(tag), ignore_errors=True)
             url = docker_urls().get("docker" if runtime in EXPORTS_FROM_DOCKER else runtime)

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_containersec import expect
 from pytest_containersec.errors import ImageNotFound, UnsupportedSpec
-from pytest_containersec.runtimes.containerd import ContainerdRuntime, containers_root
+from pytest_containersec.runtimes.containerd.containerd import ContainerdRuntime, containers_root
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import checks, profiles, sources
+from pytest_containersec import sources
+from pytest_containersec.checks import checks, profiles
 from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.model import Facts
-from pytest_containersec.policy import Expectation
+from pytest_containersec.policy.policy import Expectation
 from pytest_containersec.runtimes import Container
 from pytest_containersec.spec import ContainerSpec
 
@@ -235,7 +236,7 @@ def test_reviewer_verdict(deployed: tuple[str, Container, Facts]) -> None:
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest_containersec.cli", *args],
+        [sys.executable, "-m", "pytest_containersec.cli.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=180, check=False,
         env={**os.environ, "CI": os.environ.get("CI", "")},
     )  # fmt: skip
@@ -276,7 +277,7 @@ def test_podman_kube_refuses_other_specs_and_leaves_nothing() -> None:
     with pytest.raises(UnsupportedSpec) as info:
         rt.start(spec.replace(read_only=False))  # a marker changing the manifest
     assert info.value.field == "read_only"
-    from pytest_containersec import session
+    from pytest_containersec.linux import session
 
     label = f"label={session.LABEL_SESSION}={session.current().id}"
     pods = subprocess.run(["podman", "pod", "ps", "-q", "--filter", label],

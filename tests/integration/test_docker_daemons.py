@@ -23,10 +23,11 @@ from typing import cast
 
 import pytest
 
-from pytest_containersec import expect, hostinfo, session
+from pytest_containersec import expect
+from pytest_containersec.linux import hostinfo, session
 from pytest_containersec.runtimes import Container, Runtime, procs
-from pytest_containersec.runtimes import docker_daemons as dd
-from pytest_containersec.runtimes.docker import DockerRuntime
+from pytest_containersec.runtimes.docker import docker_daemons as dd
+from pytest_containersec.runtimes.docker.docker import DockerRuntime
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip
@@ -241,7 +242,7 @@ def test_killed_session_leaves_a_daemon_that_is_reaped(
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
         from tests.integration.test_docker_daemons import isolated
-        from pytest_containersec.runtimes.docker_daemons import DockerDaemon
+        from pytest_containersec.runtimes.docker.docker_daemons import DockerDaemon
         cfg = isolated({name!r}, {cfg.run_dir.name[5:]!r})
         print(DockerDaemon({name!r}, lambda: cfg).ensure(), flush=True)
         time.sleep(300)

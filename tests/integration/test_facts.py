@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import expect, hostinfo
-from pytest_containersec.caps import DOCKER_DEFAULT_CAPS
+from pytest_containersec import expect
 from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
+from pytest_containersec.linux import hostinfo
+from pytest_containersec.linux.caps import DOCKER_DEFAULT_CAPS
 from pytest_containersec.model import Facts
 from pytest_containersec.runtimes import RUNTIME_NAMES, Container, Runtime
 from pytest_containersec.spec import ContainerSpec
@@ -55,7 +56,7 @@ def status_of(pid: int) -> dict[str, str]:
 
 
 def cap_bits(names: tuple[str, ...]) -> int:
-    from pytest_containersec.caps import CAP_BITS
+    from pytest_containersec.linux.caps import CAP_BITS
 
     return sum(1 << CAP_BITS[n] for n in names)
 
@@ -70,14 +71,14 @@ def host_cgroup_file(pid: int, controller: str, name: str) -> str | None:
 
 
 def host_bounding() -> frozenset[str]:
-    from pytest_containersec.caps import CAP_NAMES
+    from pytest_containersec.linux.caps import CAP_NAMES
 
     mask = int(status_of(os.getpid())["CapBnd"], 16)
     return frozenset(n for b, n in enumerate(CAP_NAMES) if mask >> b & 1)
 
 
 def lxc_root_holds(start: int, count: int) -> bool:
-    from pytest_containersec.runtimes.lxc_spec import parse_subids
+    from pytest_containersec.runtimes.lxc.lxc_spec import parse_subids
 
     ranges = [parse_subids(Path(p).read_text()) for p in ("/etc/subuid", "/etc/subgid")]
     return all(any(s <= start and start + count <= s + n for s, n in r) for r in ranges)

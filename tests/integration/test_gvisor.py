@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_containersec import procfs
 from pytest_containersec.errors import RuntimeUnavailable
+from pytest_containersec.linux import procfs
 from pytest_containersec.model import SOURCE_HOST_SANDBOX, SOURCE_INSIDE_GVISOR
 from pytest_containersec.runtimes.base import Container
 from pytest_containersec.spec import ContainerSpec

@@ -19,7 +19,6 @@ from typing import TypeVar
 
 import pytest
 
-from pytest_containersec import caps, hostinfo, session
 from pytest_containersec.errors import (
     ContainerSecError,
     ContainerStartError,
@@ -29,15 +28,16 @@ from pytest_containersec.errors import (
     RuntimeUnavailable,
     UnsupportedSpec,
 )
+from pytest_containersec.linux import caps, hostinfo, session
 from pytest_containersec.runtimes import RUNTIME_NAMES, Runtime
 from pytest_containersec.runtimes.base import MAX_OUTPUT, PROBE_BUSYBOX
-from pytest_containersec.runtimes.docker import DockerRuntime
-from pytest_containersec.runtimes.docker_daemons import ROOTLESS, DockerDaemon
-from pytest_containersec.runtimes.nspawn import state_root
-from pytest_containersec.runtimes.nspawn_cgroup import CGROUP_ROOT
-from pytest_containersec.runtimes.nspawn_image import cache_key
-from pytest_containersec.runtimes.podman import PodmanRuntime
-from pytest_containersec.runtimes.podman_service import answers
+from pytest_containersec.runtimes.docker.docker import DockerRuntime
+from pytest_containersec.runtimes.docker.docker_daemons import ROOTLESS, DockerDaemon
+from pytest_containersec.runtimes.nspawn.nspawn import state_root
+from pytest_containersec.runtimes.nspawn.nspawn_cgroup import CGROUP_ROOT
+from pytest_containersec.runtimes.nspawn.nspawn_image import cache_key
+from pytest_containersec.runtimes.podman.podman import PodmanRuntime
+from pytest_containersec.runtimes.podman.podman_service import answers
 from pytest_containersec.spec import DEFAULT_IMAGE, ContainerSpec
 
 from . import hostile_helpers as h

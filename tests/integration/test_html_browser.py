@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import checks, report
-from pytest_containersec.checks import Violation
+from pytest_containersec.checks import checks
+from pytest_containersec.checks.checks import Violation
 from pytest_containersec.model import Facts
-from pytest_containersec.session_report import spec_title
+from pytest_containersec.plugin.session_report import spec_title
+from pytest_containersec.report import report
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip

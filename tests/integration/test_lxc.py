@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import expect, session
+from pytest_containersec import expect
 from pytest_containersec.errors import UnsupportedSpec
-from pytest_containersec.runtimes.lxc import LxcContainer, LxcRuntime, cgroup_dirs, lxcpath
-from pytest_containersec.runtimes.lxc_spec import parse_subids
+from pytest_containersec.linux import session
+from pytest_containersec.runtimes.lxc.lxc import LxcContainer, LxcRuntime, cgroup_dirs, lxcpath
+from pytest_containersec.runtimes.lxc.lxc_spec import parse_subids
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import expect, masking
+from pytest_containersec import expect
+from pytest_containersec.linux import masking
 from pytest_containersec.model import Facts
-from pytest_containersec.probe import DEFAULT_ACCESS
+from pytest_containersec.observe.probe import DEFAULT_ACCESS
 from pytest_containersec.runtimes import RUNTIME_NAMES, Container
 from pytest_containersec.spec import ContainerSpec
 
@@ -149,7 +150,7 @@ def test_policy_check_reports_kcore_as_this_kernel_has_it(tmp_path: Path) -> Non
         "  - masked: /proc/kcore\n  - masked: /proc/keys\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "pytest_containersec.cli", "check", str(policy),
+        [sys.executable, "-m", "pytest_containersec.cli.cli", "check", str(policy),
          "--format", "json", "--strict"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import caps
 from pytest_containersec.errors import ContainerStartError, ExecTimeout, ImageNotFound
-from pytest_containersec.runtimes.nspawn import NspawnContainer, NspawnRuntime, state_root
+from pytest_containersec.linux import caps
+from pytest_containersec.runtimes.nspawn.nspawn import NspawnContainer, NspawnRuntime, state_root
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import hostinfo
 from pytest_containersec.errors import RuntimeUnavailable
+from pytest_containersec.linux import hostinfo
 from pytest_containersec.runtimes import get_runtime
 from pytest_containersec.spec import ContainerSpec
 

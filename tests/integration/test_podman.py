@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import hostinfo, session
 from pytest_containersec.errors import ContainerStartError, ExecTimeout, ImageNotFound
-from pytest_containersec.runtimes import podman_service
+from pytest_containersec.linux import hostinfo, session
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
-from pytest_containersec.runtimes.podman import PodmanRuntime
+from pytest_containersec.runtimes.podman import podman_service
+from pytest_containersec.runtimes.podman.podman import PodmanRuntime
 from pytest_containersec.spec import DEFAULT_IMAGE, ContainerSpec
 
 CONFINED = ContainerSpec(

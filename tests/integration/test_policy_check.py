@@ -34,7 +34,7 @@ expect:
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest_containersec.cli", "check", *args],
+        [sys.executable, "-m", "pytest_containersec.cli.cli", "check", *args],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 

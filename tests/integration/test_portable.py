@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from pytest_containersec import expect
-from pytest_containersec.caps import CAP_BITS
 from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
-from pytest_containersec.runtimes import portable
-from pytest_containersec.runtimes import systemd_run_host as sdhost
+from pytest_containersec.linux.caps import CAP_BITS
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
-from pytest_containersec.runtimes.portable import PortableContainer, PortableRuntime
+from pytest_containersec.runtimes.systemd import portable
+from pytest_containersec.runtimes.systemd import systemd_run_host as sdhost
+from pytest_containersec.runtimes.systemd.portable import PortableContainer, PortableRuntime
 from pytest_containersec.spec import PORTABLE_PROFILES, ContainerSpec
 
 from .conftest import runtime_or_skip

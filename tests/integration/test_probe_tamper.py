@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import expect, hostinfo
+from pytest_containersec import expect
 from pytest_containersec.errors import ProbeModified
+from pytest_containersec.linux import hostinfo
 from pytest_containersec.model import Facts
 from pytest_containersec.runtimes import RUNTIME_NAMES, Runtime
 from pytest_containersec.runtimes.base import Container
@@ -135,7 +136,7 @@ def test_a_hostile_container_is_caught_and_others_are_unaffected(runtime: str) -
 
     # the next session: another process, through the CLI
     out = subprocess.run(
-        [sys.executable, "-m", "pytest_containersec.cli", "facts", "--runtime", runtime,
+        [sys.executable, "-m", "pytest_containersec.cli.cli", "facts", "--runtime", runtime,
          "containersec/probe"],
         capture_output=True, text=True, timeout=300, env={**os.environ}, check=False,
     )  # fmt: skip

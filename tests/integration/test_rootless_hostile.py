@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import session
-from pytest_containersec.runtimes import docker_daemons as dd
-from pytest_containersec.runtimes import podman_service as svc
+from pytest_containersec.linux import session
 from pytest_containersec.runtimes import procs
-from pytest_containersec.runtimes.docker import DockerRuntime
+from pytest_containersec.runtimes.docker import docker_daemons as dd
+from pytest_containersec.runtimes.docker.docker import DockerRuntime
+from pytest_containersec.runtimes.podman import podman_service as svc
 from pytest_containersec.spec import ContainerSpec
 
 from . import hostile_helpers as h

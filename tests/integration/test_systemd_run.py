@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import expect, report
+from pytest_containersec import expect
 from pytest_containersec.errors import ExecTimeout
 from pytest_containersec.model import Facts
+from pytest_containersec.report import report
 from pytest_containersec.runtimes import Container, get_runtime
-from pytest_containersec.runtimes.systemd_run import SystemdRunContainer, SystemdRunRuntime
-from pytest_containersec.runtimes.systemd_run_host import PROPAGATE, base_dir
+from pytest_containersec.runtimes.systemd.systemd_run import SystemdRunContainer, SystemdRunRuntime
+from pytest_containersec.runtimes.systemd.systemd_run_host import PROPAGATE, base_dir
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip
@@ -113,7 +114,7 @@ def check_against_host(c: Container, f: Facts) -> None:
 
 
 def caps_bit(name: str) -> int:
-    from pytest_containersec.caps import CAP_BITS
+    from pytest_containersec.linux.caps import CAP_BITS
 
     return CAP_BITS[name]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import caps
 from pytest_containersec.errors import ExecTimeout
+from pytest_containersec.linux import caps
 from pytest_containersec.model import Facts
 from pytest_containersec.runtimes import Runtime, procs
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX

@@ -207,7 +207,7 @@ def test_fixtures_are_documented(fake: FakeEnv) -> None:
     r = fake.run("--fixtures")
     r.stdout.fnmatch_lines(
         [
-            "*fixtures defined from pytest_containersec.fixtures*",
+            "*fixtures defined from pytest_containersec.plugin.fixtures*",
             "containersec_runtime [[]session scope] -- *fixtures.py:*",
             "    The runtime (engine adapter) this test runs on; session scope.",
             "containersec_container -- *fixtures.py:*",
@@ -238,9 +238,9 @@ def test_a_session_without_container_tests_imports_no_runtime(
         import sys
 
         def pytest_unconfigure(config):
-            heavy = ("pytest_containersec.runtimes.docker", "pytest_containersec.runtimes.podman",
-                     "pytest_containersec.runtimes.nspawn", "docker", "podman",
-                     "pytest_containersec.facts", "pytest_containersec.matrix")
+            heavy = ("pytest_containersec.runtimes.docker.docker", "pytest_containersec.runtimes.podman.podman",
+                     "pytest_containersec.runtimes.nspawn.nspawn", "docker", "podman",
+                     "pytest_containersec.observe.facts", "pytest_containersec.report.matrix")
             print("LOADED:", sorted(m for m in sys.modules if m.startswith(heavy)))
         """
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from pytest_containersec import report
+from pytest_containersec.report import report
 
 from .helpers import FakeEnv
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from pytest_containersec import hostinfo, procfs
+from pytest_containersec.linux import hostinfo, procfs
 from tests.plugin.helpers import FakeEnv
 
 MIXED = """

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import assertrepr
-from pytest_containersec.matrix import Matrix, classify
-from pytest_containersec.options import split_names
+from pytest_containersec.observe.testinfra_backend import ContainersecBackend, host_for
+from pytest_containersec.plugin import assertrepr
+from pytest_containersec.plugin.options import split_names
+from pytest_containersec.plugin.session_report import write
+from pytest_containersec.report.matrix import Matrix, classify
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
-from pytest_containersec.session_report import write
 from pytest_containersec.spec import ContainerSpec
-from pytest_containersec.testinfra_backend import ContainersecBackend, host_for
 from tests.plugin.fake_runtime import FakeRuntime
 
 

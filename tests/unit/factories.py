@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pytest_containersec.caps import CAP_NAMES, DOCKER_DEFAULT_CAPS
+from pytest_containersec.linux.caps import CAP_NAMES, DOCKER_DEFAULT_CAPS
 from pytest_containersec.model import (
     AccessResult,
     Capabilities,

@@ -21,9 +21,9 @@ import pytest
 
 from pytest_containersec.errors import ExecTimeout
 from pytest_containersec.runtimes import shared_dir
-from pytest_containersec.runtimes import systemd_run_host as sdhost
-from pytest_containersec.runtimes.nspawn_agent import AgentClient
-from pytest_containersec.runtimes.systemd_run import UnitAgent
+from pytest_containersec.runtimes.nspawn.nspawn_agent import AgentClient
+from pytest_containersec.runtimes.systemd import systemd_run_host as sdhost
+from pytest_containersec.runtimes.systemd.systemd_run import UnitAgent
 
 Hostile = Callable[[Path, str], None]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -258,7 +258,7 @@ def test_a_podman_service_record_names_only_its_own_files(
     (root) once unlinked any path that merely started with that folder's name."""
     import json
 
-    from pytest_containersec.runtimes import podman_service as svc
+    from pytest_containersec.runtimes.podman import podman_service as svc
 
     run = tmp_path / "run"
     run.mkdir()

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec import caps
 from pytest_containersec.errors import ProbeParseError
+from pytest_containersec.linux import caps
 
 # The kernel's numbering (include/uapi/linux/capability.h), written out independently of
 # caps.CAP_NAMES so a shifted or misspelt entry there fails here.

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec import cgroups
-from pytest_containersec.cgroups import CgroupMount
 from pytest_containersec.errors import ProbeParseError
+from pytest_containersec.linux import cgroups
+from pytest_containersec.linux.cgroups import CgroupMount
 from pytest_containersec.model import Cgroup
 
 DATA = Path(__file__).parent.parent / "data"

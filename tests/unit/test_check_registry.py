@@ -14,10 +14,14 @@ import jsonschema
 import pytest
 import yaml
 
-from pytest_containersec import check_params, cli, expect, policy, policy_schema, profiles, sarif
-from pytest_containersec.check_registry import all_checks, get, legacy_names
+from pytest_containersec import expect
+from pytest_containersec.checks import check_params, profiles
+from pytest_containersec.checks.check_registry import all_checks, get, legacy_names
+from pytest_containersec.checks.verdict import Violation
+from pytest_containersec.cli import cli
 from pytest_containersec.model import Lsm, Mismatch
-from pytest_containersec.verdict import Violation
+from pytest_containersec.policy import policy, policy_schema
+from pytest_containersec.report import sarif
 
 from .factories import privileged
 
@@ -161,7 +165,7 @@ def test_policy_values_are_checked_against_the_signature(
 
 def test_the_packaged_schema_is_the_computed_one() -> None:
     assert policy_schema.PACKAGED.read_text() == policy_schema.packaged_text(), (
-        "regenerate it: python -m pytest_containersec.policy_schema"
+        "regenerate it: python -m pytest_containersec.policy.policy_schema"
     )
 
 
@@ -200,6 +204,6 @@ def test_schema_command_prints_it(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 
 def test_namespace_names_are_the_facts_ones() -> None:
-    from pytest_containersec.facts import NAMESPACES
+    from pytest_containersec.observe.facts import NAMESPACES
 
     assert check_params.NAMESPACE_NAMES == NAMESPACES

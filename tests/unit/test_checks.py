@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_containersec import checks, expect
+from pytest_containersec import expect
+from pytest_containersec.checks import checks
 from pytest_containersec.model import AccessResult, Capabilities, Cgroup, Mismatch, Mount, User
 
 from .factories import facts, privileged, rootless

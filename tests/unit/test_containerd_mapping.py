@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import caps
 from pytest_containersec.errors import UnsupportedSpec
-from pytest_containersec.runtimes import containerd_spec as m
-from pytest_containersec.runtimes import nspawn_agent as agent
+from pytest_containersec.linux import caps
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
-from pytest_containersec.runtimes.containerd import grpc_answers
+from pytest_containersec.runtimes.containerd import containerd_spec as m
+from pytest_containersec.runtimes.containerd.containerd import grpc_answers
+from pytest_containersec.runtimes.nspawn import nspawn_agent as agent
 from pytest_containersec.spec import ContainerSpec
 
 
@@ -171,7 +171,7 @@ def test_docker_store_lookup_tells_a_missing_image_from_a_docker_that_does_not_a
     import subprocess
 
     from pytest_containersec.errors import RuntimeUnavailable
-    from pytest_containersec.runtimes import containerd
+    from pytest_containersec.runtimes.containerd import containerd
 
     def answer(rc: int, out: str = "", err: str = "") -> None:
         done = subprocess.CompletedProcess([], rc, out, err)

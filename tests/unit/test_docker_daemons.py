@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import hostinfo, session
 from pytest_containersec.errors import RuntimeUnavailable
+from pytest_containersec.linux import hostinfo, session
 from pytest_containersec.runtimes import RUNTIME_NAMES, _create, procs
-from pytest_containersec.runtimes import docker_daemons as dd
-from pytest_containersec.runtimes import podman_service as svc
-from pytest_containersec.runtimes.docker import DockerRuntime
+from pytest_containersec.runtimes.docker import docker_daemons as dd
+from pytest_containersec.runtimes.docker.docker import DockerRuntime
+from pytest_containersec.runtimes.podman import podman_service as svc
 
 FAKE_DAEMON = textwrap.dedent(
     """

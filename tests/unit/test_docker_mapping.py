@@ -10,7 +10,7 @@ import pytest
 
 from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX, PROBE_DIR
-from pytest_containersec.runtimes.docker import declared_from_inspect, host_config
+from pytest_containersec.runtimes.docker.docker import declared_from_inspect, host_config
 from pytest_containersec.spec import ContainerSpec
 
 

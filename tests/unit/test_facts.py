@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pytest_containersec import checks, facts, probe, procfs
+from pytest_containersec.checks import checks
+from pytest_containersec.linux import procfs
 from pytest_containersec.model import Cgroup, Lsm
+from pytest_containersec.observe import facts, probe
 
 DATA = Path(__file__).parent.parent / "data"
 KEYS = (*probe.DEFAULT_ACCESS, "/etc/passwd:w", "/bin/sh:x", "/nonexist:x")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_containersec import expect
-from pytest_containersec.check_registry import get
-from pytest_containersec.facts_read import (
+from pytest_containersec.checks.check_registry import get
+from pytest_containersec.checks.facts_read import (
     _Recorder,
     _View,
     describe,

@@ -10,17 +10,18 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import cgroups, facts, facts_sandbox, probe
 from pytest_containersec.errors import ProbeParseError, UnsupportedSpec
+from pytest_containersec.linux import cgroups
 from pytest_containersec.model import (
     SOURCE_HOST_SANDBOX,
     SOURCE_INSIDE_GVISOR,
     Cgroup,
     Facts,
 )
-from pytest_containersec.runtimes import oci_variants as v
+from pytest_containersec.observe import facts, facts_sandbox, probe
 from pytest_containersec.runtimes.base import Container, ExecResult
-from pytest_containersec.runtimes.docker import host_config
+from pytest_containersec.runtimes.docker.docker import host_config
+from pytest_containersec.runtimes.oci import oci_variants as v
 from pytest_containersec.spec import ContainerSpec
 
 DATA = Path(__file__).parent.parent / "data" / "gvisor"

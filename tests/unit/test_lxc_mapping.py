@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import caps
 from pytest_containersec.errors import UnsupportedSpec
-from pytest_containersec.runtimes import lxc_spec as m
+from pytest_containersec.linux import caps
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
+from pytest_containersec.runtimes.lxc import lxc_spec as m
 from pytest_containersec.spec import ContainerSpec
 
 ROOT_RANGE = [(231072, 65536)]

@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import checks, expect, masking, policy, procfs, profiles, report, sarif
+from pytest_containersec import expect
+from pytest_containersec.checks import checks, profiles
+from pytest_containersec.checks.verdict import split_absent
+from pytest_containersec.linux import masking, procfs
 from pytest_containersec.model import AccessResult, Facts, MaskedPath
-from pytest_containersec.verdict import split_absent
+from pytest_containersec.policy import policy
+from pytest_containersec.report import report, sarif
 
 from .factories import facts
 

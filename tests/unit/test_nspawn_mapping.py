@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import caps
 from pytest_containersec.errors import UnsupportedSpec
-from pytest_containersec.runtimes import nspawn_agent as agent
-from pytest_containersec.runtimes import nspawn_cgroup as cg
+from pytest_containersec.linux import caps
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX, PROBE_DIR
-from pytest_containersec.runtimes.nspawn_spec import (
+from pytest_containersec.runtimes.nspawn import nspawn_agent as agent
+from pytest_containersec.runtimes.nspawn import nspawn_cgroup as cg
+from pytest_containersec.runtimes.nspawn.nspawn_spec import (
     NSPAWN_DEFAULT_CAPS,
     capability_set,
     declared_from_argv,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_containersec.runtimes import oci
+from pytest_containersec.runtimes.oci import oci
 
 TS = "2026-11-29T02:40:57.082448198+00:00"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_containersec.errors import RuntimeUnavailable
+from pytest_containersec.linux.session import Session
 from pytest_containersec.runtimes import (
     KNOWN_NAMES,
     MANIFEST_RUNTIMES,
@@ -12,9 +13,8 @@ from pytest_containersec.runtimes import (
     VARIANT_NAMES,
     _create,
 )
-from pytest_containersec.runtimes import oci_variants as v
-from pytest_containersec.runtimes.docker import host_config
-from pytest_containersec.session import Session
+from pytest_containersec.runtimes.docker.docker import host_config
+from pytest_containersec.runtimes.oci import oci_variants as v
 from pytest_containersec.spec import ContainerSpec
 
 

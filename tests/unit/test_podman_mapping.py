@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from podman.domain.containers_create import CreateMixin
 
-from pytest_containersec import caps, hostinfo
 from pytest_containersec.errors import RuntimeUnavailable, UnsupportedSpec
-from pytest_containersec.runtimes import oci
-from pytest_containersec.runtimes import podman as podman_adapter
+from pytest_containersec.linux import caps, hostinfo
 from pytest_containersec.runtimes.base import PROBE_DIR
-from pytest_containersec.runtimes.podman import PodmanRuntime
-from pytest_containersec.runtimes.podman_service import RootlessIds
-from pytest_containersec.runtimes.podman_spec import (
+from pytest_containersec.runtimes.oci import oci
+from pytest_containersec.runtimes.podman import podman as podman_adapter
+from pytest_containersec.runtimes.podman.podman import PodmanRuntime
+from pytest_containersec.runtimes.podman.podman_service import RootlessIds
+from pytest_containersec.runtimes.podman.podman_spec import (
     SECCOMP_ANNOTATION,
     create_kwargs,
     declared_from_inspect,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import policy, profiles
+from pytest_containersec.checks import profiles
 from pytest_containersec.errors import PolicyError
+from pytest_containersec.policy import policy
 
 from .factories import facts
 

@@ -10,20 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import caps
-from pytest_containersec.cli import parser, spec_from_args
+from pytest_containersec.cli.cli import parser, spec_from_args
 from pytest_containersec.errors import SpecError, UnsupportedSpec
-from pytest_containersec.runtimes import (
-    KNOWN_NAMES,
-    RUNTIME_NAMES,
-    containerd_spec,
-    lxc_spec,
-    nspawn_spec,
-    podman_spec,
-)
-from pytest_containersec.runtimes import portable_spec as m
-from pytest_containersec.runtimes import systemd_run_declared as decl
-from pytest_containersec.runtimes.docker import host_config
+from pytest_containersec.linux import caps
+from pytest_containersec.runtimes import KNOWN_NAMES, RUNTIME_NAMES
+from pytest_containersec.runtimes.containerd import containerd_spec
+from pytest_containersec.runtimes.docker.docker import host_config
+from pytest_containersec.runtimes.lxc import lxc_spec
+from pytest_containersec.runtimes.nspawn import nspawn_spec
+from pytest_containersec.runtimes.podman import podman_spec
+from pytest_containersec.runtimes.systemd import portable_spec as m
+from pytest_containersec.runtimes.systemd import systemd_run_declared as decl
 from pytest_containersec.spec import CORE_FIELDS, PORTABLE_PROFILES, SPEC_FIELDS, ContainerSpec
 
 DATA = Path(__file__).parent.parent / "data" / "portable"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec import probe
 from pytest_containersec.errors import ProbeParseError, SpecError
 from pytest_containersec.model import AccessResult
+from pytest_containersec.observe import probe
 
 DATA = Path(__file__).parent.parent / "data" / "probe"
 KEYS = (*probe.DEFAULT_ACCESS, "/etc/passwd:w", "/bin/sh:x", "/nonexist:x")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import session
-from pytest_containersec.checks import allowed, denied, operation_denied
-from pytest_containersec.facts import mark_probe_tampered
+from pytest_containersec.checks.checks import allowed, denied, operation_denied
+from pytest_containersec.checks.score import score
+from pytest_containersec.checks.surface import not_privileged
+from pytest_containersec.linux import session
+from pytest_containersec.observe.facts import mark_probe_tampered
 from pytest_containersec.runtimes import probe_copy
 from pytest_containersec.runtimes.probe_copy import ProbeCopy
-from pytest_containersec.score import score
-from pytest_containersec.surface import not_privileged
 
 from .factories import facts as make_facts
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec import caps, procfs
 from pytest_containersec.errors import ProbeParseError
+from pytest_containersec.linux import caps, procfs
 
 PROC = Path(__file__).parent.parent / "data" / "proc"
 CASES = sorted(p.name for p in PROC.iterdir() if p.is_dir())

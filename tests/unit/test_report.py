@@ -6,10 +6,11 @@ import json
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
-from pytest_containersec import checks, report
-from pytest_containersec.checkcmd import junit
+from pytest_containersec.checks import checks
+from pytest_containersec.cli.checkcmd import junit
 from pytest_containersec.model import Mismatch
-from pytest_containersec.results import CheckResult
+from pytest_containersec.report import report
+from pytest_containersec.report.results import CheckResult
 
 from .factories import facts, privileged, rootless
 

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import session
 from pytest_containersec.errors import RuntimeUnavailable
-from pytest_containersec.runtimes import docker_daemons as dd
-from pytest_containersec.runtimes import host_files, nspawn_image, oci, procs
-from pytest_containersec.runtimes import podman_service as svc
-from pytest_containersec.runtimes.docker import DockerRuntime
+from pytest_containersec.linux import session
+from pytest_containersec.runtimes import host_files, procs
+from pytest_containersec.runtimes.docker import docker_daemons as dd
+from pytest_containersec.runtimes.docker.docker import DockerRuntime
+from pytest_containersec.runtimes.nspawn import nspawn_image
+from pytest_containersec.runtimes.oci import oci
+from pytest_containersec.runtimes.podman import podman_service as svc
 
 from .test_docker_daemons import FAKE_DAEMON
 

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec import cli, policy, runner, runtimes
+from pytest_containersec import runtimes
+from pytest_containersec.cli import cli, runner
 from pytest_containersec.errors import PolicyError, UnknownRuntime
+from pytest_containersec.policy import policy
 from pytest_containersec.runtimes.base import Availability, Container
 from pytest_containersec.spec import ContainerSpec
 
@@ -102,7 +104,7 @@ def test_a_policy_may_name_it(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("image: x\nruntimes: [shipped]\nexpect:\n  - seccomp: filter\n")
     assert policy.load(path).runtimes == ("shipped",)
-    from pytest_containersec.policy_schema import policy_schema
+    from pytest_containersec.policy.policy_schema import policy_schema
 
     assert "shipped" in policy_schema()["properties"]["runtimes"]["items"]["enum"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import jsonschema
 
-from pytest_containersec import sarif
-from pytest_containersec.results import CheckResult
+from pytest_containersec.report import sarif
+from pytest_containersec.report.results import CheckResult
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "data" / "sarif-schema-2.1.0.json").read_text())
 RESULTS = [

@@ -7,9 +7,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec.caps import CAP_NAMES
+from pytest_containersec.checks.score import band, score
+from pytest_containersec.linux.caps import CAP_NAMES
 from pytest_containersec.model import Capabilities, Cgroup, Mount
-from pytest_containersec.score import band, score
 
 from .factories import facts, privileged, rootless
 

@@ -382,8 +382,8 @@ def test_from_fields_relative_to_base_and_usage_errors() -> None:
 
 
 def test_policy_names_a_compose_service(tmp_path: Path) -> None:
-    from pytest_containersec import policy
     from pytest_containersec.errors import PolicyError
+    from pytest_containersec.policy import policy
 
     (tmp_path / "compose.yaml").write_text((DATA / "compose.yaml").read_text())
     f = write(tmp_path, "containersec-web.yaml",

@@ -88,7 +88,8 @@ def test_lxc_and_containerd_refuse_the_fields_they_do_not_map(
     from pathlib import Path
 
     from pytest_containersec.errors import UnsupportedSpec
-    from pytest_containersec.runtimes import containerd_spec, lxc_spec
+    from pytest_containersec.runtimes.containerd import containerd_spec
+    from pytest_containersec.runtimes.lxc import lxc_spec
 
     name, value = field_value
     spec = ContainerSpec(**{name: value})  # type: ignore[arg-type]
@@ -108,7 +109,7 @@ def test_lxc_and_containerd_refuse_the_fields_they_do_not_map(
 def test_an_unknown_runtime_is_a_usage_error_in_the_cli(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pytest_containersec import cli
+    from pytest_containersec.cli import cli
 
     assert cli.main([command, "--runtime", "nosuch", "containersec/probe"]) == cli.EXIT_USAGE
     assert "unknown runtime(s) nosuch" in capsys.readouterr().err

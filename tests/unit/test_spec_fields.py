@@ -8,15 +8,16 @@ from typing import Any
 import pytest
 from podman.domain.containers_create import CreateMixin
 
-from pytest_containersec.cli import parser, spec_from_args
+from pytest_containersec.cli.cli import parser, spec_from_args
 from pytest_containersec.errors import SpecError, UnsupportedSpec
-from pytest_containersec.facts import declared_mismatches
 from pytest_containersec.model import Mount
-from pytest_containersec.runtimes import nspawn_spec, oci, oci_fields
-from pytest_containersec.runtimes import systemd_run_declared as decl
-from pytest_containersec.runtimes.docker import host_config
-from pytest_containersec.runtimes.podman_service import RootlessIds
-from pytest_containersec.runtimes.podman_spec import conf_default_ulimits, create_kwargs
+from pytest_containersec.observe.facts import declared_mismatches
+from pytest_containersec.runtimes.docker.docker import host_config
+from pytest_containersec.runtimes.nspawn import nspawn_spec
+from pytest_containersec.runtimes.oci import oci, oci_fields
+from pytest_containersec.runtimes.podman.podman_service import RootlessIds
+from pytest_containersec.runtimes.podman.podman_spec import conf_default_ulimits, create_kwargs
+from pytest_containersec.runtimes.systemd import systemd_run_declared as decl
 from pytest_containersec.spec import ContainerSpec, Device, Tmpfs, Ulimit
 
 from .factories import facts
@@ -270,7 +271,7 @@ def test_declared_namespaces_groups_and_tmpfs_are_compared() -> None:
 
 
 def test_declared_from_docker_inspect_new_keys() -> None:
-    from pytest_containersec.runtimes.oci import declared_from_inspect
+    from pytest_containersec.runtimes.oci.oci import declared_from_inspect
 
     attrs = {
         "Config": {},
@@ -294,7 +295,7 @@ def test_declared_from_docker_inspect_new_keys() -> None:
 
 
 def test_podman_generated_passwd_is_engine_managed() -> None:
-    from pytest_containersec.checks import no_sensitive_mounts
+    from pytest_containersec.checks.checks import no_sensitive_mounts
 
     f = facts()
     hp = "/var/lib/containers/storage/overlay-containers/abc/userdata/passwd"

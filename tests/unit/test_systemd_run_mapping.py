@@ -8,14 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import caps, report
 from pytest_containersec.errors import SpecError, UnsupportedSpec
+from pytest_containersec.linux import caps
 from pytest_containersec.model import AccessResult, Capabilities, Mismatch
-from pytest_containersec.runtimes import RUNTIME_NAMES, docker, nspawn_spec, podman_spec
-from pytest_containersec.runtimes import systemd_run_declared as decl
+from pytest_containersec.observe import analyze
+from pytest_containersec.report import report
+from pytest_containersec.runtimes import RUNTIME_NAMES
 from pytest_containersec.runtimes.base import PROBE_BUSYBOX
-from pytest_containersec.runtimes.systemd_run import AGENT_SCRIPT, agent_command
-from pytest_containersec.runtimes.systemd_run_host import nspawn_argv
+from pytest_containersec.runtimes.docker import docker
+from pytest_containersec.runtimes.nspawn import nspawn_spec
+from pytest_containersec.runtimes.podman import podman_spec
+from pytest_containersec.runtimes.systemd import systemd_run_declared as decl
+from pytest_containersec.runtimes.systemd.systemd_run import AGENT_SCRIPT, agent_command
+from pytest_containersec.runtimes.systemd.systemd_run_host import nspawn_argv
 from pytest_containersec.spec import ContainerSpec
 
 from .factories import facts
@@ -256,26 +261,26 @@ def analyzed(**changes: object) -> object:
 def test_private_network_in_the_hosts_namespace_is_a_disagreement() -> None:
     f = analyzed(namespaces={"net": "host"}, no_new_privs=True,
                  capabilities=Capabilities((), (), (), (), ()))  # fmt: skip
-    mm = decl.analyze_mismatches(f)  # type: ignore[arg-type]
+    mm = analyze.mismatches(f)  # type: ignore[arg-type]
     assert mm == [Mismatch("PrivateNetwork=", "protected", "exposed", "systemd-analyze")]
 
 
 def test_agreement_gives_nothing_and_unknown_stays_quiet() -> None:
     f = analyzed(namespaces={"net": "private"}, no_new_privs=True,
                  capabilities=Capabilities((), (), (), (), ()))  # fmt: skip
-    assert decl.analyze_mismatches(f) == []  # type: ignore[arg-type]
-    assert decl.analyze_mismatches(facts()) == []  # no systemd-analyze output at all
+    assert analyze.mismatches(f) == []  # type: ignore[arg-type]
+    assert analyze.mismatches(facts()) == []  # no systemd-analyze output at all
 
 
 def test_capability_group_and_syscall_rules() -> None:
     f = analyzed(namespaces={"net": "private"}, no_new_privs=False,
                  operations={"mount_tmpfs": AccessResult(True)})  # fmt: skip
-    names = {m.field for m in decl.analyze_mismatches(f)}  # type: ignore[arg-type]
+    names = {m.field for m in analyze.mismatches(f)}  # type: ignore[arg-type]
     # CAP_CHOWN is in Docker's bounding set; no_new_privs is off
     assert names == {"CapabilityBoundingSet=~CAP_(CHOWN|FSETID|SETFCAP)", "NoNewPrivileges="}
     disabled = analyzed(namespaces={"net": "private"}, seccomp="disabled", no_new_privs=True,
                         capabilities=Capabilities((), (), (), (), ()))  # fmt: skip
-    mm = decl.analyze_mismatches(disabled)  # type: ignore[arg-type]
+    mm = analyze.mismatches(disabled)  # type: ignore[arg-type]
     assert mm == []  # "@resources" is declared exposed: no filter agrees with that
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec.termtable import GAP, _cell_lines, fit, layout, wrap
+from pytest_containersec.report.termtable import GAP, _cell_lines, fit, layout, wrap
 
 TEXT = st.text(st.sampled_from("abc ,;:/->0123456789_"), max_size=70)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import masking, procfs
-from pytest_containersec.cgroups import read_limits
+from pytest_containersec.linux import masking, procfs
+from pytest_containersec.linux.cgroups import read_limits
 
 VM = Path(__file__).parent.parent / "data" / "vm"
 RECORDED = sorted(p for p in VM.glob("*-*") if (p / "meta.json").is_file())

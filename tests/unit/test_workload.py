@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_containersec import checks, identity, identity_probe, processes, procfs
+from pytest_containersec.checks import checks
 from pytest_containersec.errors import PolicyError, ProbeParseError, SpecError
+from pytest_containersec.linux import identity, processes, procfs
 from pytest_containersec.model import (
     AccessResult,
     Capabilities,
@@ -26,7 +27,8 @@ from pytest_containersec.model import (
     SurfaceScan,
     User,
 )
-from pytest_containersec.surface_files import parse_vfs_caps, scan
+from pytest_containersec.observe import identity_probe
+from pytest_containersec.observe.surface_files import parse_vfs_caps, scan
 
 DATA = Path(__file__).parent.parent / "data"
 W = DATA / "workload"
@@ -446,7 +448,7 @@ def test_members_are_in_the_main_process_pid_namespace_and_cgroup_subtree(tmp_pa
 
 
 def test_policy_families_for_the_new_checks(tmp_path: Path) -> None:
-    from pytest_containersec import policy
+    from pytest_containersec.policy import policy
 
     p = tmp_path / "containersec-workload.yaml"
     p.write_text(

@@ -1,0 +1,1 @@
+"""The ``containersec`` command: facts, compare, check, runtimes, schema."""

@@ -1,0 +1,49 @@
+"""Run one spec on several runtimes at once and collect Facts (CLI compare / check)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import ContainerSecError
+from ..model import Facts
+from ..runtimes import check_names, default_names, get_runtime
+from ..spec import ContainerSpec
+
+
+@dataclass(frozen=True)
+class Observation:
+    runtime: str
+    facts: Facts | None
+    error: ContainerSecError | None = None
+    unavailable: bool = False
+
+
+def select(names: Sequence[str] | None, kube: bool = False) -> list[str]:
+    """Runtimes by name (when None: every engine runtime of the registry, plus podman-kube
+    for a spec read from a Kubernetes manifest); unknown names raise UnknownRuntime."""
+    chosen = list(names) if names else list(default_names(kube))
+    check_names(chosen)
+    return chosen
+
+
+def observe_one(name: str, spec: ContainerSpec, access: tuple[str, ...]) -> Observation:
+    rt = get_runtime(name)
+    avail = rt.availability()
+    if not avail.available:
+        why = f"unavailable: {avail.reason}" + (f" (fix: {avail.hint})" if avail.hint else "")
+        return Observation(name, None, ContainerSecError(why), unavailable=True)
+    try:
+        with rt.start(spec) as c:
+            return Observation(name, c.facts(access=access))
+    except ContainerSecError as exc:
+        return Observation(name, None, exc)
+
+
+def observe(
+    spec: ContainerSpec, runtimes: Sequence[str], access: tuple[str, ...] = ()
+) -> list[Observation]:
+    """Start ``spec`` on every runtime in parallel, snapshot it, remove it."""
+    with ThreadPoolExecutor(max_workers=max(1, len(runtimes))) as pool:
+        return list(pool.map(lambda n: observe_one(n, spec, access), runtimes))

@@ -1,0 +1,450 @@
+"""The plugin's fixtures and the per-process state behind them (runtimes, container pools).
+
+Engines are imported and contacted only when a test uses one of these fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..spec import SPEC_FIELDS, ContainerSpec
+from . import options
+from .options import marker_fields
+from .prestart import Prestart, stop_all
+from .prestart import scope_key as prestart_scope
+
+if TYPE_CHECKING:
+    from ..runtimes.base import Availability, Container, Runtime
+
+STATE_KEY = pytest.StashKey["ContainersecState"]()
+ITEM_KEY = pytest.StashKey["ItemInfo"]()
+RUNTIME_FIXTURE = "containersec_runtime"
+KEEP_COMMANDS = {"docker": "docker rm -f {name}", "podman": "podman rm -f {name}"}
+
+
+class Entry:
+    """A pooled container and the tests that used it."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.tests: list[str] = []
+        self.failed = False
+
+
+class ItemInfo:
+    """What the plugin knows about one container test (stashed on the item)."""
+
+    def __init__(self, runtime: str | None, spec: ContainerSpec, test: str) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.test = test  # node id without the runtime's parameter id: the matrix row
+        self.entries: list[Entry] = []
+        self.slots: Counter[ContainerSpec] = Counter()
+
+
+class ContainersecState:
+    """Per process: runtimes resolved by name, their availability, open pools, cleanup."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.settings = options.settings(config)
+        self._factories: dict[str, options.RuntimeFactory] | None = None
+        self._runtimes: dict[str, Runtime] = {}
+        self._availability: dict[str, Availability] = {}
+        self._reaped: set[str] = set()
+        self.pools: list[Pool] = []
+        self.kept: list[str] = []  # messages not yet attached to a report
+        self.current_runtime: str | None = None
+        self.usage_error = False
+        self._old_sigterm: Any = None
+        self._handlers = False
+        self._lock = threading.RLock()
+        self._prestart: Prestart | None = None
+
+    # -- runtimes ----------------------------------------------------------------------
+
+    def factories(self) -> dict[str, options.RuntimeFactory]:
+        if self._factories is None:
+            from ..runtimes import known_names
+
+            found: dict[str, options.RuntimeFactory | None] = {
+                name: _registry_factory(name) for name in known_names()
+            }
+            hook = self.config.hook.pytest_containersec_runtime_factories
+            for extra in reversed(hook(config=self.config)):
+                found.update(extra or {})
+            self._factories = {k: v for k, v in found.items() if v is not None}
+        return self._factories
+
+    def known(self) -> tuple[str, ...]:
+        return tuple(self.factories())
+
+    def selected(self) -> tuple[str, ...]:
+        """The runtimes asked for; by default every one but the ENGINE:OCI variants."""
+        return self.settings.runtimes or tuple(n for n in self.known() if ":" not in n)
+
+    def runtime(self, name: str) -> Runtime:
+        with self._lock:
+            if name not in self._runtimes:
+                self._runtimes[name] = self.factories()[name]()
+            return self._runtimes[name]
+
+    def availabilities(self, names: Iterable[str]) -> list[Availability]:
+        """Each runtime's availability, asked concurrently (each may contact an engine)."""
+        names = list(names)
+        if len(names) < 2 or self.settings.parallel < 2:
+            return [self.availability(n) for n in names]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(names), self.settings.parallel)) as ex:
+            return list(ex.map(self.availability, names))
+
+    def availability(self, name: str) -> Availability:
+        from ..runtimes.base import Availability
+
+        if name not in self._availability:
+            try:
+                av = self.runtime(name).availability()
+            except ImportError as exc:
+                av = Availability(name, False, reason=f"adapter not installed ({exc})")
+            except Exception as exc:  # an adapter must report, never crash the session
+                av = Availability(name, False, reason=f"{type(exc).__name__}: {exc}")
+            self._availability[name] = av
+        return self._availability[name]
+
+    def cached_availability(self, name: str) -> Availability | None:
+        return self._availability.get(name)
+
+    def check_named(self) -> None:
+        """A runtime the user named must be available: UsageError with reason and fix."""
+        if not self.settings.runtimes_named:
+            return
+        bad = [self.availability(n) for n in self.selected()]
+        bad = [av for av in bad if not av.available]
+        if bad:
+            lines = [f"--containersec-runtime {av.line()}" for av in bad]
+            raise pytest.UsageError("\n".join(lines))
+
+    def reap_once(self, name: str) -> None:
+        """Remove what dead sessions left on ``name`` (serialized between xdist workers)."""
+        import fcntl
+        import tempfile
+
+        from ..runtimes import probe_copy
+
+        with self._lock:
+            if name in self._reaped:
+                return
+            self._reaped.add(name)
+        lock = Path(tempfile.gettempdir()) / f"containersec-reap-{name}.lock"
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                self.runtime(name).reap()
+                probe_copy.reap()  # probe folders of dead sessions, whatever their runtime
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- cleanup -------------------------------------------------------------------------
+
+    def install_handlers(self) -> None:
+        """atexit + SIGTERM (raised as KeyboardInterrupt so fixtures tear down)."""
+        if self._handlers:
+            return
+        import atexit
+        import signal
+
+        self._handlers = True
+        atexit.register(self.close)
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+
+    # -- concurrent starts ---------------------------------------------------------------
+
+    @property
+    def prestart(self) -> Prestart:
+        with self._lock:
+            if self._prestart is None:
+                self._prestart = Prestart(self.settings.parallel, self._ready_runtime)
+            return self._prestart
+
+    def _ready_runtime(self, name: str) -> Runtime | None:
+        """For a start ahead: the runtime, reaped once, or None when it is unavailable."""
+        if not self.availability(name).available:
+            return None
+        self.reap_once(name)
+        return self.runtime(name)
+
+    def plan_scope(self, item: pytest.Item, scope: str) -> None:
+        """Start ahead what the tests of ``item``'s reuse scope will ask for."""
+        if self.settings.parallel < 2 or self.prestart.planned(scope):
+            return
+        wanted = []
+        for other in item.session.items:
+            info = other.stash.get(ITEM_KEY, None)
+            if info is None or info.runtime is None or other.get_closest_marker("skip"):
+                continue
+            if "containersec_container" not in getattr(other, "fixturenames", ()):
+                continue
+            if prestart_scope(other, self.settings.reuse) == scope:
+                wanted.append((info.runtime, info.spec))
+        self.prestart.plan(scope, wanted)
+
+    def close(self) -> None:
+        """Stop every container still pooled (keep policy applies) and every runtime."""
+        with self._lock:
+            pools, self.pools = self.pools, []
+            runtimes, self._runtimes = self._runtimes, {}
+            prestart, self._prestart = self._prestart, None
+        if prestart is not None:
+            prestart.close()
+        for pool in pools:
+            self.kept += pool.release(self.settings.keep)
+        for rt in runtimes.values():
+            with contextlib.suppress(Exception):
+                rt.close()
+        if self._handlers:
+            import atexit
+            import signal
+
+            self._handlers = False
+            atexit.unregister(self.close)
+            if self._old_sigterm is not None and (
+                threading.current_thread() is threading.main_thread()
+            ):
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM): stopping containers")
+
+
+def _registry_factory(name: str) -> options.RuntimeFactory:
+    def make() -> Runtime:
+        from ..runtimes import get_runtime
+
+        return get_runtime(name)
+
+    return make
+
+
+def item_info(item: pytest.Item) -> ItemInfo:
+    """The item's ItemInfo (made at collection; made here for a fixture requested late)."""
+    info = item.stash.get(ITEM_KEY, None)
+    if info is None:
+        from .options import item_spec
+
+        image = state(item.config).settings.image
+        info = item.stash[ITEM_KEY] = ItemInfo(None, item_spec(item, image), item.nodeid)
+    return info
+
+
+def state(config: pytest.Config) -> ContainersecState:
+    found = config.stash.get(STATE_KEY, None)
+    if found is None:
+        found = config.stash[STATE_KEY] = ContainersecState(config)
+    return found
+
+
+class Pool:
+    """Containers of one runtime shared within one reuse scope, by (spec, slot)."""
+
+    def __init__(
+        self, runtime: Runtime, scope: str | None = None, st: ContainersecState | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.scope = scope  # the reuse scope's node id; None: no starts ahead
+        self.state = st
+        self.entries: dict[tuple[ContainerSpec, int], Entry] = {}
+
+    def acquire(self, item: pytest.Item, spec: ContainerSpec, ahead: bool = False) -> Container:
+        from ..errors import ImageNotFound, UnsupportedSpec
+
+        info = item_info(item)
+        slot = info.slots[spec]
+        info.slots[spec] += 1
+        entry = self.entries.get((spec, slot))
+        if entry is None:
+            try:
+                container = None
+                if ahead and slot == 0 and self.scope is not None and self.state is not None:
+                    self.state.plan_scope(item, self.scope)
+                    container = self.state.prestart.take(self.scope, self.runtime.name, spec)
+                if container is None:
+                    container = self.runtime.start(spec)
+            except UnsupportedSpec as exc:
+                pytest.skip(str(exc))
+            except ImageNotFound as exc:
+                if spec.origin is None:
+                    raise
+                pytest.fail(f"{spec.origin.where()}: image: {exc}", pytrace=False)
+            entry = self.entries[(spec, slot)] = Entry(container)
+        entry.tests.append(item.nodeid)
+        info.entries.append(entry)
+        return entry.container
+
+    def release(self, keep: str) -> list[str]:
+        """Stop the containers, except those the keep policy retains; their messages."""
+        kept = []
+        entries, self.entries = list(self.entries.values()), {}
+        stops = []
+        for e in entries:
+            c = e.container
+            if keep == "always" or (keep == "failed" and e.failed):
+                self.runtime.forget(c)
+                kept.append(keep_message(e))
+                continue
+            stops.append(_quiet_stop(c))
+        parallel = self.state.settings.parallel if self.state is not None else 1
+        if self.scope is not None and self.state is not None:
+            self.state.prestart.discard(self.scope, self.runtime.name)
+        stop_all(parallel, stops)
+        return kept
+
+
+def _quiet_stop(c: Container) -> Callable[[], None]:
+    def stop() -> None:
+        with contextlib.suppress(Exception):
+            c.stop()
+
+    return stop
+
+
+def keep_message(e: Entry) -> str:
+    c = e.container
+    how = KEEP_COMMANDS.get(c.runtime, "")
+    remove = f"remove it with `{how.format(name=c.name)}`, or " if how else ""
+    tests = ", ".join(e.tests[:3]) + (f" (+{len(e.tests) - 3} more)" if len(e.tests) > 3 else "")
+    why = "failed test" if e.failed else "test"
+    return (
+        f"[{c.runtime}] kept container {c.name} (id {c.id[:12]}, host pid {c.host_pid}) "
+        f"of {why} {tests}; {remove}the next containersec session reaps it"
+    )
+
+
+def parametrize(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``containersec_runtime`` (indirect, session scope) for one test."""
+    st = state(metafunc.config)
+    selected = st.selected()
+    wanted = marker_fields(metafunc.definition).get("runtimes")
+    names = list(selected)
+    if isinstance(wanted, list | tuple) and all(isinstance(n, str) for n in wanted):
+        names = [n for n in selected if n in wanted]
+    else:  # a runtime that runs manifests only: for tests whose spec is read from one
+        names = [n for n in names if n not in _manifest_runtimes(metafunc)]
+    if names:
+        params = [pytest.param(n, id=n) for n in names]
+    else:
+        why = f"containersec(runtimes={wanted!r}): none of them is selected ({', '.join(selected)})"
+        params = [pytest.param(None, id="no-runtime", marks=pytest.mark.skip(reason=why))]
+    metafunc.parametrize(RUNTIME_FIXTURE, params, indirect=True, scope="session")
+
+
+def _manifest_runtimes(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    """The manifest-only runtimes this test's spec cannot run on (all of them unless the
+    spec was read from a Kubernetes manifest)."""
+    from ..runtimes import MANIFEST_RUNTIMES
+    from .options import item_spec
+
+    try:
+        spec = item_spec(metafunc.definition, state(metafunc.config).settings.image)
+    except (ValueError, TypeError):
+        return MANIFEST_RUNTIMES  # the marker's usage error is reported at collection
+    return () if spec.origin is not None and spec.origin.kind == "kube" else MANIFEST_RUNTIMES
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def containersec_runtime(request: pytest.FixtureRequest) -> Runtime:
+    """The runtime (engine adapter) this test runs on; session scope.
+
+    Tests that use it, ``containersec_container`` or ``containersec_start`` run once per
+    selected runtime, with ids ``[docker]``, ``[podman]``, ``[podman-rootless]``,
+    ``[nspawn]`` (``--containersec-runtime``; ``@pytest.mark.containersec(runtimes=[...])``
+    narrows it). An unavailable runtime skips its tests with the reason and the fix.
+    """
+    st = state(request.config)
+    name = getattr(request, "param", None)
+    if name is None:
+        name = st.selected()[0]
+    av = st.availability(name)
+    if not av.available:
+        pytest.skip(av.line())
+    st.install_handlers()
+    st.reap_once(name)
+    return st.runtime(name)
+
+
+@pytest.fixture(scope=options.reuse_scope)
+def _containersec_pool(
+    containersec_runtime: Runtime, request: pytest.FixtureRequest
+) -> Iterator[Pool]:
+    """Containers shared within the ``--containersec-reuse`` scope (default: module)."""
+    st = state(request.config)
+    scope = request.node.nodeid if st.settings.reuse != "function" else None
+    pool = Pool(containersec_runtime, scope, st)
+    st.pools.append(pool)
+    yield pool
+    if pool in st.pools:
+        st.pools.remove(pool)
+        st.kept += pool.release(st.settings.keep)
+
+
+@pytest.fixture
+def containersec_container(request: pytest.FixtureRequest, _containersec_pool: Pool) -> Container:
+    """The container of the nearest ``@pytest.mark.containersec(...)``, on this runtime.
+
+    Started once per spec and runtime within the ``--containersec-reuse`` scope (default:
+    module) and shared by the tests of that scope with an identical spec; stopped when the
+    scope ends (``--containersec-keep`` may keep it). Without a marker: the default image.
+    """
+    item = request.node
+    return _containersec_pool.acquire(item, item_info(item).spec, ahead=True)
+
+
+class ContainersecStart:
+    """``containersec_start(image=..., **spec) -> Container``: start more containers."""
+
+    def __init__(self, item: pytest.Item, pool: Pool, image: str) -> None:
+        self._item = item
+        self._pool = pool
+        self._image = image
+
+    def __call__(self, image: str | None = None, **spec: Any) -> Container:
+        """Start a container of ``image`` (default: ``--containersec-image``) with these
+        ContainerSpec fields (``user=``, ``cap_drop=``, ``memory=``, ...) on this runtime."""
+        unknown = sorted(set(spec) - set(SPEC_FIELDS))
+        if unknown:
+            raise TypeError(
+                f"containersec_start(): unknown spec field(s) {', '.join(unknown)} "
+                f"(known: {', '.join(SPEC_FIELDS)})"
+            )
+        full = ContainerSpec(**{**spec, "image": image or self._image})
+        return self._pool.acquire(self._item, full)
+
+
+@pytest.fixture
+def containersec_start(
+    request: pytest.FixtureRequest, _containersec_pool: Pool
+) -> ContainersecStart:
+    """Factory for several containers in one test, on this test's runtime::
+
+        def test_two(containersec_start):
+            a = containersec_start(user="1000", cap_drop=["ALL"])
+            b = containersec_start(image="myapp:1.4", read_only=True)
+
+    Each call takes keyword ContainerSpec fields and returns a started Container. All of
+    them are stopped when the ``--containersec-reuse`` scope ends (default: module; equal
+    specs are shared by the tests of that scope, but never twice within one test).
+    """
+    return ContainersecStart(request.node, _containersec_pool, state(request.config).settings.image)

@@ -1,0 +1,1 @@
+"""containerd directly, through ``ctr`` (containerd.py, containerd_spec.py)."""

@@ -1,0 +1,1 @@
+"""LXC: unprivileged containers with an idmap (lxc.py, lxc_spec.py)."""

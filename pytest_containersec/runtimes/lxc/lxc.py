@@ -1,0 +1,365 @@
+"""LXC adapter: ``lxc-start``/``lxc-attach``/``lxc-stop`` argv lists on a private lxcpath.
+
+Each container is ``$STATE/lxc/<name>/`` (the lxcpath is ``$STATE/lxc``): ``config``
+(see :mod:`.lxc_spec`), ``rootfs/`` (a private copy of the image's rootfs, mounted
+idmapped), ``run/init`` (the main command's script), ``console.log`` and ``owner`` (the
+session's token, for :meth:`LxcRuntime.reap`). Execs go through ``lxc-attach``, which
+joins the container's namespaces and cgroup and applies its capability drops, seccomp
+policy, no_new_privs and LSM profile (measured: the probe's own /proc/self/status equals
+the host's view of the main process; any difference is an ``inside`` mismatch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ...errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
+from ...linux import hostinfo, session
+from ...spec import ContainerSpec
+from .. import procs
+from ..base import (
+    DEFAULT_EXEC_TIMEOUT,
+    PROBE_DIR,
+    Availability,
+    Container,
+    ExecResult,
+    log_tail,
+)
+from ..nspawn import nspawn_agent as agent
+from ..nspawn import nspawn_cgroup as cg
+from ..nspawn import nspawn_image as images
+from ..nspawn.nspawn import state_root
+from ..oci import oci
+from ..probe_copy import ProbeCopy
+from . import lxc_spec as mapping
+
+NAME = mapping.NAME
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FIX = "apt-get install lxc (make setup)"
+
+
+def lxcpath() -> Path:
+    return state_root() / "lxc"
+
+
+def _run(argv: list[str], timeout: float = STOP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def _subids() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    return mapping.parse_subids(read("/etc/subuid")), mapping.parse_subids(read("/etc/subgid"))
+
+
+def apparmor_enabled() -> bool:
+    try:
+        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """Every cgroup LXC makes for ``name`` (payload and monitor, each hierarchy),
+    deepest first."""
+    root = Path("/sys/fs/cgroup")
+    tops = [root] if hostinfo.cgroup_version() == 2 else [p for p in root.iterdir() if p.is_dir()]
+    out: list[Path] = []
+    for top in tops:
+        for kind in ("lxc.payload.", "lxc.monitor.", "lxc.pivot/lxc.payload."):
+            d = top / f"{kind}{name}"
+            if d.is_dir():
+                out += sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+                out.append(d)
+    return out
+
+
+def remove_cgroups(name: str) -> None:
+    """Kill what is left in ``name``'s cgroups and remove them (after a lost monitor)."""
+    cg.kill_and_remove(cgroup_dirs(name), wait=1.0)
+
+
+def destroy(name: str) -> None:
+    """Stop ``name`` (SIGKILL through lxc-stop), then remove its cgroups and folder."""
+    path = lxcpath()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        _run(["lxc-stop", "-k", "-n", name, "-P", str(path)])
+    remove_cgroups(name)
+    shutil.rmtree(path / name, ignore_errors=True)
+
+
+class LxcContainer(Container):
+    def __init__(self, rt: LxcRuntime, spec: ContainerSpec, name: str, state: Path) -> None:
+        self._rt = rt
+        self.runtime = NAME
+        self.name = self.id = name
+        self.spec = spec
+        self.engine_rootless = False
+        self.host_pid = 0
+        self.state = state
+        self.config: list[str] = []
+        self.env: dict[str, str] = {}
+        self.ids: tuple[int, int] | None = None
+        self._stopped = False
+
+    def _lxc(self, tool: str, *args: str) -> list[str]:
+        return [tool, "-n", self.name, "-P", str(lxcpath()), *args]
+
+    def start(self, cache: Path, image_env: dict[str, str]) -> None:
+        """Everything after the container's folder exists; the caller stops us on error."""
+        rootfs = self.state / "rootfs"
+        images.prepare_copy(cache, rootfs)
+        images.ensure_path(rootfs, PROBE_DIR, is_dir=True)
+        idmap = mapping.idmap_for(self.spec, *_subids())
+        if self.spec.user is not None:
+            self.ids = self._user(rootfs)
+        self.env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.spec.env)}
+        run = self.state / "run"
+        run.mkdir(mode=0o755)
+        (run / "init").write_text(mapping.init_script(self.spec))
+        (run / "init").chmod(0o644)
+        copy = self.probe_copy = ProbeCopy.create(self.name)
+        self.config = mapping.config_lines(
+            self.spec, name=self.name, rootfs=rootfs, probe_dir=copy.path, run_dir=run,
+            log=self.state / "console.log", idmap=idmap, cgroup_version=hostinfo.cgroup_version(),
+            ids=self.ids, env=self.env, apparmor=apparmor_enabled(),
+        )  # fmt: skip
+        (self.state / "config").write_text("\n".join(self.config) + "\n")
+        argv = self._lxc("lxc-start", "-d", "-o", str(self.state / "lxc.log"), "-l", "INFO")
+        try:
+            out = _run(argv, START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise ContainerStartError(NAME, argv, None, "lxc-start did not return") from None
+        self.host_pid = self._init_pid() if out.returncode == 0 else 0
+        token = session.owner_token(self.host_pid) if self.host_pid else ""
+        deadline = time.monotonic() + oci.START_WAIT
+        while token and procs.running(self.host_pid, token) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not token or not procs.running(self.host_pid, token):
+            self._failed(argv, out.stderr)
+
+    def _failed(self, argv: list[str], stderr: str) -> None:
+        """The main process exited (or never ran): its status, LXC's errors, its output."""
+        deadline = time.monotonic() + STOP_TIMEOUT  # the monitor logs the status as it ends
+        while time.monotonic() < deadline:
+            status, errors = mapping.log_outcome(procs.tail(self.state / "lxc.log", 400))
+            if status is not None or self._init_pid() == 0:
+                break
+            time.sleep(0.02)
+        why = [e for e in (stderr.strip(), "\n".join(errors)) if e]
+        why.append("the container's main process exited at once; output:\n" + self.logs())
+        raise ContainerStartError(NAME, argv, status, "\n".join(why))
+
+    def _init_pid(self) -> int:
+        out = _run(self._lxc("lxc-info", "-p", "-H"))
+        text = out.stdout.strip()
+        return int(text) if out.returncode == 0 and text.isdigit() else 0
+
+    def _user(self, rootfs: Path) -> tuple[int, int]:
+        assert self.spec.user is not None
+        try:
+            uid, gid, extra, _name, _home = agent.resolve_user(
+                self.spec.user,
+                images.read_file(rootfs, "etc/passwd"),
+                images.read_file(rootfs, "etc/group"),
+            )
+        except ValueError as exc:
+            raise ContainerStartError(NAME, [f"user={self.spec.user}"], None, str(exc)) from None
+        if extra:
+            raise UnsupportedSpec(
+                "user", NAME,
+                f"{self.spec.user!r} has supplementary groups {extra} in the image; LXC 5 sets "
+                "none (lxc.init.groups is newer), so the process would differ from Docker's",
+            )  # fmt: skip
+        return uid, gid
+
+    def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        self.guard_probe()
+        if self._stopped:
+            raise RuntimeUnavailable(NAME, f"container {self.name} is stopped")
+        cmd = self._lxc("lxc-attach", "--clear-env")
+        cmd += [f"--set-var={k}={v}" for k, v in self.env.items()]
+        if self.ids is not None:
+            cmd += ["-u", str(self.ids[0]), "-g", str(self.ids[1])]
+        wrapped = oci.wrap_with_timeout(list(argv), timeout)
+        proc = subprocess.Popen(
+            [*cmd, "--", *wrapped],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        sessions: set[int] = set()
+
+        def note() -> None:  # the attached command's session, while it runs
+            sessions.update(s for s in map(_sid, procs.descendants(proc.pid)) if s)
+
+        def kill() -> None:
+            note()
+            procs.kill_tree(proc.pid)
+            for sid in sessions:
+                oci.kill_session(sid, self.host_pid)
+
+        return oci.run_exec(
+            NAME, wrapped, timeout, lambda: stream_pipes(proc), proc.poll, kill, note
+        )
+
+    def declared(self) -> dict[str, Any]:
+        return mapping.declared_from_config(self.config, self.spec)
+
+    def logs(self) -> str:
+        return log_tail(self.state / "console.log")
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            destroy(self.name)
+        finally:
+            self.release_probe()
+            self._rt.forget(self)
+
+
+def stream_pipes(proc: subprocess.Popen[bytes]) -> Iterable[tuple[bytes | None, bytes | None]]:
+    """stdout/stderr chunks until EOF, or until EOF_GRACE after lxc-attach exited (a
+    background child of the command may hold the pipes open: Docker returns then too)."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, 0)
+    sel.register(proc.stderr, selectors.EVENT_READ, 1)
+    exited: float | None = None
+    try:
+        while sel.get_map():
+            if exited is None and proc.poll() is not None:
+                exited = time.monotonic()
+            if exited is not None and time.monotonic() - exited > agent.EOF_GRACE:
+                return
+            for key, _ in sel.select(0.1):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.data == 0:
+                    yield chunk, None
+                else:
+                    yield None, chunk
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_TIMEOUT)
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rfind(")") + 2 :].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class LxcRuntime:
+    """The ``lxc`` runtime: one LXC container per spec, root-owned, idmapped by default."""
+
+    def __init__(self) -> None:
+        self.name = NAME
+        self._live: dict[str, LxcContainer] = {}
+        self._lock = threading.Lock()
+
+    def availability(self) -> Availability:
+        missing = [t for t in ("lxc-start", "lxc-attach", "lxc-stop", "lxc-info")
+                   if shutil.which(t) is None]  # fmt: skip
+        if missing:
+            return Availability(NAME, False, reason=f"{', '.join(missing)} not found", hint=FIX)
+        if os.geteuid() != 0:
+            return Availability(
+                NAME, False, reason="the lxc runtime runs as root", hint="run as root"
+            )
+        if not (mapping.LXC_CONFIG / "common.conf").is_file():
+            return Availability(
+                NAME, False, reason=f"{mapping.LXC_CONFIG}/common.conf missing", hint=FIX
+            )
+        uids, gids = _subids()
+        if not [r for r in uids if r in gids]:
+            return Availability(
+                NAME, False,
+                reason="root has no subordinate id range in /etc/subuid and /etc/subgid "
+                "(LXC maps through newuidmap, which insists on one)",
+                hint="run the project setup (make setup), or add root:231072:65536 to both",
+            )  # fmt: skip
+        try:
+            hostinfo.static_busybox()
+            out = _run(["lxc-start", "--version"])
+        except RuntimeUnavailable as exc:
+            return Availability(NAME, False, reason=exc.reason, hint=exc.hint)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return Availability(NAME, False, reason=f"lxc-start --version failed: {exc}", hint=FIX)
+        return Availability(NAME, True, f"LXC {out.stdout.strip()}")
+
+    def start(self, spec: ContainerSpec) -> Container:
+        if spec.properties:
+            raise UnsupportedSpec("properties", NAME, "systemd unit properties: use systemd-run")
+        mapping.idmap_for(spec, *_subids())  # fails before anything is made
+        mapping.seccomp_profile(spec)
+        cache, image_env = images.rootfs(spec.image, state_root(), NAME)
+        name = session.current().next_name(NAME)
+        state = lxcpath() / name
+        lxcpath().mkdir(parents=True, exist_ok=True)
+        lxcpath().chmod(0o755)  # the idmapped root walks it
+        state.mkdir(mode=0o755)
+        (state / "owner").write_text(session.current().owner)
+        c = LxcContainer(self, spec, name, state)
+        with self._lock:
+            self._live[name] = c
+        try:
+            c.start(cache, image_env)
+        except BaseException as exc:
+            c.stop()
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise ContainerStartError(NAME, ["lxc-start", name], None, str(exc)) from None
+            raise
+        return c
+
+    def forget(self, c: Container) -> None:
+        with self._lock:
+            self._live.pop(c.name, None)
+
+    def reap(self) -> int:
+        """Stop and remove the containers of sessions whose process is dead."""
+        n = 0
+        base = lxcpath()
+        for d in sorted(base.iterdir()) if base.is_dir() else []:
+            try:
+                owner = (d / "owner").read_text().strip()
+            except OSError:
+                owner = ""
+                if time.time() - d.stat().st_mtime < 60:
+                    continue  # being created right now
+            if owner and session.owner_alive(owner):
+                continue
+            destroy(d.name)
+            n += 1
+        return n
+
+    def close(self) -> None:
+        with self._lock:
+            live = list(self._live.values())
+        for c in live:
+            c.stop()
