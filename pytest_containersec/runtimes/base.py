@@ -8,13 +8,17 @@ The exec contract (ExecResult, the probe's places) is observation's, re-exported
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from ..errors import ProbeModified
+from ..errors import ContainerStartError, ProbeModified
 from ..observe.target import (
     DEFAULT_EXEC_TIMEOUT,
     MAX_OUTPUT,
@@ -32,6 +36,7 @@ __all__ = [
     "Availability",
     "Container",
     "ExecResult",
+    "LiveContainers",
     "Runtime",
     "log_tail",
 ]
@@ -271,3 +276,55 @@ class Runtime(Protocol):
         """Stop tracking ``container``: close() leaves it running (keep policy); the next
         session's reap() removes it."""
         ...
+
+
+C = TypeVar("C", bound=Container)
+
+
+class LiveContainers(Generic[C]):
+    """The containers one adapter started in this process and still owns: the bookkeeping
+    every runtime shares (register, start with rollback, forget, stop all at close)."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        self._items: dict[int, C] = {}
+
+    def add(self, c: C) -> C:
+        """Track ``c`` (a container whose start succeeded, or is about to be attempted)."""
+        with self._lock:
+            self._items[id(c)] = c
+        return c
+
+    def forget(self, c: Container) -> None:
+        """Stop tracking ``c`` (it stopped, or the keep policy leaves it running)."""
+        with self._lock:
+            self._items.pop(id(c), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def launch(self, c: C, start: Callable[[], object], argv: Callable[[], Sequence[str]]) -> C:
+        """Track ``c`` and run ``start``; on any failure stop ``c`` first, so that nothing
+        is left (an OSError or SubprocessError becomes ContainerStartError naming ``argv``)."""
+        self.add(c)
+        try:
+            start()
+        except BaseException as exc:
+            c.stop()
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise ContainerStartError(self.runtime, list(argv()), None, str(exc)) from None
+            raise
+        return c
+
+    def stop_all(self, *tolerated: type[BaseException]) -> None:
+        """At close: stop each container still tracked (an error of a ``tolerated`` type,
+        e.g. its engine is gone, leaves it to the next session's reap) and remove its probe
+        folder, which nothing may use once we are gone."""
+        with self._lock:
+            live = list(self._items.values())
+        for c in live:
+            with contextlib.suppress(*tolerated):
+                c.stop()
+            c.drop_probe()

@@ -30,6 +30,7 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,17 @@ class ProbeCopy:
         other._stats, other._digests, other._owned = self._stats, self._digests, False
         other._tools = self._tools
         return other
+
+    @classmethod
+    @contextlib.contextmanager
+    def made(cls, name: str) -> Iterator[ProbeCopy]:
+        """:meth:`create`, removed again when the block fails (the start it was for)."""
+        copy = cls.create(name)
+        try:
+            yield copy
+        except BaseException:
+            copy.remove()
+            raise
 
     @classmethod
     def create(cls, name: str) -> ProbeCopy:

@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,14 @@ from ...errors import ContainerStartError, ImageNotFound, ProbeError, RuntimeUna
 from ...linux import hostinfo, session
 from ...spec import ContainerSpec
 from .. import procs
-from ..base import DEFAULT_EXEC_TIMEOUT, Availability, Container, ExecResult, log_tail
+from ..base import (
+    DEFAULT_EXEC_TIMEOUT,
+    Availability,
+    Container,
+    ExecResult,
+    LiveContainers,
+    log_tail,
+)
 from ..docker.docker_daemons import DaemonConfig, DockerDaemon
 from ..lxc.lxc import stream_pipes
 from ..nspawn import nspawn_agent as agent
@@ -264,8 +270,7 @@ class ContainerdRuntime:
         self.runc_binary = runc_binary
         self.daemon = DockerDaemon(NAME, daemon_config)
         self._address: Path | None = None
-        self._live: dict[str, ContainerdContainer] = {}
-        self._lock = threading.Lock()
+        self.live: LiveContainers[ContainerdContainer] = LiveContainers(self.name)
         self._imported: set[str] = set()
         self.version = ""
 
@@ -363,22 +368,15 @@ class ContainerdRuntime:
         state.mkdir(parents=True, mode=0o700)
         (state / "owner").write_text(session.current().owner)
         c = ContainerdContainer(self, spec, name, state)
-        with self._lock:
-            self._live[name] = c
         try:
-            c.start()
-        except BaseException as exc:
-            c.stop()
-            if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(self.name, c.argv, None, str(exc)) from None
-            if isinstance(exc, ContainerStartError):
-                from ..oci.oci_variants import host_refusal
+            return self.live.launch(c, c.start, lambda: c.argv)
+        except ContainerStartError as exc:
+            from ..oci.oci_variants import host_refusal
 
-                refused = host_refusal(self.name, self.runc_binary, str(exc))
-                if refused is not None:
-                    raise refused from None
+            refused = host_refusal(self.name, self.runc_binary, str(exc))
+            if refused is not None:
+                raise refused from None
             raise
-        return c
 
     def remove(self, name: str) -> None:
         """Kill the task, delete it and the container (its snapshot too), its files."""
@@ -393,8 +391,7 @@ class ContainerdRuntime:
         shutil.rmtree(containers_root() / name, ignore_errors=True)
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.name, None)
+        self.live.forget(c)
 
     def reap(self) -> int:
         """Remove the containers of dead sessions, then a daemon nobody holds a lease on."""
@@ -415,11 +412,7 @@ class ContainerdRuntime:
         return len(dead) + self.daemon.reap()
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            with contextlib.suppress(RuntimeUnavailable):
-                c.stop()
+        self.live.stop_all(RuntimeUnavailable)
         self._address = None
         self.daemon.release()
 

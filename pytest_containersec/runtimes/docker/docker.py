@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from ...errors import (
 from ...linux import hostinfo, session
 from ...spec import ContainerSpec, refuse_portable_profile
 from .. import procs
-from ..base import PROBE_DIR, Availability, Container, ExecResult
+from ..base import PROBE_DIR, Availability, Container, ExecResult, LiveContainers
 from ..oci import oci, oci_fields
 from ..oci.oci_variants import check_network, sandbox_of
 from ..podman import podman_service as svc
@@ -206,8 +205,7 @@ class DockerRuntime:
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
         self.daemon = daemon  # a daemon of its own: started on first use, released in close()
         self._client: docker.DockerClient | None = None
-        self._live: dict[str, DockerContainer] = {}
-        self._lock = threading.Lock()
+        self.live: LiveContainers[DockerContainer] = LiveContainers(self.name)
         self.security_options: tuple[str, ...] = ()
         self.rootless = False
         self.version = ""
@@ -280,16 +278,10 @@ class DockerRuntime:
         client = self.client
         sess = session.current()
         name = sess.next_name(self.name)
-        copy = ProbeCopy.create(name)
-        try:
+        with ProbeCopy.made(name) as copy:
             c = self._start(client, spec, name, copy)
-        except BaseException:
-            copy.remove()
-            raise
         c.probe_copy = copy
-        with self._lock:
-            self._live[c.id] = c
-        return c
+        return self.live.add(c)
 
     def _start(
         self, client: docker.DockerClient, spec: ContainerSpec, name: str, copy: ProbeCopy
@@ -351,8 +343,7 @@ class DockerRuntime:
         return bool(state.get("Running")), state.get("ExitCode")
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.id, None)
+        self.live.forget(c)
 
     def may_kill(self, pid: int) -> bool:
         """Whether a process an exec's timeout kills may be ``pid`` (a rootless daemon's
@@ -385,12 +376,7 @@ class DockerRuntime:
         return n
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            with contextlib.suppress(ContainerSecError):  # a dead daemon: reaped when it is back
-                c.stop()
-            c.drop_probe()  # nothing may use it once we are gone
+        self.live.stop_all(ContainerSecError)  # a dead daemon: reaped when it is back
         if self._client is not None:
             self._client.close()
             self._client = None

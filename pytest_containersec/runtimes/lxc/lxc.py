@@ -16,7 +16,6 @@ import os
 import selectors
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..base import (
     Availability,
     Container,
     ExecResult,
+    LiveContainers,
     log_tail,
 )
 from ..nspawn import nspawn_agent as agent
@@ -280,8 +280,7 @@ class LxcRuntime:
 
     def __init__(self) -> None:
         self.name = NAME
-        self._live: dict[str, LxcContainer] = {}
-        self._lock = threading.Lock()
+        self.live: LiveContainers[LxcContainer] = LiveContainers(NAME)
 
     def availability(self) -> Availability:
         missing = [t for t in ("lxc-start", "lxc-attach", "lxc-stop", "lxc-info")
@@ -326,20 +325,10 @@ class LxcRuntime:
         state.mkdir(mode=0o755)
         (state / "owner").write_text(session.current().owner)
         c = LxcContainer(self, spec, name, state)
-        with self._lock:
-            self._live[name] = c
-        try:
-            c.start(cache, image_env)
-        except BaseException as exc:
-            c.stop()
-            if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(NAME, ["lxc-start", name], None, str(exc)) from None
-            raise
-        return c
+        return self.live.launch(c, lambda: c.start(cache, image_env), lambda: ["lxc-start", name])
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.name, None)
+        self.live.forget(c)
 
     def reap(self) -> int:
         """Stop and remove the containers of sessions whose process is dead."""
@@ -359,7 +348,4 @@ class LxcRuntime:
         return n
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            c.stop()
+        self.live.stop_all()

@@ -12,7 +12,6 @@ import select
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..base import (
     Availability,
     Container,
     ExecResult,
+    LiveContainers,
     log_tail,
 )
 from ..oci.oci import start_wait
@@ -293,8 +293,7 @@ class NspawnRuntime:
 
     def __init__(self) -> None:
         self.name = NAME
-        self._live: dict[str, NspawnContainer] = {}
-        self._lock = threading.Lock()
+        self.live: LiveContainers[NspawnContainer] = LiveContainers(NAME)
 
     def availability(self) -> Availability:
         exe = shutil.which(NSPAWN)
@@ -330,20 +329,10 @@ class NspawnRuntime:
         (state / "owner").write_text(session.current().owner)
         c = NspawnContainer(self, spec, name, state, [], env)
         c.run_spec = run_spec
-        with self._lock:
-            self._live[name] = c
-        try:
-            c.start(cache, image_env, options)
-        except BaseException as exc:
-            c.stop()
-            if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(NAME, c.argv, None, str(exc)) from None
-            raise
-        return c
+        return self.live.launch(c, lambda: c.start(cache, image_env, options), lambda: c.argv)
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.name, None)
+        self.live.forget(c)
 
     def reap(self) -> int:
         """Remove state dirs (processes, cgroups, rootfs copies) of dead sessions."""
@@ -355,7 +344,4 @@ class NspawnRuntime:
         return reap_state_dirs(state_root() / "nspawn", finish)
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            c.stop()
+        self.live.stop_all()

@@ -29,7 +29,7 @@ from ...errors import (
 from ...linux import session
 from ...spec import ContainerSpec
 from .. import host_files, procs
-from ..base import Availability, Container, ExecResult
+from ..base import Availability, Container, ExecResult, LiveContainers
 from ..oci import oci, oci_fields
 from ..oci.oci_variants import check_network, sandbox_of
 from ..probe_copy import ProbeCopy
@@ -185,7 +185,7 @@ class PodmanRuntime:
         self.service: PodmanService | None = None
         self._client: PodmanClient | None = None
         self._ids: RootlessIds | None = None
-        self._live: dict[str, PodmanContainer] = {}
+        self.live: LiveContainers[PodmanContainer] = LiveContainers(self.name)
         self._lock = threading.RLock()
 
     @property
@@ -233,22 +233,18 @@ class PodmanRuntime:
         client = self.client
         sess = session.current()
         name = sess.next_name(self.name)
-        copy = ProbeCopy.create(name)
         try:
-            c = self._start(client, spec, name, copy)
-        except BaseException as exc:
-            copy.remove()
-            if isinstance(exc, ContainerStartError):
-                from ..oci.oci_variants import host_refusal
+            with ProbeCopy.made(name) as copy:
+                c = self._start(client, spec, name, copy)
+        except ContainerStartError as exc:
+            from ..oci.oci_variants import host_refusal
 
-                refused = host_refusal(self.name, self.oci_runtime, str(exc))
-                if refused is not None:
-                    raise refused from None
+            refused = host_refusal(self.name, self.oci_runtime, str(exc))
+            if refused is not None:
+                raise refused from None
             raise
         c.probe_copy = copy
-        with self._lock:
-            self._live[c.id] = c
-        return c
+        return self.live.add(c)
 
     def _start(
         self, client: PodmanClient, spec: ContainerSpec, name: str, copy: ProbeCopy
@@ -338,8 +334,7 @@ class PodmanRuntime:
         return ProbeError(self.name, f"{what} failed: {_explain(exc)}")
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.id, None)
+        self.live.forget(c)
 
     def reap(self) -> int:
         if self._client is None and not self.availability().available:
@@ -360,12 +355,7 @@ class PodmanRuntime:
         return n + reap_services(self.rootless)
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            with contextlib.suppress(ContainerSecError, OSError):  # a dead service: reaped later
-                c.stop()
-            c.drop_probe()  # nothing may use it once we are gone
+        self.live.stop_all(ContainerSecError, OSError)  # a dead service: reaped later
         with self._lock:
             if self._client is not None:
                 cast(Any, self._client).close()

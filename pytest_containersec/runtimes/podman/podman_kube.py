@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,15 @@ from ...errors import (
 )
 from ...linux import session
 from ...spec import ContainerSpec
-from ..base import MAX_OUTPUT, PROBE_BUSYBOX, PROBE_DIR, Availability, Container, ExecResult
+from ..base import (
+    MAX_OUTPUT,
+    PROBE_BUSYBOX,
+    PROBE_DIR,
+    Availability,
+    Container,
+    ExecResult,
+    LiveContainers,
+)
 from ..oci import oci
 from ..probe_copy import ProbeCopy
 from .podman_service import version_line
@@ -164,8 +171,7 @@ class PodmanKubeRuntime:
     name = NAME
 
     def __init__(self) -> None:
-        self._live: dict[str, PodmanKubeContainer] = {}
-        self._lock = threading.Lock()
+        self.live: LiveContainers[PodmanKubeContainer] = LiveContainers(NAME)
 
     def availability(self) -> Availability:
         if shutil.which("podman") is None:
@@ -209,9 +215,7 @@ class PodmanKubeRuntime:
             probe.remove()
             raise
         c.probe_copy = probe
-        with self._lock:
-            self._live[c.id] = c
-        return c
+        return self.live.add(c)
 
     def _play(self, spec: ContainerSpec, name: str, path: Path) -> PodmanKubeContainer:
         argv = ["podman", "kube", "play", "--start"]
@@ -240,8 +244,7 @@ class PodmanKubeRuntime:
         shutil.rmtree(STATE / pod, ignore_errors=True)
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.id, None)
+        self.live.forget(c)
 
     def reap(self) -> int:
         """Remove the pods (and manifest folders) of sessions whose process is dead."""
@@ -259,8 +262,4 @@ class PodmanKubeRuntime:
         return n
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            with contextlib.suppress(ContainerSecError, OSError, subprocess.SubprocessError):
-                c.stop()
+        self.live.stop_all(ContainerSecError, OSError, subprocess.SubprocessError)

@@ -51,7 +51,14 @@ from ...errors import ContainerStartError
 from ...linux import hostinfo, session
 from ...spec import ContainerSpec
 from .. import procs
-from ..base import DEFAULT_EXEC_TIMEOUT, PROBE_BUSYBOX, Availability, Container, ExecResult
+from ..base import (
+    DEFAULT_EXEC_TIMEOUT,
+    PROBE_BUSYBOX,
+    Availability,
+    Container,
+    ExecResult,
+    LiveContainers,
+)
 from ..nspawn import nspawn_agent as agent
 from ..oci.oci import IDLE_COMMAND, BoundedBuffer, start_wait
 from ..probe_copy import ProbeCopy
@@ -307,7 +314,7 @@ class SystemdRunRuntime:
 
     def __init__(self) -> None:
         self.name = NAME
-        self._live: dict[str, SystemdRunContainer] = {}
+        self.live: LiveContainers[SystemdRunContainer] = LiveContainers(NAME)
         self._inst: sdhost.SystemdInstance | None = None
         self._lock = threading.Lock()
 
@@ -347,29 +354,16 @@ class SystemdRunRuntime:
 
     def _launch(self, c: SystemdRunContainer, start: Callable[[], None]) -> Container:
         """Register ``c`` and run ``start``; on any failure stop it (nothing is left)."""
-        with self._lock:
-            self._live[c.name] = c
-        try:
-            start()
-        except BaseException as exc:
-            c.stop()
-            if isinstance(exc, OSError | subprocess.SubprocessError):
-                raise ContainerStartError(self.name, c.argv, None, str(exc)) from None
-            raise
-        return c
+        return self.live.launch(c, start, lambda: c.argv)
 
     def forget(self, c: Container) -> None:
-        with self._lock:
-            self._live.pop(c.name, None)
+        self.live.forget(c)
 
     def reap(self) -> int:
         return sdhost.reap()
 
     def close(self) -> None:
-        with self._lock:
-            live = list(self._live.values())
-        for c in live:
-            c.stop()
+        self.live.stop_all()
         with self._lock:
             inst, self._inst = self._inst, None
         if inst is not None:
