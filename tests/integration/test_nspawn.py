@@ -15,6 +15,7 @@ import pytest
 from pytest_containersec.errors import ContainerStartError, ExecTimeout, ImageNotFound
 from pytest_containersec.linux import caps
 from pytest_containersec.runtimes.nspawn.nspawn import NspawnContainer, NspawnRuntime, state_root
+from pytest_containersec.runtimes.nspawn.nspawn_image import cache_key
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip
@@ -211,7 +212,7 @@ def test_image_exported_from_docker_once(rt: NspawnRuntime, tmp_path: Path) -> N
     subprocess.run(
         ["docker", "import", "-c", "ENV FOO=bar", "-", image], input=tar.stdout, check=True
     )
-    cache = state_root() / "images" / image.replace("/", "_").replace(":", "_")
+    cache = state_root() / "images" / cache_key(image)
     try:
         with rt.start(ContainerSpec(image=image, read_only=True)) as c:
             r = c.exec(["sh", "-c", "echo $FOO; test -e /etc/os-release && echo ok"])
@@ -219,6 +220,18 @@ def test_image_exported_from_docker_once(rt: NspawnRuntime, tmp_path: Path) -> N
             assert c.probe_exec(["test", "-e", "/.dockerenv"]).rc == 1
         assert (cache / "rootfs/bin").is_dir()
         assert not (cache / "rootfs/etc/os-release").exists()  # the cache stays as exported
+        # The same name rebuilt: the next container runs the new image, not the cache's.
+        (tmp_path / "rebuilt").write_text("2\n")
+        tar = subprocess.run(
+            ["tar", "-C", str(tmp_path), "-c", "."], capture_output=True, check=True
+        )
+        subprocess.run(
+            ["docker", "import", "-c", "ENV FOO=baz", "-", image], input=tar.stdout, check=True
+        )
+        with rt.start(ContainerSpec(image=image, read_only=True)) as c:
+            r = c.exec(["sh", "-c", "echo $FOO; cat /rebuilt"])
+            assert r.stdout == "baz\n2\n", r
+        assert (cache / "image-id").read_text() == f"docker:{client.images.get(image).id}"
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         client.images.remove(image, force=True)

@@ -1,7 +1,10 @@
 """Root filesystems for nspawn: a cache exported once from Docker or Podman, private copies.
 
-``$STATE/images/<image, '/' and ':' -> '_'>/rootfs`` is shared and never modified once
-published (export into a temporary directory, then one ``rename``). Each container gets
+``$STATE/images/<cache_key(image)>/rootfs`` is shared and never modified once published
+(export into a temporary directory, then one ``rename``). The entry records the store and
+image id it was exported from (``image-id``); before each use the id is compared with the
+store's, and an image rebuilt under the same name is exported again (entries the setup
+writes, with a ``stamp``, are the setup's to renew). Each container gets
 ``cp -a --reflink=auto`` of it: measured here (ext4, no reflink) 12 ms for the 2 MB probe,
 and an overlayfs mount cannot be used with ``--private-users-ownership=map`` (nspawn 252:
 "ID mapped mounts are apparently not available"), while ``chown`` ownership would copy up
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -33,29 +37,43 @@ TAR_X = ["tar", "--numeric-owner", "-xpf", "-", "-C"]
 
 
 def cache_key(image: str) -> str:
-    return image.replace("/", "_").replace(":", "_")
+    """The cache entry's folder name: the image name with ``/`` and ``:`` as ``_``, plus
+    ``+`` and a hash of the exact name when that spelling could be another name's (the name
+    has ``_`` or ``:``; ``+`` is never part of an image reference)."""
+    key = image.replace("/", "_").replace(":", "_")
+    if "_" in image or ":" in image:
+        key += "+" + hashlib.sha256(image.encode()).hexdigest()[:12]
+    return key
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, exclusive: bool = True) -> Iterator[None]:
     with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
 
 
+def _lock_file(cache: Path) -> Path:
+    """One lock per entry: exports and swaps hold it exclusively, copies shared."""
+    return cache.parent / f".{cache.name}.lock"
+
+
 def rootfs(image: str, state: Path, runtime: str) -> tuple[Path, dict[str, str]]:
-    """The cached rootfs of ``image`` (exported now if missing) and its image env."""
+    """The cached rootfs of ``image`` (exported now if missing, or if the store's image
+    of that name is no longer the one exported) and its image env."""
     images = state / "images"
     final = images / cache_key(image)
-    if not (final / "rootfs").is_dir():
+    if not (final / "rootfs").is_dir() or _stale(final, image):
         images.mkdir(parents=True, exist_ok=True)
-        with _locked(images / ".export.lock"):
-            if not (final / "rootfs").is_dir():
-                tmp = Path(tempfile.mkdtemp(prefix=f".{cache_key(image)}.", dir=images))
+        with _locked(_lock_file(final)):
+            if not (final / "rootfs").is_dir() or _stale(final, image):
+                tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=images))
                 try:
                     _export(image, tmp, runtime)
-                    if final.exists():
-                        shutil.rmtree(final)  # a half-made entry from another version
+                    if final.exists():  # stale, or half-made by another version
+                        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=images))
+                        os.rename(final, old / "entry")
+                        shutil.rmtree(old, ignore_errors=True)
                     os.rename(tmp, final)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -64,6 +82,60 @@ def rootfs(image: str, state: Path, runtime: str) -> tuple[Path, dict[str, str]]
         config = json.loads((final / "config.json").read_text())
         env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
     return final / "rootfs", env
+
+
+def _stale(entry: Path, image: str) -> bool:
+    """Whether the store now has another image under ``image``'s name than the one the
+    entry was exported from. An entry the setup wrote (``stamp``) is the setup's; one
+    without a recorded id (an older version's) is checked against both stores."""
+    try:
+        recorded: str | None = (entry / "image-id").read_text().strip()
+    except OSError:
+        if (entry / "stamp").exists():
+            return False
+        recorded = None
+    store = recorded.partition(":")[0] if recorded else None
+    current = _store_id(image, store)
+    return current is not None and current != recorded
+
+
+def _store_id(image: str, store: str | None) -> str | None:
+    """``docker:<id>`` or ``podman:<id>`` of ``image`` in the store it is exported from
+    (``store``, or Docker then Podman); None when that store does not have it or does
+    not answer."""
+    if store in (None, "docker"):
+        found = _docker_id(image)
+        if found is not None or store == "docker":
+            return found
+    if shutil.which("podman") is None:
+        return None
+    try:
+        r = _podman("image", "inspect", "--format", "{{.Id}}", image)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"podman:{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else None
+
+
+def _docker_id(image: str) -> str | None:
+    try:
+        import docker
+        import docker.errors
+    except ImportError:
+        return None
+    try:
+        client = docker.DockerClient(base_url=_docker_url(), timeout=LOOKUP_TIMEOUT)
+    except docker.errors.DockerException:
+        return None
+    try:
+        return f"docker:{client.images.get(image).id}"
+    except (docker.errors.DockerException, OSError, KeyError):
+        return None
+    finally:
+        client.close()
+
+
+def _docker_url() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 def _export(image: str, dest: Path, runtime: str) -> None:
@@ -90,7 +162,7 @@ def _export_docker(image: str, dest: Path) -> bool:
         return False
     try:
         client = docker.DockerClient(
-            base_url=os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+            base_url=_docker_url(),
             timeout=LOOKUP_TIMEOUT,
         )
     except docker.errors.DockerException:
@@ -119,6 +191,7 @@ def _export_docker(image: str, dest: Path) -> bool:
             ctr.remove(force=True)
         _drop_engine_marker(dest / "rootfs")
         (dest / "config.json").write_text(json.dumps(img.attrs.get("Config") or {}))
+        (dest / "image-id").write_text(f"docker:{img.id}")
         return True
     finally:
         client.close()
@@ -168,7 +241,9 @@ def _export_podman(image: str, dest: Path) -> bool:
         _drop_engine_marker(dest / "rootfs")
         inspect = _podman("image", "inspect", image)
         with contextlib.suppress(ValueError, IndexError, KeyError):
-            (dest / "config.json").write_text(json.dumps(json.loads(inspect.stdout)[0]["Config"]))
+            found = json.loads(inspect.stdout)[0]
+            (dest / "config.json").write_text(json.dumps(found["Config"]))
+            (dest / "image-id").write_text(f"podman:{found['Id']}")
         return True
     finally:
         _podman("rm", "-f", cid)
@@ -250,8 +325,10 @@ def ensure_path(root: Path, rel: str, is_dir: bool) -> None:
 
 
 def prepare_copy(cache: Path, dest: Path) -> None:
-    """Private copy of the cached rootfs that nspawn accepts as an OS tree."""
-    subprocess.run(["cp", "-a", "--reflink=auto", str(cache), str(dest)], check=True)
+    """Private copy of the cached rootfs that nspawn accepts as an OS tree (never of an
+    entry being replaced: the swap waits for the copies)."""
+    with _locked(_lock_file(cache.parent), exclusive=False):
+        subprocess.run(["cp", "-a", "--reflink=auto", str(cache), str(dest)], check=True)
     if not lexists_in(dest, "etc/os-release") and not lexists_in(dest, "usr/lib/os-release"):
         ensure_path(dest, "etc/os-release", is_dir=False)
         fd = _open_dir(dest, ["etc"], create=False)
