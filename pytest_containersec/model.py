@@ -21,6 +21,8 @@ SOURCE_DECLARED_INSIDE = "declared+inside"
 
 @dataclass(frozen=True)
 class User:
+    """The process's uid, gid and supplementary groups, inside the container and on the host."""
+
     uid: int  # as the container sees it
     gid: int
     host_uid: int  # as the host sees it (after the user-namespace map)
@@ -30,6 +32,8 @@ class User:
 
 @dataclass(frozen=True)
 class Capabilities:
+    """The five capability sets of a process, as capability names (``CAP_SYS_ADMIN``, ...)."""
+
     effective: tuple[str, ...] = ()
     permitted: tuple[str, ...] = ()
     bounding: tuple[str, ...] = ()
@@ -39,12 +43,16 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Lsm:
+    """The host's labelling security module and the process's label under it (None: none)."""
+
     name: str | None  # "apparmor", "selinux", "smack" or None when none is active
     label: str | None
 
 
 @dataclass(frozen=True)
 class Cgroup:
+    """The container's cgroup and its memory, pids and CPU limits as read from the cgroup files."""
+
     version: int  # 1 or 2
     path: str  # the container's cgroup path (of the memory controller on v1)
     memory_max: int | None  # bytes; None = unlimited
@@ -54,6 +62,8 @@ class Cgroup:
 
 @dataclass(frozen=True)
 class Mount:
+    """One mount of the container's mount namespace (from the host's /proc/<pid>/mountinfo)."""
+
     mountpoint: str
     fstype: str
     source: str
@@ -67,6 +77,9 @@ class Mount:
 
 @dataclass(frozen=True)
 class AccessResult:
+    """Whether an access or operation attempted by the probe succeeded, with the errno name when
+    it failed."""
+
     allowed: bool
     errno: str | None = None  # "EACCES", "EPERM", "EROFS", "ENOSYS", ... when denied
 
@@ -84,6 +97,8 @@ class MaskedPath:
 
 @dataclass(frozen=True)
 class Mismatch:
+    """A difference between two sources for one field; ``source`` says which two were compared."""
+
     field: str
     expected: Any  # declared by the engine, or seen from the host
     observed: Any  # observed from the host, or claimed from inside
@@ -109,6 +124,8 @@ class ProcessRecord:
 
 @dataclass(frozen=True)
 class RLimit:
+    """One resource limit of the process (/proc/<pid>/limits), soft and hard."""
+
     soft: int | None  # None = unlimited
     hard: int | None
 
@@ -165,6 +182,11 @@ class ProbeIdentity:
 
 @dataclass(frozen=True, repr=False)
 class Facts:
+    """What was observed to be in effect for one container: its main process's identity,
+    capabilities, seccomp, LSM, cgroup, mounts and namespaces, the probe's access and operation
+    results, and every mismatch with what was declared. Frozen; round-trips through
+    ``to_json()`` and ``from_json()``."""
+
     runtime: str
     engine_rootless: bool
     host_pid: int
@@ -235,6 +257,7 @@ class Facts:
     # -- JSON --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON's shape: tuples become lists, nested dataclasses become dicts."""
         d = asdict(self)
         d["uid_map"] = [list(m) for m in self.uid_map]
         d["user"]["groups"] = list(self.user.groups)
@@ -256,10 +279,14 @@ class Facts:
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
+        """The facts as JSON with sorted keys; a value JSON cannot hold (in ``declared``) is
+        written as its ``str()``."""
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, default=str)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Facts:
+        """The inverse of ``to_dict()``; keys added after the first release may be absent (older
+        reports) and take their defaults."""
         return cls(
             runtime=d["runtime"],
             engine_rootless=bool(d["engine_rootless"]),
@@ -313,6 +340,7 @@ class Facts:
 
     @classmethod
     def from_json(cls, text: str) -> Facts:
+        """The inverse of ``to_json()`` (see ``from_dict()``)."""
         return cls.from_dict(json.loads(text))
 
 

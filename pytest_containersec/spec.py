@@ -91,6 +91,7 @@ class Volume:
 
     @classmethod
     def parse(cls, text: str) -> Volume:
+        """Parse ``SRC:DST[:ro|rw]``; both paths must be absolute (SpecError otherwise)."""
         parts = text.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
             raise SpecError("volumes", text, "expected SRC:DST or SRC:DST:ro")
@@ -276,18 +277,22 @@ class ContainerSpec:
     # typed views of the normalized fields (the adapters use these)
     @property
     def device_list(self) -> tuple[Device, ...]:
+        """``devices`` as Device values (normalization has parsed every entry)."""
         return tuple(d for d in self.devices if isinstance(d, Device))
 
     @property
     def tmpfs_list(self) -> tuple[Tmpfs, ...]:
+        """``tmpfs`` as Tmpfs values (normalization has parsed every entry)."""
         return tuple(t for t in self.tmpfs if isinstance(t, Tmpfs))
 
     @property
     def ulimit_list(self) -> tuple[Ulimit, ...]:
+        """``ulimits`` as Ulimit values, sorted by name."""
         return tuple(u for u in self.ulimits if isinstance(u, Ulimit))
 
     @property
     def sysctl_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``sysctls`` as sorted ``(name, value)`` pairs, values as text."""
         items = self.sysctls.items() if isinstance(self.sysctls, Mapping) else self.sysctls
         return tuple((str(k), str(v)) for k, v in items)
 
@@ -306,9 +311,14 @@ class ContainerSpec:
         return out
 
     def replace(self, **changes: Any) -> ContainerSpec:
+        """A copy with ``changes`` applied, normalized and validated again (a bad value raises
+        SpecError, as in the constructor)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-able: structured values in their command-line spelling
+        (``SRC:DST:ro``, ``nofile: "1024:2048"``, ``PATH:OPTIONS``), ``origin`` as
+        ``KIND:PATH:NAME``."""
         d = dataclasses.asdict(self)
         d["volumes"] = [str(v) for v in self.volumes]
         d["command"] = list(self.command)

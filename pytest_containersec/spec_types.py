@@ -44,6 +44,8 @@ class Device:
 
     @classmethod
     def parse(cls, text: object) -> Device:
+        """Parse ``HOST[:CONTAINER][:PERMISSIONS]`` (a Device passes through); the container
+        path defaults to the host's, permissions to ``rwm`` and are kept in ``rwm`` order."""
         if isinstance(text, Device):
             return text
         if not isinstance(text, str):
@@ -81,6 +83,8 @@ class Tmpfs:
 
     @classmethod
     def parse(cls, text: object) -> Tmpfs:
+        """Parse ``PATH[:OPTION,...]`` (a Tmpfs passes through); sizes are lower-cased, an
+        unknown option is a SpecError."""
         if isinstance(text, Tmpfs):
             return text
         if not isinstance(text, str):
@@ -104,6 +108,7 @@ class Tmpfs:
         return cls(target, tuple(options))
 
     def option(self, key: str) -> str | None:
+        """The value of option ``key`` (``size``, ``mode``), or None when it is not set."""
         for o in self.options:
             if o.startswith(key + "="):
                 return o.partition("=")[2]
@@ -111,6 +116,7 @@ class Tmpfs:
 
     @property
     def flags(self) -> tuple[str, ...]:
+        """The options without a value (``ro``, ``noexec``, ...), in the order given."""
         return tuple(o for o in self.options if "=" not in o)
 
     def __str__(self) -> str:
@@ -244,6 +250,7 @@ def groups(value: object) -> tuple[str, ...]:
 
 
 def namespace_mode(field: str, value: object) -> str:
+    """``private`` (also for None) or ``host``; anything else is a SpecError naming ``field``."""
     if value is None:
         return "private"
     if value not in NAMESPACE_MODES:
@@ -265,6 +272,8 @@ def id_maps(field: str, value: str) -> tuple[tuple[int, int, int], ...]:
 
 
 def apparmor(value: object) -> str | None:
+    """An AppArmor profile name or ``unconfined``, unchanged; None stays None (the engine's
+    default)."""
     if value is None:
         return None
     if not isinstance(value, str) or not _APPARMOR.match(value):

@@ -13,6 +13,9 @@ from ..linux.caps import ALL_CAPS
 
 @dataclass(frozen=True)
 class Control:
+    """One control of a profile: its PSS/CIS id, the check that observes it and the check's
+    value, or ``family=None`` and a note saying why it does not apply."""
+
     id: str  # "PSS baseline: Privileged Containers", "CIS 5.4", ...
     title: str
     family: str | None  # the policy check family, None when not applicable

@@ -64,6 +64,8 @@ BANDS: tuple[tuple[float, str], ...] = (
 
 @dataclass(frozen=True)
 class Score:
+    """An exposure score (0.0..10.0, one decimal), its band, and the exposures that made it."""
+
     value: float
     band: str
     items: dict[str, float]  # item -> exposure 0..1 (only the non-zero ones)
@@ -74,6 +76,7 @@ class Score:
 
 
 def band(value: float) -> str:
+    """The band of a score (``SAFE``, ``OK``, ``MEDIUM``, ``EXPOSED``, ``UNSAFE``; see BANDS)."""
     return next(name for limit, name in BANDS if value >= limit)
 
 
@@ -129,6 +132,9 @@ def items(f: Facts) -> dict[str, float]:
 
 
 def score(f: Facts) -> Score:
+    """The exposure score of ``f``: 10.0 with a ``reason`` for a host-equivalent finding, at
+    least 9.0 for privileged mode inside a user namespace, else the weighted share of
+    ``items(f)``."""
     exposures = items(f)
     nonzero = {k: round(v, 3) for k, v in exposures.items() if v}
     host_root = map_id(f.uid_map, 0) == 0

@@ -44,10 +44,14 @@ def split_absent(violations: Iterable[Violation]) -> tuple[list[Violation], list
 
 
 def caps_text(names: Iterable[str]) -> str:
+    """Capability names as a sorted set for messages: ``{CAP_A, CAP_B}``, ``{} (none)`` when
+    empty."""
     items = sorted(names)
     return "{" + ", ".join(items) + "}" if items else "{} (none)"
 
 
 def fmt_map(entries: Iterable[MapEntry]) -> str:
+    """Id map ranges for messages: ``[0-0->1000-1000, ...]`` (inside -> host), ``[] (unreadable)``
+    when empty."""
     parts = [f"{a}-{a + c - 1}->{b}-{b + c - 1}" for a, b, c in entries]
     return "[" + ", ".join(parts) + "]" if parts else "[] (unreadable)"

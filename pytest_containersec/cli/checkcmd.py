@@ -62,6 +62,8 @@ def evaluate(
 
 
 def junit(results: list[CheckResult]) -> str:
+    """The results as one JUnit XML ``testsuite``: a ``testcase`` per expectation and runtime
+    (class name ``POLICYFILE.RUNTIME``), the kernel release as a property."""
     suite = ET.Element("testsuite", name="containersec", tests=str(len(results)))
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="kernel", value=platform.release())
@@ -86,6 +88,10 @@ def junit(results: list[CheckResult]) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
+    """``containersec check``: judge every policy on its runtimes (``--runtime`` overrides),
+    print or write the report in ``--format``, and return the exit status: 0 passed, 1 a finding
+    or an error, 2 a policy error or a missing image, 3 nothing checked or (``--strict``) a
+    runtime unavailable."""
     from ..errors import PolicyError
 
     try:
@@ -140,6 +146,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``check`` subcommand and its options to ``sub``."""
     c = sub.add_parser("check", help="gate CI on policy files: exit 0 passed, 1 failed, "
                        "2 usage/policy error, 3 runtime unavailable (with --strict)")  # fmt: skip
     c.add_argument("policy", nargs="+")

@@ -161,6 +161,8 @@ def _flags_spec(a: argparse.Namespace) -> ContainerSpec:
 
 
 def cmd_runtimes(a: argparse.Namespace) -> int:
+    """``containersec runtimes [NAME...]``: one availability line per runtime (an installed
+    package's names its origin); exit 3 when a named runtime is unavailable."""
     from ..runtimes import check_names, known_names, registry
 
     named = [n for item in a.names for n in item.split(",") if n]
@@ -188,6 +190,8 @@ def _availability_line(name: str) -> tuple[str, bool]:
 
 
 def cmd_facts(a: argparse.Namespace) -> int:
+    """``containersec facts``: start the spec on one runtime, print its Facts as JSON, remove
+    it; a deployment file's missing image is a SourceError naming the file and line."""
     from ..observe.probe import validate_access
     from ..runtimes import get_runtime
 
@@ -206,6 +210,8 @@ def cmd_facts(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    """``containersec compare``: observe the spec on every runtime at once and print the
+    side-by-side matrix; exit 1 when no runtime gave Facts."""
     from ..observe.probe import validate_access
     from ..report import report
     from . import runner
@@ -238,12 +244,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
+    """``containersec check`` (imported only when run; ``checkcmd.run`` gives its exit statuses)."""
     from .checkcmd import run
 
     return run(a)
 
 
 def cmd_schema(a: argparse.Namespace) -> int:
+    """``containersec schema``: print (or write to ``--output``) the JSON Schema of policy files."""
     from ..policy.policy_schema import dumps, policy_schema
 
     text = dumps(policy_schema())
@@ -256,6 +264,8 @@ def cmd_schema(a: argparse.Namespace) -> int:
 
 
 def cmd_reap(a: argparse.Namespace) -> int:
+    """``containersec reap``: remove what dead sessions left on every available runtime
+    (variants share their engine's store), and their probe folders."""
     from ..runtimes import get_runtime, probe_copy, registry
 
     # a variant shares its engine's store
@@ -267,6 +277,7 @@ def cmd_reap(a: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``containersec`` argument parser, with every subcommand."""
     p = argparse.ArgumentParser(
         prog="containersec",
         description="Observe what container confinement is really in effect.",
@@ -310,6 +321,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``containersec`` entry point: run the subcommand and map errors to exit statuses (2
+    bad input, 3 runtime unavailable, 1 any other containersec error); every container this
+    process started is stopped on the way out."""
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)

@@ -14,6 +14,9 @@ from ..spec import ContainerSpec
 
 @dataclass(frozen=True)
 class Observation:
+    """One runtime's result: its Facts, or the error (``unavailable``: the runtime cannot run
+    here)."""
+
     runtime: str
     facts: Facts | None
     error: ContainerSecError | None = None
@@ -29,6 +32,8 @@ def select(names: Sequence[str] | None, kube: bool = False) -> list[str]:
 
 
 def observe_one(name: str, spec: ContainerSpec, access: tuple[str, ...]) -> Observation:
+    """Start ``spec`` on ``name``, take its Facts with ``access``, remove it; an unavailable
+    runtime or a ContainerSecError is returned as the error, not raised."""
     rt = get_runtime(name)
     avail = rt.availability()
     if not avail.available:

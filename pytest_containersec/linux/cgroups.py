@@ -104,12 +104,16 @@ def parse_v2_cpu_max(text: str, source: str = "cpu.max") -> float | None:
 
 @dataclass(frozen=True)
 class CgroupMount:
+    """One mount of a cgroup hierarchy: where it is, and which cgroup it shows there."""
+
     mountpoint: str  # where it is mounted, e.g. /sys/fs/cgroup/memory
     root: str  # the cgroup shown at the mount point ("/" unless a sub-hierarchy is bound)
 
 
 @dataclass(frozen=True)
 class CgroupMounts:
+    """Where each cgroup hierarchy is mounted: v1 per controller, and the unified (v2) one."""
+
     v1: dict[str, tuple[CgroupMount, ...]]  # controller (or "name=systemd") -> mounts
     v2: tuple[CgroupMount, ...]  # the unified hierarchy's mounts
 

@@ -18,6 +18,7 @@ BUSYBOX_ENV = "CONTAINERSEC_BUSYBOX"
 
 
 def kernel() -> str:
+    """The running kernel's release, as ``uname -r`` prints it."""
     return platform.release()
 
 
@@ -32,6 +33,7 @@ def cgroup_version() -> int:
 
 
 def systemd_is_pid1() -> bool:
+    """Whether systemd is the init system: /run/systemd/system exists (sd_booted(3)'s test)."""
     return Path("/run/systemd/system").is_dir()
 
 

@@ -84,6 +84,7 @@ def parse_oom_score_adj(text: str, source: str = "/proc/<pid>/oom_score_adj") ->
 
 
 def parse_comm(text: str) -> str:
+    """/proc/<pid>/comm without its newline (the kernel cuts names to 15 bytes)."""
     return text.rstrip("\n")
 
 
@@ -237,6 +238,7 @@ def read_processes(
 
 
 def read_limits(pid: int, proc: Path = Path("/proc")) -> dict[str, RLimit]:
+    """The resource limits of ``pid`` (see ``parse_limits``); ProbeParseError when unreadable."""
     path = proc / str(pid) / "limits"
     try:
         return parse_limits(_text(path), str(path))
@@ -245,6 +247,7 @@ def read_limits(pid: int, proc: Path = Path("/proc")) -> dict[str, RLimit]:
 
 
 def read_oom_score_adj(pid: int, proc: Path = Path("/proc")) -> int:
+    """The ``oom_score_adj`` of ``pid``; ProbeParseError when unreadable or out of range."""
     path = proc / str(pid) / "oom_score_adj"
     try:
         return parse_oom_score_adj(_text(path), str(path))

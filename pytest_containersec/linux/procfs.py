@@ -68,6 +68,7 @@ class Status:
     seccomp_filters: int | None = None  # Seccomp_filters (kernel >= 5.9); None when absent
 
     def capabilities(self) -> Capabilities:
+        """The five ``Cap*`` sets as a model Capabilities (names, as Facts holds them)."""
         return Capabilities(
             effective=self.cap_effective,
             permitted=self.cap_permitted,
@@ -350,26 +351,35 @@ def _read(path: Path) -> str:
 
 
 def read_status(pid: int, proc_root: Path = Path("/proc")) -> Status:
+    """Parse /proc/<pid>/status; ProbeParseError when unreadable (the process is gone) or
+    malformed."""
     path = proc_root / str(pid) / "status"
     return parse_status(_read(path), str(path))
 
 
 def read_uid_map(pid: int, proc_root: Path = Path("/proc")) -> tuple[MapEntry, ...]:
+    """Parse /proc/<pid>/uid_map as seen from this process's user namespace; ProbeParseError
+    when unreadable."""
     path = proc_root / str(pid) / "uid_map"
     return parse_id_map(_read(path), str(path))
 
 
 def read_gid_map(pid: int, proc_root: Path = Path("/proc")) -> tuple[MapEntry, ...]:
+    """Parse /proc/<pid>/gid_map as seen from this process's user namespace; ProbeParseError
+    when unreadable."""
     path = proc_root / str(pid) / "gid_map"
     return parse_id_map(_read(path), str(path))
 
 
 def read_mountinfo(pid: int | str, proc_root: Path = Path("/proc")) -> tuple[MountInfo, ...]:
+    """Parse /proc/<pid>/mountinfo (``pid`` may be ``"self"``); ProbeParseError when unreadable."""
     path = proc_root / str(pid) / "mountinfo"
     return parse_mountinfo(_read(path), str(path))
 
 
 def read_proc_cgroup(pid: int, proc_root: Path = Path("/proc")) -> dict[str, str]:
+    """Controller -> cgroup path of ``pid`` (see ``parse_proc_cgroup``); ProbeParseError when
+    unreadable."""
     path = proc_root / str(pid) / "cgroup"
     return parse_proc_cgroup(_read(path), str(path))
 

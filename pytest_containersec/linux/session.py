@@ -45,12 +45,16 @@ class Session:
         self._counter = 0
 
     def next_name(self, runtime: str) -> str:
+        """A fresh name, unique in this process: ``containersec-SESSION-RUNTIME-N`` (a ``:``
+        of the runtime name becomes ``.``)."""
         self._counter += 1
         # ENGINE:OCI variants: engines allow no ':' in names
         return f"{NAME_PREFIX}-{self.id}-{runtime.replace(':', '.')}-{self._counter}"
 
     @property
     def labels(self) -> dict[str, str]:
+        """The engine labels that mark a container as this session's: the session id and the
+        owner token the reaper checks for liveness."""
         return {LABEL_SESSION: self.id, LABEL_OWNER: self.owner}
 
 
@@ -58,6 +62,7 @@ _current: Session | None = None
 
 
 def current() -> Session:
+    """This process's Session; a forked child (whose owner token differs) gets a new one."""
     global _current
     if _current is None or not owner_alive(_current.owner):  # forked child: new session
         _current = Session()

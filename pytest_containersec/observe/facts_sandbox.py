@@ -92,6 +92,9 @@ _NS_LINE = re.compile(r"^(cgroup|ipc|mnt|net|pid|user|uts) ([a-z_]+:\[\d+\])$")
 
 @dataclass(frozen=True)
 class View:
+    """The probe's own view from inside the sandbox (one exec): its id maps, mountinfo,
+    namespace links and prctl state, as text to parse."""
+
     uid_map: str
     gid_map: str
     mountinfo: str

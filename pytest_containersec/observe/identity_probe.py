@@ -22,6 +22,9 @@ SETTABLE = ("user.", "capabilities.", "no_new_privs")
 
 @dataclass(frozen=True)
 class Took:
+    """One probe run and how the workload's identity was taken for it. A non-empty ``tampered``
+    means the probe folder was modified: ``output`` is then empty and nothing in it may be used."""
+
     output: probe.ProbeOutput
     status: procfs.Status
     tampered: tuple[str, ...]

@@ -181,6 +181,9 @@ def errno_name(message: str) -> str | None:
 
 @dataclass(frozen=True)
 class ProbeOutput:
+    """The parsed output of one probe exec: its own status as the container claims it, and the
+    access, operation and socket results."""
+
     status_text: str  # the probe process's own /proc/self/status, as the container claims
     access: dict[str, AccessResult]
     operations: dict[str, AccessResult]

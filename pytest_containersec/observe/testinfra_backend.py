@@ -45,9 +45,12 @@ class ContainersecBackend(base.BaseBackend):  # type: ignore[misc]
         super().__init__(f"{container.runtime}/{container.name}")
 
     def get_pytest_id(self) -> str:
+        """``containersec://RUNTIME/NAME``, the id testinfra shows for this host."""
         return f"containersec://{self.container.runtime}/{self.container.name}"
 
     def get_encoding(self) -> str:
+        """Always UTF-8, instead of testinfra's default that runs a Python in the container to
+        ask for its locale."""
         return "utf-8"
 
     def argv(self, command: str, *args: str) -> list[str]:
@@ -55,6 +58,8 @@ class ContainersecBackend(base.BaseBackend):  # type: ignore[misc]
         return [PROBE_BUSYBOX, "sh", "-c", self.get_command(command, *args)]
 
     def run(self, command: str, *args: str, **kwargs: Any) -> Any:
+        """Run testinfra's command in the container as the container's user, through the probe
+        busybox's ``sh``; keyword arguments are ignored."""
         argv = self.argv(command, *args)
         res = self.container.exec(argv, timeout=self.timeout)
         return self.result(res.rc, self.encode(argv[-1]), res.stdout, res.stderr)
@@ -65,6 +70,8 @@ class ProbeProcess(BusyboxProcess):  # type: ignore[misc]
 
     @classmethod
     def get_module_class(cls, host: Any) -> type[ProbeProcess]:
+        """Always this class, instead of testinfra's choice by the image's /bin/ps: commands run
+        under the probe's ``sh``, whose ``ps`` is busybox's."""
         return cls
 
     def _get_processes(self, **filters: Any) -> list[dict[str, Any]]:

@@ -66,6 +66,8 @@ def cap_lines(left: set[str], right: set[str], label: str = "capabilities") -> l
 
 
 def cgroup_lines(left: Cgroup, right: Cgroup) -> list[str]:
+    """One line per differing cgroup field, observed then expected (memory in binary units with
+    the byte count)."""
     out = []
     for f in dataclasses.fields(Cgroup):
         a, b = getattr(left, f.name), getattr(right, f.name)
@@ -81,6 +83,8 @@ def cgroup_lines(left: Cgroup, right: Cgroup) -> list[str]:
 
 
 def facts_lines(left: Facts, right: Facts) -> list[str]:
+    """One line per differing field of two Facts; capabilities set by set, cgroup field by
+    field, id maps as ranges."""
     out = []
     for f in dataclasses.fields(Facts):
         a, b = getattr(left, f.name), getattr(right, f.name)
@@ -98,6 +102,7 @@ def facts_lines(left: Facts, right: Facts) -> list[str]:
 
 
 def capabilities_lines(left: Capabilities, right: Capabilities) -> list[str]:
+    """The missing and extra capabilities of each of the five sets that differ."""
     out = []
     for name in CAP_SETS:
         a, b = set(getattr(left, name)), set(getattr(right, name))

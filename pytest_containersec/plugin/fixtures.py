@@ -72,6 +72,8 @@ class ContainersecState:
     # -- runtimes ----------------------------------------------------------------------
 
     def factories(self) -> dict[str, options.RuntimeFactory]:
+        """Runtime name -> factory: the registry's, updated by the results of
+        ``pytest_containersec_runtime_factories`` (a None factory removes the name); made once."""
         if self._factories is None:
             from ..runtimes import known_names
 
@@ -85,6 +87,7 @@ class ContainersecState:
         return self._factories
 
     def known(self) -> tuple[str, ...]:
+        """Every runtime name this session can use: the registry's and the hook's."""
         return tuple(self.factories())
 
     def selected(self) -> tuple[str, ...]:
@@ -92,6 +95,7 @@ class ContainersecState:
         return self.settings.runtimes or tuple(n for n in self.known() if ":" not in n)
 
     def runtime(self, name: str) -> Runtime:
+        """The adapter of ``name``, made on first use and shared by this process's tests."""
         with self._lock:
             if name not in self._runtimes:
                 self._runtimes[name] = self.factories()[name]()
@@ -108,6 +112,8 @@ class ContainersecState:
             return list(ex.map(self.availability, names))
 
     def availability(self, name: str) -> Availability:
+        """Whether ``name`` can run here, asked once and cached; an adapter that is not
+        installed or raises is reported unavailable with the reason, never a crash."""
         from ..runtimes.base import Availability
 
         if name not in self._availability:
@@ -121,6 +127,7 @@ class ContainersecState:
         return self._availability[name]
 
     def cached_availability(self, name: str) -> Availability | None:
+        """The availability already asked for ``name``, or None; never contacts an engine."""
         return self._availability.get(name)
 
     def check_named(self) -> None:
@@ -171,6 +178,8 @@ class ContainersecState:
 
     @property
     def prestart(self) -> Prestart:
+        """The starter of containers ahead of their tests (``--containersec-parallel``), made on
+        first use."""
         with self._lock:
             if self._prestart is None:
                 self._prestart = Prestart(self.settings.parallel, self._ready_runtime)
@@ -248,6 +257,7 @@ def item_info(item: pytest.Item) -> ItemInfo:
 
 
 def state(config: pytest.Config) -> ContainersecState:
+    """This session's ContainersecState, kept in ``config.stash`` and made on first use."""
     found = config.stash.get(STATE_KEY, None)
     if found is None:
         found = config.stash[STATE_KEY] = ContainersecState(config)
@@ -266,6 +276,10 @@ class Pool:
         self.entries: dict[tuple[ContainerSpec, int], Entry] = {}
 
     def acquire(self, item: pytest.Item, spec: ContainerSpec, ahead: bool = False) -> Container:
+        """The container of ``spec`` for ``item``: a test's n-th use of one spec gets the n-th
+        container of it, shared with the scope's other tests; started here or taken from the
+        starts ahead. An UnsupportedSpec skips the test; an ImageNotFound for a spec read from a
+        deployment file fails it naming the file and line."""
         from ..errors import ImageNotFound, UnsupportedSpec
 
         info = item_info(item)
@@ -319,6 +333,8 @@ def _quiet_stop(c: Container) -> Callable[[], None]:
 
 
 def keep_message(e: Entry) -> str:
+    """The message about a kept container: name, id, host pid, the tests that used it, and how
+    to remove it."""
     c = e.container
     how = KEEP_COMMANDS.get(c.runtime, "")
     remove = f"remove it with `{how.format(name=c.name)}`, or " if how else ""

@@ -71,6 +71,8 @@ def runtime_help() -> str:
 
 
 def register(parser: pytest.Parser) -> None:
+    """Add the ``--containersec-*`` options and their ``containersec_*`` ini defaults to
+    ``parser``."""
     group = parser.getgroup("containersec", "container security assertions (pytest-containersec)")
     group.addoption(
         "--containersec-runtime",

@@ -35,14 +35,19 @@ def _has_state(config: pytest.Config) -> bool:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Add ``pytest_containersec_runtime_factories``, the hook that adds, replaces or removes
+    runtimes."""
     pluginmanager.add_hookspecs(options.ContainersecHookSpecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the ``--containersec-*`` options and the ``containersec_*`` ini keys."""
     options.register(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker, the fixtures and (except on an xdist worker) the matrix hooks; an
+    unknown name in ``--containersec-runtime`` is a UsageError."""
     config.addinivalue_line("markers", options.MARKER_LINE)
     settings = options.settings(config)
     from . import fixtures
@@ -61,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    """Collect a YAML file whose name matches ``containersec_policy_files`` as a policy file."""
     if file_path.suffix in (".yaml", ".yml"):
         from .policy_items import PolicyFile, is_policy
 
@@ -70,6 +76,8 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses ``containersec_runtime`` once per selected runtime (see
+    ``fixtures.parametrize``)."""
     if RUNTIME_FIXTURE in metafunc.fixturenames:
         from .fixtures import parametrize
 
@@ -80,6 +88,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    """Validate every ``containersec`` marker and stash each container test's runtime, spec and
+    matrix row. Invalid markers are one UsageError; on an xdist worker, which cannot end the
+    session, each invalid test errors at setup instead. Then a runtime the user named must be
+    available."""
     from .fixtures import ITEM_KEY, ItemInfo, state
     from .options import item_spec, marker_errors
 
@@ -133,6 +145,8 @@ def _row_id(item: pytest.Item, runtime: str | None) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
+    """On the xdist controller, which never collects, check that the runtimes the user named are
+    available."""
     config = session.config
     if config.pluginmanager.has_plugin("dsession") and options.settings(config).runtimes_named:
         from .fixtures import state
@@ -141,6 +155,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
+    """The host's kernel release and cgroup version (not on xdist workers)."""
     if _is_worker(config):
         return None
     from ..linux import hostinfo
@@ -151,6 +166,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_report_collectionfinish(
     config: pytest.Config, start_path: Path, items: Sequence[pytest.Item]
 ) -> list[str]:
+    """One line per runtime the collected tests use: available with its version, or why not and
+    the fix."""
     from .fixtures import ITEM_KEY, state
 
     names = {i.stash[ITEM_KEY].runtime for i in items if ITEM_KEY in i.stash}
@@ -163,6 +180,8 @@ def pytest_report_collectionfinish(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test whose marker was invalid (xdist workers), and record the runtime, engine
+    version, kernel and cgroup version of a container test as ``user_properties`` (JUnit XML)."""
     from .fixtures import ITEM_KEY, state
 
     if USAGE_ERROR_KEY in item.stash:
@@ -187,6 +206,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach what the controller's matrix and session results read: runtime, matrix row, engine
+    version, kept containers, check violations and the Facts the test used. On a failure, mark
+    the test's containers as failed (for ``--containersec-keep=failed``) and add the failure
+    report's sections."""
     report = yield
     from .fixtures import ITEM_KEY, STATE_KEY
 
@@ -232,6 +255,8 @@ def pytest_runtest_makereport(
 def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object
 ) -> list[str] | None:
+    """Explain ``==`` on Facts, capability sets, cgroups and id maps field by field, headed by
+    the runtime under test."""
     from .assertrepr import compare
     from .fixtures import STATE_KEY
 
@@ -260,6 +285,8 @@ class ContainersecMatrixHooks:
         return self._results
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Fold a container test's report into the matrix and session results, and collect its
+        usage error."""
         error = getattr(report, "containersec_usage_error", None)
         if error:
             self.usage_errors[str(error)] = None
@@ -274,6 +301,9 @@ class ContainersecMatrixHooks:
             self.results.record(report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Set the exit status (4 for usage errors; 1 instead of 0 for skipped runs under
+        ``--containersec-strict`` or an exposure above ``--containersec-max-exposure``) and
+        write the report files and SARIF."""
         if self.usage_errors:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         matrix = self.matrix
@@ -306,6 +336,8 @@ class ContainersecMatrixHooks:
             sarif.write(settings.sarif, self.results.check_results(), Path.cwd())
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Show the usage errors, the test x runtime matrix, the notable facts matrices, the
+        kept containers, exposure and strict-mode failures, and where reports were written."""
         tr = terminalreporter
         if self.usage_errors:
             tr.write_sep("=", "containersec usage errors (exit status 4)", red=True)
@@ -375,6 +407,7 @@ class ContainersecMatrixHooks:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop every pooled container (the keep policy applies) and every runtime this process used."""
     if _has_state(config):
         from .fixtures import STATE_KEY
 

@@ -22,10 +22,13 @@ DEFAULT_PATTERNS = "containersec*.yaml containersec*.yml"
 
 
 def patterns(config: pytest.Config) -> list[str]:
+    """The file name patterns of ``containersec_policy_files`` (default ``containersec*.yaml
+    containersec*.yml``)."""
     return str(config.getini("containersec_policy_files") or DEFAULT_PATTERNS).split()
 
 
 def is_policy(config: pytest.Config, path: Path) -> bool:
+    """Whether ``path``'s file name (not its directory) matches one of those patterns."""
     return any(fnmatch.fnmatch(path.name, p) for p in patterns(config))
 
 
@@ -35,6 +38,9 @@ class PolicyFile(pytest.File):
     policy: Policy
 
     def collect(self) -> Iterator[pytest.Item]:
+        """One item per expectation and runtime that the policy names and the session selects (a
+        repeated expectation name gets ``#N``); with no such runtime, one skipped item per
+        expectation that says why. A PolicyError is a collection error."""
         from ..errors import PolicyError
         from ..policy.policy import load
         from .fixtures import state
@@ -70,6 +76,8 @@ class PolicyFile(pytest.File):
                 yield item
 
     def pool(self, runtime: str) -> Pool:
+        """This file's container pool on ``runtime``, made on first use and closed with the
+        session's."""
         from .fixtures import Pool, state
 
         if runtime not in self._pools:
@@ -79,6 +87,7 @@ class PolicyFile(pytest.File):
         return self._pools[runtime]
 
     def teardown(self) -> None:
+        """Release this file's pools: stop their containers except those the keep policy retains."""
         from .fixtures import state
 
         st = state(self.config)
@@ -105,6 +114,9 @@ class PolicyItem(pytest.Item):
         self.stash[ITEM_KEY] = ItemInfo(runtime, parent.policy.spec, rel)
 
     def runtest(self) -> None:
+        """Start (or reuse) the policy's container, read its Facts with every access the policy
+        needs, and judge this expectation: CheckFailed on a finding; a skip when the runtime is
+        unavailable or the host kernel lacks the path."""
         from ..expect import CheckFailed
         from .fixtures import state
 
@@ -134,6 +146,8 @@ class PolicyItem(pytest.Item):
         excinfo: pytest.ExceptionInfo[BaseException],
         style: Any = None,
     ) -> str:
+        """``FILE:LINE: EXPECTATION`` and the failure's message; pytest's traceback only for an
+        unexpected exception."""
         from ..errors import ContainerSecError
         from ..expect import CheckFailed
 
@@ -143,4 +157,5 @@ class PolicyItem(pytest.Item):
         return f"{where}\n{super().repr_failure(excinfo)}"
 
     def reportinfo(self) -> tuple[Path, int, str]:
+        """The policy file and the expectation's line, so reports point at where it is written."""
         return self.path, self.expectation.line - 1, self.name

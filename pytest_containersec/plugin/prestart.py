@@ -55,6 +55,7 @@ class Prestart:
         return self._pool
 
     def planned(self, scope: str) -> bool:
+        """Whether the starts ahead of ``scope`` were already planned."""
         with self._lock:
             return scope in self._planned
 

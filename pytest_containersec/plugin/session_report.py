@@ -72,11 +72,16 @@ def _failure_text(report: Any) -> str:
 
 @dataclass
 class SessionResults:
+    """What the session's reports carried, by container spec title: the Facts on each runtime,
+    the tests that used the spec, and each (test, runtime)'s outcome."""
+
     facts: dict[str, dict[str, Facts]] = field(default_factory=dict)  # title -> runtime -> Facts
     tests: dict[str, dict[str, str]] = field(default_factory=dict)  # title -> test -> ""
     results: dict[tuple[str, str], CheckResult] = field(default_factory=dict)
 
     def record(self, report: Any) -> None:
+        """Fold one report in: the Facts it carries, and its outcome; a failure, error or skip
+        of a later phase replaces a pass, otherwise the first outcome stays."""
         from ..model import Facts
 
         runtime = getattr(report, "containersec_runtime", None)
@@ -157,6 +162,8 @@ class SessionResults:
         return out
 
     def over_exposure(self, limit: float) -> list[str]:
+        """A line for each spec and runtime whose exposure score is above ``limit`` (equal
+        passes)."""
         from ..checks.score import score
 
         found = []
@@ -169,6 +176,7 @@ class SessionResults:
         return found
 
     def check_results(self) -> list[CheckResult]:
+        """One result per test and runtime (the outcome that decided it), for SARIF."""
         return list(self.results.values())
 
 

@@ -40,18 +40,25 @@ class Expectation:
 
     @property
     def name(self) -> str:
+        """The expectation's name in reports (``denied[/etc/shadow:r]``), prefixed with its
+        profile control when it came from one."""
         base = self.check.label(self.value)
         return f"{self.source}: {base}" if self.source else base
 
     def access_key(self) -> str | None:
+        """The probe access (``PATH:MODE``) the check needs observed, or None when it reads none."""
         return self.check.access_key(self.check.bind(self.value))
 
     def evaluate(self, facts: Facts) -> list[Violation]:
+        """The check's violations on ``facts`` (empty: it passes)."""
         return self.check.evaluate(facts, self.value)
 
 
 @dataclass(frozen=True)
 class Policy:
+    """A parsed policy file: what to run (its spec; no runtimes: every selected one) and what
+    to expect of it."""
+
     path: str
     name: str
     spec: ContainerSpec
@@ -59,6 +66,7 @@ class Policy:
     expectations: tuple[Expectation, ...] = field(default=())
 
     def access_keys(self) -> tuple[str, ...]:
+        """The probe accesses every expectation needs, to pass to ``facts(access=...)``."""
         return tuple(k for e in self.expectations if (k := e.access_key()) is not None)
 
 

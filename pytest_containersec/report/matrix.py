@@ -26,12 +26,18 @@ _RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "xpassed": 1, "failed": 2, "er
 
 @dataclass
 class Cell:
+    """One test on one runtime: its outcome (a SYMBOLS key) and the skip reason, if any."""
+
     outcome: str
     reason: str = ""
 
 
 @dataclass
 class Matrix:
+    """The session's outcomes: one row per container test, one column per runtime (with its
+    engine version), plus the containers kept for inspection and the host's kernel and cgroup
+    version."""
+
     runtimes: dict[str, str] = field(default_factory=dict)  # name -> engine version
     rows: dict[str, dict[str, Cell]] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
@@ -67,6 +73,7 @@ class Matrix:
         ]
 
     def columns(self) -> list[str]:
+        """The runtimes to show, in the registry's order (names it does not know last, by name)."""
         seen: dict[str, None] = dict.fromkeys(self.runtimes)
         for row in self.rows.values():
             seen.update(dict.fromkeys(row))
@@ -117,11 +124,14 @@ class Matrix:
         return out
 
     def runtimes_line(self) -> str:
+        """``runtimes: NAME = VERSION; ...`` (``unavailable`` without a version), with the host
+        facts."""
         parts = [f"{rt} = {self.runtimes.get(rt) or 'unavailable'}" for rt in self.columns()]
         host = ", ".join(f"{k} {v}" for k, v in self.host.items())
         return "runtimes: " + ("; ".join(parts) or "none") + (f" ({host})" if host else "")
 
     def to_dict(self) -> dict[str, Any]:
+        """The matrix as JSON-able data: runtimes, host, one entry per test, kept containers."""
         return {
             "runtimes": dict(self.runtimes),
             "host": dict(self.host),
@@ -138,6 +148,8 @@ class Matrix:
         }
 
     def to_markdown(self) -> str:
+        """The matrix as a Markdown document: the table, its skip-reason footnotes and the kept
+        containers."""
         head, body, notes = self._table()
         esc = [[c.replace("|", "\\|") for c in r] for r in [head, *body]]
         out = ["# containersec matrix", "", self.runtimes_line(), ""]
@@ -183,6 +195,7 @@ def classify(report: Any) -> tuple[str | None, str]:
 
 
 def skip_reason(longrepr: Any) -> str:
+    """The message of a skip's ``longrepr`` without pytest's ``Skipped: `` prefix."""
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         text = str(longrepr[2])
     else:

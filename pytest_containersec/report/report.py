@@ -20,6 +20,9 @@ MISMATCH_MARK = "≠"
 
 @dataclass(frozen=True)
 class Cell:
+    """One runtime's cell of a row: the shown value, its verdict, and the declared value when it
+    differs."""
+
     value: str
     verdict: str = "info"  # "pass" | "fail" | "skip" | "info"
     mismatch: str = ""  # what the engine declared, when it differs from the observed value
@@ -27,6 +30,9 @@ class Cell:
 
 @dataclass(frozen=True)
 class Row:
+    """One fact, access result or check across the runtimes (a runtime without a cell shows
+    ``-``)."""
+
     group: str  # "facts", "access", "checks", ...
     name: str
     cells: dict[str, Cell]
@@ -34,12 +40,16 @@ class Row:
 
 @dataclass
 class Matrix:
+    """One side-by-side table: rows of facts and checks, a column per runtime, and notes for the
+    runtimes without facts."""
+
     title: str
     runtimes: list[str]
     rows: list[Row] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # runtime -> why it has no facts
 
     def to_dict(self) -> dict[str, Any]:
+        """The matrix as JSON-able data, rows in order, cells as dicts."""
         return {
             "title": self.title,
             "runtimes": self.runtimes,
@@ -53,6 +63,8 @@ class Matrix:
 
 
 def size_text(n: int | None) -> str:
+    """A byte count in the largest of ``g``, ``m``, ``k`` that divides it exactly (``128m``);
+    ``unlimited`` for None."""
     if n is None:
         return "unlimited"
     for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
@@ -220,6 +232,8 @@ def _md_escape(s: str) -> str:
 
 
 def to_markdown(m: Matrix) -> str:
+    """A Markdown section (``## TITLE``) with one table; verdicts are bold, a declared value
+    that differs follows ``≠``, and each runtime's note goes below."""
     out = [f"## {m.title}", "", "| | " + " | ".join(m.runtimes) + " |",
            "|---|" + "---|" * len(m.runtimes)]  # fmt: skip
     for r in m.rows:
@@ -239,6 +253,7 @@ def to_markdown(m: Matrix) -> str:
 
 
 def to_json(m: Matrix | list[Matrix]) -> str:
+    """One matrix, or a list of them, as indented JSON (rows and runtimes in their order)."""
     data = [x.to_dict() for x in m] if isinstance(m, list) else m.to_dict()
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 

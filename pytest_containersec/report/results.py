@@ -8,6 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One check or test on one runtime, with where it is declared (file and line) for SARIF."""
+
     name: str  # test id or policy expectation
     family: str  # check family ("capabilities", "seccomp", ...) or "test"
     runtime: str
@@ -18,4 +20,5 @@ class CheckResult:
     observed: str = ""  # what the failed check saw (matrix cells), when known
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, as JSON-able data."""
         return asdict(self)

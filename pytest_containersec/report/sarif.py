@@ -26,6 +26,7 @@ RULES: dict[str, str] = rules()
 
 
 def rule_id(family: str) -> str:
+    """The SARIF ``ruleId`` of a check family: ``containersec/FAMILY``."""
     return f"containersec/{family}"
 
 
@@ -99,4 +100,6 @@ def build(results: Iterable[CheckResult], root: Path | None = None) -> dict[str,
 
 
 def write(path: str | Path, results: Iterable[CheckResult], root: Path | None = None) -> None:
+    """Write the SARIF log of ``results`` to ``path``; file locations are made relative to
+    ``root`` when given (a file outside it gets a ``file://`` URI)."""
     Path(path).write_text(json.dumps(build(results, root), indent=2) + "\n")

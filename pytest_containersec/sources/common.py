@@ -43,6 +43,7 @@ def words(ctx: Ctx, value: Any) -> tuple[str, ...]:
 
 
 def integer(ctx: Ctx, value: Any) -> int:
+    """A whole number, or its decimal text (``"64"``); a bool or anything else is a SourceError."""
     if isinstance(value, bool):
         raise ctx.error("expected a whole number")
     if isinstance(value, int):
@@ -53,6 +54,8 @@ def integer(ctx: Ctx, value: Any) -> int:
 
 
 def boolean(ctx: Ctx, value: Any) -> bool:
+    """A YAML bool or ``true``/``yes``/``1``/``false``/``no``/``0`` in any case; anything else
+    is a SourceError."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):

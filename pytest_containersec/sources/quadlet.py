@@ -45,6 +45,9 @@ SERVICE_LIMITS = {"MemoryMax": "memory", "TasksMax": "pids_limit", "CPUQuota": "
 
 
 def load(path: str | Path) -> Loaded:
+    """Read a quadlet ``.container`` file into a spec (network ``none`` unless ``Network=`` says
+    otherwise); a key with no spec field, an unknown key or a missing ``Image=`` is a
+    SourceError naming its line."""
     file = Path(path).resolve()
     entries = parse(file)
     if not any(e.section == "Container" for e in entries):

@@ -20,6 +20,8 @@ from .yamlfile import Ctx
 
 @dataclass(frozen=True)
 class Entry:
+    """One ``Key=Value`` line of a unit file, with its section and its first line number."""
+
     section: str
     key: str
     value: str
@@ -56,6 +58,7 @@ def parse(path: Path) -> list[Entry]:
 
 
 def ctx_of(path: Path, e: Entry) -> Ctx:
+    """The error context of an entry: ``[Section] Key`` at its line."""
     return Ctx(str(path), e.line, f"[{e.section}] {e.key}")
 
 
@@ -148,6 +151,8 @@ def load(path: str | Path) -> Loaded:
 
 
 def exec_start(c: Ctx, value: str) -> tuple[str, ...]:
+    """``ExecStart=`` as an argv; the ``-`` and ``:`` prefixes are dropped, the ``+``, ``!``
+    and ``@`` prefixes and ``%`` specifiers are refused (SourceError)."""
     prefix = ""
     while value[:1] in ("-", "@", ":", "+", "!"):
         prefix, value = prefix + value[0], value[1:]

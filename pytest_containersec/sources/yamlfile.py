@@ -93,9 +93,12 @@ class Ctx:
     key: str
 
     def error(self, reason: str) -> SourceError:
+        """A SourceError at this place, for the caller to raise."""
         return SourceError(self.path, self.line, self.key, reason)
 
     def unsupported(self, why: str) -> SourceError:
+        """A SourceError at this place for a setting containersec cannot express, for the caller
+        to raise."""
         return self.error(f"not supported by containersec: {why}")
 
     def at(self, parent: Any, key: Any) -> Ctx:
@@ -110,10 +113,12 @@ class Ctx:
 
 
 def line_of(value: Any, default: int | None = None) -> int | None:
+    """The line a parsed mapping or sequence starts at, else ``default`` (scalars carry no line)."""
     return value.line if isinstance(value, LineDict | LineList) and value.line else default
 
 
 def mapping(ctx: Ctx, value: Any) -> LineDict:
+    """``value`` when it is a mapping, else a SourceError at ``ctx``."""
     if not isinstance(value, LineDict):
         raise ctx.error("expected a mapping")
     return value
@@ -139,6 +144,8 @@ def check_keys(
 
 
 def str_list(ctx: Ctx, value: Any) -> list[str]:
+    """A string as a one-item list, or a list of scalars as strings; anything else is a
+    SourceError."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
