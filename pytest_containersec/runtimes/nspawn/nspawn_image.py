@@ -33,6 +33,7 @@ TAR_X = ["tar", "--numeric-owner", "-xpf", "-", "-C"]
 
 
 def cache_key(image: str) -> str:
+    """The image's folder name under ``$STATE/images``: ``/`` and ``:`` become ``_``."""
     return image.replace("/", "_").replace(":", "_")
 
 
