@@ -25,6 +25,8 @@ REQ_FLAGS = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def nul_bytes(argv: list[str]) -> bytes:
+    """``argv`` as the agent reads it, each argument NUL-terminated; raises ValueError when an
+    argument contains a NUL byte (it would split in two)."""
     if any("\0" in a for a in argv):
         raise ValueError("an argument contains a NUL byte")
     return b"".join(a.encode() + b"\0" for a in argv)
@@ -39,6 +41,8 @@ class Request:
         self.fds: dict[int, str] = {}
 
     def close(self) -> None:
+        """Close the request's FIFO descriptors; ``dir_fd`` stays open for the caller, which removes
+        the folder through it."""
         for fd in self.fds:
             os.close(fd)
         self.fds = {}
@@ -98,6 +102,8 @@ class AgentClient:
         raise ContainerStartError(self.runtime, argv, None, f"agent not ready after {timeout}s")
 
     def close(self) -> None:
+        """Close every descriptor held on the run and stage folders and their FIFOs; idempotent. A
+        later :meth:`exec` raises ProbeError (the container is stopped)."""
         for fd in (self._req, self._ready, self._req_path, self._run_fd, self._stage_fd):
             if fd is not None:
                 os.close(fd)

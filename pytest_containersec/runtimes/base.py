@@ -59,6 +59,9 @@ def log_tail(path: Path, limit: int = MAX_OUTPUT) -> str:
 
 @dataclass(frozen=True)
 class Availability:
+    """What a runtime says about this host: ``available`` with the engine's ``version``, or the
+    ``reason`` it cannot run here and the ``hint`` that fixes it."""
+
     runtime: str
     available: bool
     version: str = ""
@@ -67,6 +70,8 @@ class Availability:
     rootless: bool = False
 
     def line(self) -> str:
+        """One line for the CLI, the report header and skip reasons: ``NAME: available, VERSION``
+        (``(rootless)``) or ``NAME: unavailable: REASON (fix: HINT)``."""
         if self.available:
             return f"{self.runtime}: available, {self.version}" + (
                 " (rootless)" if self.rootless else ""

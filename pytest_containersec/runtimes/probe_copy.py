@@ -45,6 +45,7 @@ MAX_DIFFS = 8  # problems named at most (one per entry is plenty)
 
 
 def copies_root() -> Path:
+    """``$STATE/probe/c``: one folder per container's probe copy, walked by :func:`reap`."""
     return session.STATE_DIR / "probe" / "c"
 
 

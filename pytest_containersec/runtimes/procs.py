@@ -45,6 +45,7 @@ def _ppids(proc: Path) -> dict[int, int]:
 
 
 def parent(pid: int, proc: Path = PROC) -> int | None:
+    """The parent pid of ``pid`` from its stat; None when it is gone or unreadable."""
     try:
         stat = (proc / str(pid) / "stat").read_text()
         return int(stat[stat.rfind(")") + 2 :].split()[1])

@@ -78,6 +78,7 @@ def write_new(dir_fd: int, name: str, data: bytes, owner: tuple[int, int] | None
 
 
 def same(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether ``a`` and ``b`` are the same inode (device and inode number)."""
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 

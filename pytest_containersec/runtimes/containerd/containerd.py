@@ -70,6 +70,9 @@ def grpc_answers(sock: Path, timeout: float = 2.0) -> bool:
 
 
 def daemon_config() -> DaemonConfig:
+    """The containerd of our own, the fallback when neither ``$CONTAINERSEC_CONTAINERD_ADDRESS`` nor
+    the system socket answers: root-only, its socket and state under /run/containersec, its root
+    under the state folder, CRI plugin off. Its ``require`` writes the config file."""
     run = svc.ROOTFUL_RUN_DIR
     base = run / "containerd"
     toml = run / "containerd.toml"
@@ -93,10 +96,15 @@ def daemon_config() -> DaemonConfig:
 
 
 def containers_root() -> Path:
+    """``$STATE/containerd``: one folder per container (``owner``, ``log``, ``pid``), walked by
+    :meth:`ContainerdRuntime.reap`."""
     return state_root() / "containerd"
 
 
 class ContainerdContainer(Container):
+    """A ``ctr run`` task in the ``containersec`` namespace. Without ``--user`` in ctr, the user
+    switch is a setpriv prefix put in front of the main command and of every exec alike."""
+
     def __init__(self, rt: ContainerdRuntime, spec: ContainerSpec, name: str, state: Path) -> None:
         self._rt = rt
         self.runtime = rt.name
@@ -113,6 +121,9 @@ class ContainerdContainer(Container):
         self._execs = 0
 
     def start(self) -> None:
+        """Make the probe copy and the pids cgroup, run the task and read its pid file; raises
+        ContainerStartError when ctr fails or the task exits at once. The caller stops us on any
+        error."""
         rt, spec = self._rt, self.spec
         copy = self.probe_copy = ProbeCopy.create(self.name)
         if spec.user is not None:
@@ -161,6 +172,9 @@ class ContainerdContainer(Container):
         return agent.drop_prefix(uid, gid, extra, helpers)
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """``ctr task exec`` behind the user-switch prefix, under the probe busybox's ``timeout``;
+        on a host-side timeout the exec's own sessions in the container are killed too. ProbeError
+        once stopped."""
         self.guard_probe()
         if self._stopped:
             raise ProbeError(self.runtime, "the container is stopped")
@@ -203,9 +217,12 @@ class ContainerdContainer(Container):
         return mapping.declared_from_info(json.loads(out.stdout), self.spec, self.spec.pids_limit)
 
     def logs(self) -> str:
+        """The tail of the task's log file (bounded)."""
         return log_tail(self.state / "log")
 
     def stop(self) -> None:
+        """Kill and delete the task, the container with its snapshot, its cgroups and state folder;
+        idempotent: a failed removal is not retried (a later reap() finishes it)."""
         if self._stopped:
             return
         self._stopped = True
@@ -283,15 +300,21 @@ class ContainerdRuntime:
 
     @property
     def address(self) -> Path:
+        """The daemon's socket: ``$CONTAINERSEC_CONTAINERD_ADDRESS``, else the system containerd's
+        when it answers, else ours (started here on first use); kept until :meth:`close`."""
         if self._address is None:
             fixed = self._fixed_address()
             self._address = fixed or Path(self.daemon.ensure().removeprefix("unix://"))
         return self._address
 
     def ctr_argv(self, *args: str) -> list[str]:
+        """``ctr ARGS`` against :attr:`address`, in the ``containersec`` namespace (resolving the
+        address may start the daemon)."""
         return ["ctr", f"--address={self.address}", f"--namespace={mapping.NAMESPACE}", *args]
 
     def ctr(self, *args: str, timeout: float = CTR_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run ``ctr ARGS``; a non-zero status is returned, not raised. Raises RuntimeUnavailable
+        when ctr does not return within ``timeout`` seconds."""
         try:
             return subprocess.run(
                 self.ctr_argv(*args), capture_output=True, text=True, timeout=timeout,
@@ -304,6 +327,8 @@ class ContainerdRuntime:
             ) from None  # fmt: skip
 
     def availability(self) -> Availability:
+        """Check containerd and ctr, root, the static busybox and a variant's OCI runtime binary;
+        starts no daemon."""
         try:
             self.daemon.config.require()
             hostinfo.static_busybox()
@@ -360,6 +385,8 @@ class ContainerdRuntime:
     # -- containers ---------------------------------------------------------------------
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Import the image from the local Docker store (never pulled), then ``ctr run`` ``spec``;
+        an OCI runtime refusing this host (crun on cgroup v1) raises RuntimeUnavailable."""
         mapping.run_argv(spec, name="x", log=Path("/x"), pid_file=Path("/x"),
                          probe_dir=Path("/x"), tools=None, prefix=[], labels={})  # fmt: skip
         self.ensure_image(spec.image)
@@ -391,6 +418,8 @@ class ContainerdRuntime:
         shutil.rmtree(containers_root() / name, ignore_errors=True)
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves its task running; the next session's reap() removes
+        it."""
         self.live.forget(c)
 
     def reap(self) -> int:
@@ -412,6 +441,8 @@ class ContainerdRuntime:
         return len(dead) + self.daemon.reap()
 
     def close(self) -> None:
+        """Stop this session's containers (a daemon that stopped answering leaves them to reap()),
+        then drop our lease on the daemon we started or share."""
         self.live.stop_all(RuntimeUnavailable)
         self._address = None
         self.daemon.release()

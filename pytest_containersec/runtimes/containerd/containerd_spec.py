@@ -63,6 +63,8 @@ def image_ref(image: str) -> str:
 
 
 def capability_set(spec: ContainerSpec) -> frozenset[str]:
+    """The capabilities the task keeps: Docker's TweakCapabilities over containerd's default set
+    (Docker's 14)."""
     return caps.tweak(CONTAINERD_DEFAULT_CAPS, spec.cap_add, spec.cap_drop, spec.privileged)
 
 
@@ -149,6 +151,8 @@ def locked_flags(source: str) -> list[str]:
 
 
 def userns_args(spec: ContainerSpec) -> list[str]:
+    """``--uidmap``/``--gidmap`` (the same ranges for both) for explicit ``0:OUTSIDE:COUNT`` maps;
+    [] for ``host`` or none; UnsupportedSpec for ``auto`` and ``keep-id``."""
     if spec.userns in (None, "host"):
         return []
     maps = spec.uid_maps

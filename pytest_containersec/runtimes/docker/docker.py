@@ -113,6 +113,9 @@ def host_config(
 
 
 class DockerContainer(oci.EngineContainer):
+    """A container of one dockerd (the default, userns-remapped or rootless daemon); ``host_pid`` is
+    State.Pid as our pid, refused when a rootless daemon names another user's process."""
+
     _engine_errors = ENGINE_ERRORS
 
     def __init__(self, runtime: DockerRuntime, sdk: SdkContainer, spec: ContainerSpec) -> None:
@@ -173,6 +176,8 @@ class DockerContainer(oci.EngineContainer):
         return declared_from_inspect(attrs, self._rt.security_options)
 
     def logs(self) -> str:
+        """The last 200 lines through the API; the error's text, not an exception, when the daemon
+        fails."""
         try:
             data = self._sdk.logs(tail=200)
         except ENGINE_ERRORS as exc:
@@ -212,6 +217,9 @@ class DockerRuntime:
 
     @property
     def client(self) -> docker.DockerClient:
+        """The SDK client, connected on first use (starting our own daemon when this runtime has
+        one); also reads the daemon's version, security options and OCI runtimes. Raises
+        RuntimeUnavailable when no daemon answers."""
         if self._client is None:
             if self.daemon is not None:
                 self.base_url = self.daemon.ensure()
@@ -241,6 +249,8 @@ class DockerRuntime:
         return "auto"
 
     def availability(self) -> Availability:
+        """Connect and check the static busybox and a variant's registered OCI runtime; a daemon of
+        our own that is not running is only checked, never started."""
         if self._client is None and self.daemon is not None and not self.daemon.answers():
             return self.daemon.availability()  # what starting it needs; starts nothing
         try:
@@ -275,6 +285,9 @@ class DockerRuntime:
         )  # fmt: skip
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Create and start ``spec`` with its probe copy bound read-only. Raises ImageNotFound
+        (never pulls), ContainerStartError with the daemon's explanation, and RuntimeUnavailable
+        when the daemon stops answering or the OCI runtime refuses this host."""
         client = self.client
         sess = session.current()
         name = sess.next_name(self.name)
@@ -343,6 +356,7 @@ class DockerRuntime:
         return bool(state.get("Running")), state.get("ExitCode")
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves it running; the next session's reap() removes it."""
         self.live.forget(c)
 
     def may_kill(self, pid: int) -> bool:
@@ -356,6 +370,9 @@ class DockerRuntime:
         return self.daemon.host_pid(reported) if self.daemon is not None else reported
 
     def reap(self) -> int:
+        """Stop an orphaned daemon of our own, then force-remove the labelled containers of dead
+        sessions; the count of both. Starts no daemon: with none answering, no container is
+        removed."""
         n = self.daemon.reap() if self.daemon is not None else 0
         if self._client is None and self.daemon is not None and not self.daemon.answers():
             return n  # its containers were stopped with it; removed when it runs again
@@ -376,6 +393,8 @@ class DockerRuntime:
         return n
 
     def close(self) -> None:
+        """Stop this session's containers (a daemon gone leaves them to reap()), close the client
+        and drop our lease on a daemon of our own."""
         self.live.stop_all(ContainerSecError)  # a dead daemon: reaped when it is back
         if self._client is not None:
             self._client.close()

@@ -85,6 +85,8 @@ class DaemonConfig:
 
     @property
     def trusted(self) -> Path:
+        """The folder below which no symlink is followed when we touch the daemon's files: ``base``,
+        else ``run_dir``."""
         return self.base or self.run_dir
 
     @property
@@ -96,6 +98,8 @@ class DaemonConfig:
     answers: Callable[[Path, float], bool] = field(default=svc.answers, compare=False)
 
     def path(self, suffix: str) -> Path:
+        """``run_dir/<runtime><suffix>``: the files only we write (``.json`` record, ``.lock``,
+        ``.leases``, ``.log``, ``.daemon.json``)."""
         return self.run_dir / f"{self.runtime}{suffix}"
 
 
@@ -110,6 +114,8 @@ def _require(runtime: str, tools: tuple[tuple[str, str], ...]) -> None:
 
 
 def userns_config() -> DaemonConfig:
+    """``docker-userns``: root's ``dockerd --userns-remap=default``, socket, pid file and exec root
+    under /run/containersec, its own data root under the state folder."""
     run = svc.ROOTFUL_RUN_DIR
     base = run / "docker-userns"
 
@@ -128,6 +134,9 @@ def userns_config() -> DaemonConfig:
 
 
 def rootless_config() -> DaemonConfig:
+    """``docker-rootless``: dockerd-rootless.sh as the rootless user, on rootless Docker's default
+    socket, data root and exec root. Raises RuntimeUnavailable when the host has no rootless user;
+    its ``require`` checks the tools and the user's sub-id ranges."""
     try:
         user = svc.ServiceUser.for_mode(True)
     except RuntimeUnavailable as exc:
@@ -166,11 +175,16 @@ CONFIGS: dict[str, Callable[[], DaemonConfig]] = {USERNS: userns_config, ROOTLES
 
 @dataclass(frozen=True)
 class Record:
+    """The daemon process a state file names: its pid and start-time token, so a reused pid never
+    passes for it."""
+
     pid: int
     token: str
 
     @classmethod
     def read(cls, path: Path) -> Record | None:
+        """The record in ``path`` (read bounded, never through a symlink); None when it is missing
+        or malformed."""
         try:
             data = json.loads(host_files.read_small(path) or b"")
             return cls(int(data["pid"]), str(data["token"]))
@@ -179,6 +193,7 @@ class Record:
 
     @property
     def running(self) -> bool:
+        """The recorded process still runs: same pid and start time, and not a zombie."""
         return procs.running(self.pid, self.token)
 
 
@@ -194,10 +209,13 @@ class DockerDaemon:
 
     @functools.cached_property
     def config(self) -> DaemonConfig:
+        """The daemon's DaemonConfig, built on first use (may raise RuntimeUnavailable, e.g. no
+        rootless user)."""
         return self._factory()
 
     @property
     def url(self) -> str:
+        """``unix://`` URL of the daemon's socket, whether anything answers there or not."""
         return f"unix://{self.config.socket}"
 
     @property
@@ -206,6 +224,8 @@ class DockerDaemon:
         return self._proc is not None
 
     def answers(self) -> bool:
+        """Whether the daemon answers on its socket now (a rootless one: only on a socket its user
+        owns); never starts it, never raises."""
         try:
             return self._answers()
         except RuntimeUnavailable:
@@ -452,6 +472,9 @@ def translate_pid(reported: int, daemon_pid: int | None, proc: Path = Path("/pro
 
 
 def main(argv: list[str]) -> int:
+    """The CLI scripts/setup uses: ``up RUNTIME`` prints the URL of a daemon leased to
+    ``--lease-pid`` (started if needed), ``down RUNTIME`` drops that lease, ``reap`` stops orphaned
+    daemons. Returns 1 when the daemon is unavailable."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m pytest_containersec.runtimes.docker.docker_daemons")

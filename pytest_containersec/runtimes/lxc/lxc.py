@@ -50,6 +50,7 @@ FIX = "apt-get install lxc (make setup)"
 
 
 def lxcpath() -> Path:
+    """``$STATE/lxc``: the private lxcpath (``-P``), one folder per container."""
     return state_root() / "lxc"
 
 
@@ -70,6 +71,8 @@ def _subids() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
 
 
 def apparmor_enabled() -> bool:
+    """Whether the kernel's AppArmor is on (a privileged container's config then says
+    ``unconfined``); False when that cannot be read."""
     try:
         return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
     except OSError:
@@ -106,6 +109,9 @@ def destroy(name: str) -> None:
 
 
 class LxcContainer(Container):
+    """One LXC container on the private lxcpath, run detached by ``lxc-start``; execs are
+    ``lxc-attach`` with the container's environment (and the user's uid and gid)."""
+
     def __init__(self, rt: LxcRuntime, spec: ContainerSpec, name: str, state: Path) -> None:
         self._rt = rt
         self.runtime = NAME
@@ -191,6 +197,9 @@ class LxcContainer(Container):
         return uid, gid
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """``lxc-attach --clear-env`` with the container's environment (and the user's uid and gid),
+        under the probe busybox's ``timeout``. Raises RuntimeUnavailable (not ProbeError) once
+        stopped."""
         self.guard_probe()
         if self._stopped:
             raise RuntimeUnavailable(NAME, f"container {self.name} is stopped")
@@ -223,9 +232,11 @@ class LxcContainer(Container):
         return mapping.declared_from_config(self.config, self.spec)
 
     def logs(self) -> str:
+        """The tail of the main process's console log (bounded)."""
         return log_tail(self.state / "console.log")
 
     def stop(self) -> None:
+        """``lxc-stop -k``, then remove its cgroups and folder (the rootfs copy too); idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -283,6 +294,8 @@ class LxcRuntime:
         self.live: LiveContainers[LxcContainer] = LiveContainers(NAME)
 
     def availability(self) -> Availability:
+        """Check the lxc tools, root, LXC's common.conf, a sub-id range root holds for both uids and
+        gids, and the static busybox; starts nothing."""
         missing = [t for t in ("lxc-start", "lxc-attach", "lxc-stop", "lxc-info")
                    if shutil.which(t) is None]  # fmt: skip
         if missing:
@@ -313,6 +326,8 @@ class LxcRuntime:
         return Availability(NAME, True, f"LXC {out.stdout.strip()}")
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Copy the image's rootfs, write the config and ``lxc-start`` it; properties and an
+        unmappable userns or seccomp profile are refused before anything is made."""
         if spec.properties:
             raise UnsupportedSpec("properties", NAME, "systemd unit properties: use systemd-run")
         mapping.idmap_for(spec, *_subids())  # fails before anything is made
@@ -328,6 +343,7 @@ class LxcRuntime:
         return self.live.launch(c, lambda: c.start(cache, image_env), lambda: ["lxc-start", name])
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves it running; the next session's reap() removes it."""
         self.live.forget(c)
 
     def reap(self) -> int:
@@ -348,4 +364,5 @@ class LxcRuntime:
         return n
 
     def close(self) -> None:
+        """Stop every container this session still tracks."""
         self.live.stop_all()

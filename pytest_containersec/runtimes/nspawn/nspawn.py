@@ -55,6 +55,8 @@ NSPAWN_RUN = Path("/run/systemd/nspawn")
 
 
 def state_root() -> Path:
+    """The state folder: ``$CONTAINERSEC_STATE`` as set at call time (tests point it elsewhere),
+    else session.STATE_DIR."""
     return Path(os.environ.get("CONTAINERSEC_STATE") or session.STATE_DIR)
 
 
@@ -123,6 +125,9 @@ def with_image_config(spec: ContainerSpec, config: dict[str, Any]) -> ContainerS
 
 
 class NspawnContainer(Container):
+    """One systemd-nspawn process; its payload is the agent, which execs the main command
+    (``host_pid``) and serves every exec beside it with the same confinement."""
+
     def __init__(
         self,
         rt: NspawnRuntime,
@@ -148,10 +153,14 @@ class NspawnContainer(Container):
         self._stopped = False
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """Through the agent, behind the user-switch prefix; a timed-out command is killed only when
+        it is below the main process."""
         self.guard_probe()
         return self.agent.exec(list(argv), timeout, self.host_pid)
 
     def image_user(self) -> str | None:
+        """The exported image config's USER ("" when it sets none); None when the export recorded no
+        config."""
         config = _image_config(self.spec.image)
         return None if config is None else str(config.get("User") or "")
 
@@ -167,9 +176,12 @@ class NspawnContainer(Container):
         return out
 
     def logs(self) -> str:
+        """The tail of nspawn's output (its own messages and the payload's stdout and stderr)."""
         return log_tail(self.state / "log")
 
     def stop(self) -> None:
+        """SIGTERM to nspawn (its tree SIGKILLed after STOP_TIMEOUT seconds), then remove its
+        cgroups, nspawn's leftovers under /run/systemd/nspawn and the state folder; idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -296,6 +308,7 @@ class NspawnRuntime:
         self.live: LiveContainers[NspawnContainer] = LiveContainers(NAME)
 
     def availability(self) -> Availability:
+        """Check systemd-nspawn, root and the static busybox; starts nothing."""
         exe = shutil.which(NSPAWN)
         if exe is None:
             return Availability(
@@ -316,6 +329,8 @@ class NspawnRuntime:
         return Availability(NAME, True, "systemd-nspawn " + first.removeprefix("systemd "))
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Run ``spec`` on a private copy of the image's rootfs, with the image config's USER and
+        ENTRYPOINT applied as docker would; cgroups are made by hand where systemd is not PID 1."""
         systemd = hostinfo.systemd_is_pid1()
         root = state_root()
         cache, image_env = images.rootfs(spec.image, root, NAME)
@@ -332,6 +347,7 @@ class NspawnRuntime:
         return self.live.launch(c, lambda: c.start(cache, image_env, options), lambda: c.argv)
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves it running; the next session's reap() removes it."""
         self.live.forget(c)
 
     def reap(self) -> int:
@@ -344,4 +360,5 @@ class NspawnRuntime:
         return reap_state_dirs(state_root() / "nspawn", finish)
 
     def close(self) -> None:
+        """Stop every container this session still tracks."""
         self.live.stop_all()

@@ -93,6 +93,7 @@ def plan(version: int, name: str) -> dict[str, Path]:
 
 
 def unique(dirs: dict[str, Path]) -> list[Path]:
+    """The distinct directories of a :func:`plan` in controller order (v2: one for all)."""
     return list(dict.fromkeys(dirs.values()))
 
 
@@ -134,6 +135,7 @@ def _subdirs(d: Path) -> list[Path]:
 
 
 def procs(dirs: list[Path]) -> set[int]:
+    """The pids in ``dirs`` and every cgroup below them (host pids; unreadable files skipped)."""
     out: set[int] = set()
     for d in dirs:
         for sub in _subdirs(d):

@@ -151,6 +151,9 @@ def more_args(spec: ContainerSpec) -> list[str]:
 
 
 def userns_args(spec: ContainerSpec) -> list[str]:
+    """nspawn's ``--private-users`` for ``userns``: ``auto`` or None pick a free range (files
+    mapped, not chowned), ``host`` shares the host's, one ``0:OUTSIDE:COUNT`` range is used as
+    given; anything else is UnsupportedSpec."""
     if spec.userns in (None, "auto"):
         return ["--private-users=pick", "--private-users-ownership=map"]
     if spec.userns == "host":

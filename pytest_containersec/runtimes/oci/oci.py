@@ -63,6 +63,8 @@ class BoundedBuffer:
         self.dropped = 0
 
     def add(self, chunk: bytes | None) -> None:
+        """Keep ``chunk`` up to the limit and count the rest as dropped; None and ``b""`` are
+        ignored."""
         if not chunk:
             return
         room = self.limit - self.size
@@ -72,6 +74,8 @@ class BoundedBuffer:
         self.dropped += max(0, len(chunk) - max(room, 0))
 
     def text(self) -> str:
+        """What was kept, decoded (bad UTF-8 replaced), with a note of how many bytes were
+        dropped."""
         out = b"".join(self.parts).decode("utf-8", "replace")
         if self.dropped:
             out += f"\n[containersec: {self.dropped} more bytes dropped]"
@@ -288,9 +292,13 @@ def _declared_more(attrs: dict[str, Any], hc: dict[str, Any]) -> dict[str, Any]:
 class EngineApi(Protocol):
     """What an EngineContainer needs of its runtime."""
 
-    def engine_error(self, what: str, exc: Exception) -> ContainerSecError: ...
+    def engine_error(self, what: str, exc: Exception) -> ContainerSecError:
+        """The ContainerSecError for what the engine API raised while doing ``what``."""
+        ...
 
-    def forget(self, c: Container) -> None: ...
+    def forget(self, c: Container) -> None:
+        """Stop tracking ``c`` (called once it is removed)."""
+        ...
 
 
 class EngineContainer(Container):
@@ -330,6 +338,8 @@ class EngineContainer(Container):
         return self._image_user
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """The adapter's exec after the probe check; an API error becomes the runtime's
+        ``engine_error``."""
         self.guard_probe()
         try:
             return self._exec(argv, timeout)
@@ -353,6 +363,8 @@ class EngineContainer(Container):
         return self._declared(attrs)
 
     def stop(self) -> None:
+        """Remove the container through the API, then its probe copy; a failed removal raises and
+        stays retryable, idempotent once removed."""
         if self._stopped:
             return
         try:

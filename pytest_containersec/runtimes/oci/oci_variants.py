@@ -49,6 +49,8 @@ def split(name: str) -> tuple[str, str | None]:
 
 
 def require_binary(name: str, oci: str) -> None:
+    """Raise RuntimeUnavailable, with the install fix, when the OCI runtime ``oci`` is not
+    installed, or for containerd with runsc when gVisor's shim is missing."""
     if _which(oci) is None:
         raise RuntimeUnavailable(name, f"the OCI runtime {oci} is not installed",
                                  f"apt-get install {oci} (make setup)")  # fmt: skip

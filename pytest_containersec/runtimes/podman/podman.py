@@ -67,6 +67,9 @@ def _host_pid(pid: int) -> bool:
 
 
 class PodmanContainer(oci.EngineContainer):
+    """A container of a Podman service (rootful, or the rootless user's); execs and inspect go
+    through the REST API."""
+
     _engine_errors = ENGINE_ERRORS
 
     def __init__(self, runtime: PodmanRuntime, sdk: SdkContainer, spec: ContainerSpec) -> None:
@@ -141,6 +144,8 @@ class PodmanContainer(oci.EngineContainer):
         return declared_from_inspect(attrs, self.engine_rootless, oci_config)
 
     def logs(self) -> str:
+        """The last 200 lines, read bounded from a ``k8s-file`` log, else through the API; the
+        error's text, not an exception, when the service fails."""
         return _logs(self._sdk, 200)
 
     def _remove(self) -> None:
@@ -190,6 +195,8 @@ class PodmanRuntime:
 
     @property
     def client(self) -> PodmanClient:
+        """The podman-py client, connected on first use to the default service or one this process
+        starts; raises RuntimeUnavailable when the host cannot run this Podman or no API answers."""
         with self._lock:
             if self._client is None:
                 self._ids = check_host(self.name, self.rootless)
@@ -218,6 +225,8 @@ class PodmanRuntime:
         return uid == ids.uid or ids.subuid[0] <= uid < ids.subuid[0] + ids.subuid[1]
 
     def availability(self) -> Availability:
+        """Check the host (rootless: the user and its sub-ids) and a variant's OCI runtime binary;
+        starts no service."""
         try:
             self._ids = check_host(self.name, self.rootless)
             if self.oci_runtime is not None:
@@ -230,6 +239,9 @@ class PodmanRuntime:
         return Availability(self.name, True, version, rootless=self.rootless)
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Create and start ``spec`` with its probe copy bound read-only. Raises ImageNotFound
+        (never pulls), ContainerStartError, and RuntimeUnavailable when the service stops answering,
+        runs another OCI runtime than the variant's, or that runtime refuses this host."""
         client = self.client
         sess = session.current()
         name = sess.next_name(self.name)
@@ -334,9 +346,12 @@ class PodmanRuntime:
         return ProbeError(self.name, f"{what} failed: {_explain(exc)}")
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves it running; the next session's reap() removes it."""
         self.live.forget(c)
 
     def reap(self) -> int:
+        """Remove the labelled containers of dead sessions, then the services dead sessions started;
+        0 when this Podman cannot run here."""
         if self._client is None and not self.availability().available:
             return 0
         n = 0
@@ -355,6 +370,8 @@ class PodmanRuntime:
         return n + reap_services(self.rootless)
 
     def close(self) -> None:
+        """Stop this session's containers (a dead service leaves them to reap()), close the client
+        and stop a service this process started."""
         self.live.stop_all(ContainerSecError, OSError)  # a dead service: reaped later
         with self._lock:
             if self._client is not None:

@@ -108,6 +108,9 @@ def pod_manifest(spec: ContainerSpec, doc: dict[str, Any], name: str, probe: str
 
 
 class PodmanKubeContainer(Container):
+    """The chosen container of a pod ``podman kube play`` started, driven through the ``podman``
+    command (no API service)."""
+
     def __init__(self, rt: PodmanKubeRuntime, spec: ContainerSpec, pod: str, cid: str) -> None:
         self._rt = rt
         self.runtime = NAME
@@ -127,6 +130,8 @@ class PodmanKubeContainer(Container):
         return dict(data[0])
 
     def exec(self, argv: list[str], timeout: float = 30.0) -> ExecResult:
+        """``podman exec`` under the probe busybox's ``timeout`` (the command is killed inside);
+        ExecTimeout when podman itself has not returned 30 s after that."""
         self.guard_probe()
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
         try:
@@ -153,10 +158,12 @@ class PodmanKubeContainer(Container):
         return {**declared_from_inspect(attrs, False, oci_config), "engine": "podman kube play"}
 
     def logs(self) -> str:
+        """``podman logs --tail 200``, stdout and stderr together, bounded."""
         r = _podman("logs", "--tail", "200", self.id, timeout=60)
         return (r.stdout + r.stderr)[-MAX_OUTPUT:]
 
     def stop(self) -> None:
+        """Remove the whole pod and its manifest folder; idempotent."""
         if self._stopped:
             return
         self._rt.remove_pod(self.pod)
@@ -174,6 +181,7 @@ class PodmanKubeRuntime:
         self.live: LiveContainers[PodmanKubeContainer] = LiveContainers(NAME)
 
     def availability(self) -> Availability:
+        """Check podman, root and its ``kube play``; starts nothing."""
         if shutil.which("podman") is None:
             return Availability(NAME, False, reason="podman is not installed", hint="make setup")
         if os.geteuid() != 0:
@@ -185,6 +193,8 @@ class PodmanKubeRuntime:
         return Availability(NAME, True, f"{version_line()} (kube play)")
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Play ``spec``'s pod. Only a spec read unchanged from a manifest runs: a changed field is
+        UnsupportedSpec; ImageNotFound when the image is not in the local store."""
         origin = spec.origin
         if origin is None or origin.kind != "kube":
             raise UnsupportedSpec(
@@ -240,10 +250,14 @@ class PodmanKubeRuntime:
         return c
 
     def remove_pod(self, pod: str) -> None:
+        """``podman pod rm --force --time 0`` and the pod's manifest folder; a pod already gone is
+        no error (podman's status is not checked)."""
         _podman("pod", "rm", "--force", "--time", "0", pod, timeout=TIMEOUT)
         shutil.rmtree(STATE / pod, ignore_errors=True)
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves its pod running; the next session's reap() removes
+        it."""
         self.live.forget(c)
 
     def reap(self) -> int:
@@ -262,4 +276,5 @@ class PodmanKubeRuntime:
         return n
 
     def close(self) -> None:
+        """Stop every pod this session still tracks (a failing podman leaves it to reap())."""
         self.live.stop_all(ContainerSecError, OSError, subprocess.SubprocessError)

@@ -68,6 +68,8 @@ class ServiceUser:
         return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, runtime_dir, drop)
 
     def env(self) -> dict[str, str]:
+        """The service's environment: ours with XDG_RUNTIME_DIR set to the user's, or, when we
+        switch to the user, a minimal login environment (safe PATH, none of our variables)."""
         if not self.drop:
             return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
         return {
@@ -200,14 +202,18 @@ class PodmanService:
 
     @property
     def owned(self) -> bool:
+        """This process started the service (and stop() ends it)."""
         return self._proc is not None
 
     @property
     def pid(self) -> int | None:
+        """The pid of the service this process started; None for one found answering, or once
+        stopped."""
         return self._proc.pid if self._proc is not None else None
 
     @property
     def url(self) -> str:
+        """The API URL for podman-py (``http+unix://`` and the socket path)."""
         return f"http+unix://{self.socket}"
 
     @classmethod

@@ -60,6 +60,8 @@ BOOTED_DROPINS = "/etc/systemd/system"
 
 
 def base_dir() -> Path:
+    """``$STATE/portable``: the state folders of portable's instances, walked by its own
+    :func:`reap` (apart from systemd-run's)."""
     return state_root() / "portable"
 
 
@@ -248,6 +250,8 @@ class PortableRuntime(SystemdRunRuntime):
         self.name = NAME
 
     def availability(self) -> Availability:
+        """Check the manager (the host's systemd, or the rootfs to boot one), its portablectl and
+        the static busybox; boots nothing."""
         reason = sdhost.availability_reason()
         kind = "host" if hostinfo.systemd_is_pid1() else "booted"
         if reason is None:
@@ -265,6 +269,8 @@ class PortableRuntime(SystemdRunRuntime):
         return Availability(NAME, True, f"{version} portabled, {where}")
 
     def instance(self) -> sdhost.SystemdInstance:
+        """The manager as for systemd-run, with its state under :func:`base_dir`; raises
+        RuntimeUnavailable when it has no portablectl."""
         with self._lock:
             if self._inst is None or not self._inst.alive():
                 if self._inst is not None:
@@ -277,6 +283,8 @@ class PortableRuntime(SystemdRunRuntime):
             return self._inst
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Attach and start ``spec`` as a portable image; a field the drop-in cannot express is
+        refused before the manager boots."""
         host_systemd = hostinfo.systemd_is_pid1()
         pspec.dropin(spec, frozenset(), host_systemd)  # refuse a field before booting
         inst = self.instance()
@@ -287,6 +295,7 @@ class PortableRuntime(SystemdRunRuntime):
         return self._launch(c, lambda: c.launch(host_systemd))
 
     def reap(self) -> int:
+        """Portable's own reaper (:func:`reap`), not systemd-run's."""
         return reap()
 
 

@@ -115,6 +115,8 @@ i=0; n=$#
 
 
 def agent_command(busybox: str, run_dir: str, main: list[str]) -> list[str]:
+    """The unit's ExecStart: ``busybox sh`` running the agent, which serves ``run_dir`` and execs
+    ``main`` as the unit's main process."""
     return [busybox, "sh", "-c", AGENT_SCRIPT, agent.AGENT_ARGV0, run_dir, *main]
 
 
@@ -128,6 +130,7 @@ class UnitAgent(agent.AgentClient):
         self.inst = inst
 
     def prepare(self, prefix: list[str]) -> None:
+        """Make the stage folder's parent in the instance's state, then as the base class."""
         self.stage.parent.mkdir(mode=0o700, exist_ok=True)
         super().prepare(prefix)
 
@@ -141,6 +144,7 @@ class UnitAgent(agent.AgentClient):
         os.fchown(self._run_fd, uid, gid)
 
     def close(self) -> None:
+        """Close the descriptors, then remove the host-only stage folder."""
         super().close()
         shutil.rmtree(self.stage, ignore_errors=True)
 
@@ -162,6 +166,9 @@ class UnitAgent(agent.AgentClient):
 
 
 class SystemdRunContainer(Container):
+    """A transient service unit ``<name>.service`` whose ExecStart is the agent, which execs the
+    main command and serves the execs inside the unit."""
+
     def __init__(
         self, rt: SystemdRunRuntime, inst: sdhost.SystemdInstance, spec: ContainerSpec, name: str
     ) -> None:
@@ -182,10 +189,14 @@ class SystemdRunContainer(Container):
         self._analyzed: tuple[str, str] | None = None
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """Through the unit's agent, as the unit's user with all its confinement; a timed-out
+        command is killed only when it is below the main process."""
         self.guard_probe()
         return self.agent.exec(list(argv), timeout, self.host_pid)
 
     def show(self) -> dict[str, str]:
+        """The unit's ``systemctl show`` values of :data:`.systemd_run_declared.SHOW_PROPERTIES`,
+        read now ({} when the manager does not answer)."""
         r = self.inst.run(["systemctl", "show", self.unit, "-p", ",".join(decl.SHOW_PROPERTIES)])
         return decl.parse_show(r.stdout)
 
@@ -218,6 +229,7 @@ class SystemdRunContainer(Container):
         return out
 
     def logs(self) -> str:
+        """The unit's last 200 journal lines (journalctl's error when there are none)."""
         r = self.inst.run(["journalctl", "--no-pager", "-o", "cat", "-n", "200", "-u", self.unit])
         return r.stdout or r.stderr
 
@@ -286,6 +298,8 @@ class SystemdRunContainer(Container):
         )
 
     def stop(self) -> None:
+        """Kill the background systemd-analyze runs, stop and forget the unit, remove its agent
+        folder; idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -319,6 +333,8 @@ class SystemdRunRuntime:
         self._lock = threading.Lock()
 
     def availability(self) -> Availability:
+        """Check that a manager can be had (the host's systemd, or the rootfs to boot one) and the
+        static busybox; boots nothing."""
         reason = sdhost.availability_reason()
         if reason is None:
             try:
@@ -342,6 +358,7 @@ class SystemdRunRuntime:
             return self._inst
 
     def start(self, spec: ContainerSpec) -> Container:
+        """Run ``spec`` as a transient unit, booting the session's manager on first use."""
         props = unit_properties(spec, hostinfo.systemd_is_pid1())
         inst = self.instance()
         name = session.current().next_name(NAME)
@@ -357,12 +374,16 @@ class SystemdRunRuntime:
         return self.live.launch(c, start, lambda: c.argv)
 
     def forget(self, c: Container) -> None:
+        """Stop tracking ``c``: close() leaves its unit running; the next session's reap() removes
+        it."""
         self.live.forget(c)
 
     def reap(self) -> int:
+        """Remove what dead sessions' instances left (:func:`.systemd_run_host.reap`)."""
         return sdhost.reap()
 
     def close(self) -> None:
+        """Stop this session's units, then close the manager (a booted one is killed whole)."""
         self.live.stop_all()
         with self._lock:
             inst, self._inst = self._inst, None

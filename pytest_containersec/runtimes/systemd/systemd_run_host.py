@@ -51,14 +51,17 @@ READY_STATES = ("running", "degraded")
 
 
 def base_dir() -> Path:
+    """``$STATE/systemd-run``: one state folder per instance, walked by :func:`reap`."""
     return state_root() / "systemd-run"
 
 
 def rootfs_cache() -> Path:
+    """The systemd rootfs scripts/setup builds; each booted instance runs on a copy."""
     return state_root() / "images" / ROOTFS_KEY / "rootfs"
 
 
 def has_systemd(rootfs: Path) -> bool:
+    """Whether ``rootfs`` holds a systemd binary to boot."""
     return any((rootfs / p).exists() for p in ("lib/systemd/systemd", "usr/lib/systemd/systemd"))
 
 
@@ -98,6 +101,8 @@ class SystemdInstance:
     # -- commands ---------------------------------------------------------------------
 
     def command(self, argv: list[str]) -> list[str]:
+        """``argv`` as run against this manager: as is on the host, else through ``nsenter`` into
+        every namespace of the booted system's PID 1."""
         if self.kind == "host":
             return list(argv)
         return ["nsenter", "-t", str(self.leader), "-a", "--", *argv]
@@ -160,11 +165,14 @@ class SystemdInstance:
         ]
 
     def alive(self) -> bool:
+        """True for the host's systemd; a booted one while its nspawn process runs."""
         if self.kind == "host":
             return True
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n: int = 4000) -> str:
+        """The last ``n`` bytes of the booted system's console; "" when there is none (the host
+        kind)."""
         try:  # the booted system's console: as long as a unit makes it, read its end only
             with (self.state / "log").open("rb") as f:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - n))
