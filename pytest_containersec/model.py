@@ -130,7 +130,8 @@ class Declared(TypedDict, total=False):
     read from JSON keep keys not listed here."""
 
     # -- normalized: the same meaning on every runtime ----------------------------------
-    engine: str  # "docker", "podman", "podman kube play", "systemd", "systemd-nspawn", ...
+    engine: str  # "docker", "podman", "podman kube play", "nspawn", "lxc", "containerd",
+    # "systemd" (systemd-run), "systemd-portabled"
     user: str | None  # USER, UID or UID:GID as configured; None: the image's (or root)
     cap_add: list[str]  # CAP_* names as the engine spells them ("ALL" in a spec)
     cap_drop: list[str]
