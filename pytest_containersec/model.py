@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict, TypeVar, cast, get_args
 
 MapEntry = tuple[int, int, int]  # inside, outside (host), count
+
+# /proc/<pid>/status's Seccomp: 0, 1, 2 (SECCOMP_MODE_DISABLED, _STRICT, _FILTER).
+SeccompMode = Literal["disabled", "strict", "filter"]
+SECCOMP_MODES: tuple[SeccompMode, ...] = get_args(SeccompMode)
+# Where a Mismatch comes from: "declared" (the engine's config vs the host's view),
+# "spec" (what the spec asked for vs the host's view, where the engine did not even
+# declare it), "inside" (the probe's own view vs the host's), "probe" (the probe folder
+# was modified), "systemd-analyze" (a unit's per-setting verdict vs the observation).
+MismatchSource = Literal["declared", "spec", "inside", "probe", "systemd-analyze"]
+MISMATCH_SOURCES: tuple[MismatchSource, ...] = get_args(MismatchSource)
+# A declared seccomp profile: the engine's default, none, or one of the user's own.
+DeclaredSeccomp = Literal["default", "unconfined", "custom"]
 # The mismatch (source "probe") of a container that modified its own probe folder.
 PROBE_MISMATCH_FIELD = "probe"
 # Facts.sources values: the host's /proc of the workload itself (the default); the
@@ -102,9 +114,92 @@ class Mismatch:
     field: str
     expected: Any  # declared by the engine, or seen from the host
     observed: Any  # observed from the host, or claimed from inside
-    # "declared" (engine config vs host), "spec" (asked for vs host), "inside" (the probe's
-    # own view vs host), "systemd-analyze", or "probe" (the probe folder was modified)
-    source: str
+    source: MismatchSource  # see MismatchSource
+
+
+class AnalyzeSetting(TypedDict):
+    """One setting of ``systemd-analyze security --json=short`` and systemd's verdict."""
+
+    name: str  # "PrivateNetwork=", "CapabilityBoundingSet=~CAP_SYS_ADMIN", ...
+    json_field: str
+    set: bool  # systemd's verdict: True = protected
+    exposure: float | None
+    description: str
+
+
+class SystemdAnalyze(TypedDict):
+    """``systemd-analyze security`` of a unit: its overall exposure and each setting."""
+
+    exposure: float | None  # 0.0 (safe) .. 10.0 (exposed); None when not printed
+    level: str | None  # "OK", "MEDIUM", "EXPOSED", "UNSAFE", ...
+    settings: list[AnalyzeSetting]
+
+
+class Declared(TypedDict, total=False):
+    """What an engine says it configured (``Container.declared()``; ``Facts.declared``).
+
+    The normalized keys (first block) mean the same on every runtime; the collector
+    compares them with what is observed (``observe.facts.declared_mismatches``) and
+    ``observe.facts.requested`` gives a spec in the same shape. A runtime leaves out what
+    it has no notion of. The other keys are engine-specific, shown as they are. Facts
+    read from JSON keep keys not listed here."""
+
+    # -- normalized: the same meaning on every runtime ----------------------------------
+    engine: str  # "docker", "podman", "podman kube play", "nspawn", "lxc", "containerd",
+    # "systemd" (systemd-run), "systemd-portabled"
+    user: str | None  # USER, UID or UID:GID as configured; None: the image's (or root)
+    cap_add: list[str]  # CAP_* names as the engine spells them ("ALL" in a spec)
+    cap_drop: list[str]
+    privileged: bool
+    seccomp: DeclaredSeccomp
+    no_new_privileges: bool
+    read_only: bool  # the root file system
+    memory: int | None  # bytes; None = no limit
+    cpus: float | None  # a number of cores (1.5 = 150% of one CPU); None = no limit
+    pids_limit: int | None  # None = no limit
+    # Namespaces: "host" = the host's; "private"/"shareable" (Docker's ipc) = its own
+    pid_mode: str | None
+    ipc_mode: str | None
+    uts_mode: str | None
+    # "host" (systemd, nspawn, lxc, containerd) or None (docker, podman): no user
+    # namespace of its own; "auto", "remap", "0:OUTSIDE:COUNT[,...]", ...: mapped
+    userns_mode: str | None
+    network_mode: str | None  # "none", "host", or the engine's network ("bridge", ...)
+    group_add: list[str]  # supplementary groups: names or gids, as text
+    tmpfs: list[str]  # mount points of tmpfs mounts
+    binds: list[str]  # "SRC:DST" or "SRC:DST:ro" (the probe's own bind left out)
+    capabilities: list[str]  # the bounding set it grants (runtimes that state one)
+    apparmor_profile: str | None
+    # -- docker and podman ------------------------------------------------------------
+    devices: list[str]  # "HOST:CONTAINER:PERMISSIONS"
+    ulimits: dict[str, str]  # name -> "SOFT:HARD"
+    sysctls: dict[str, str]
+    unmask: bool  # no masked or read-only kernel paths
+    daemon_security_options: list[str]  # docker info's SecurityOptions
+    oci_runtime: str | None  # runc, crun, runsc, ...
+    rootless: bool  # podman: the engine runs rootless
+    # -- systemd-nspawn and systemd units ----------------------------------------------
+    argv: list[str]  # the systemd-nspawn / systemd-run command line
+    cgroup_dirs: list[str]  # nspawn: the cgroup directories made for it
+    unit: str  # systemd-run, portable: the unit's name
+    dynamic_user: bool
+    properties: dict[str, str]  # systemctl show: the unit's security properties
+    systemd_analyze: SystemdAnalyze | None  # None when systemd-analyze gave nothing
+    manager: str  # "host" or "booted" (the systemd booted in nspawn)
+    # -- portable services ----------------------------------------------------------------
+    portable_profile: str  # default, strict, nonetwork, trusted
+    image: str  # the attached image's path (as the manager sees it)
+    dropin: list[str]  # the drop-in's settings, "Key=value"
+    # Facts fields the profile decides when the spec left them at their defaults ("spec"
+    # mismatches are not reported for them): "rootfs_read_only", "seccomp"
+    profile_decides: list[str]
+    # -- lxc ----------------------------------------------------------------------------
+    config: list[str]  # the container's config lines
+    seccomp_profile: str | None  # lxc.seccomp.profile
+    # -- containerd ---------------------------------------------------------------------
+    runtime: str | None  # the runtime (shim) containerd stored, e.g. io.containerd.runc.v2
+    masked_paths: list[str]  # the OCI spec's linux.maskedPaths
+    cgroups_path: str | None  # the OCI spec's linux.cgroupsPath
 
 
 @dataclass(frozen=True)
@@ -117,7 +212,7 @@ class ProcessRecord:
     cmdline: tuple[str, ...]
     user: User
     capabilities: Capabilities
-    seccomp: str
+    seccomp: SeccompMode
     no_new_privs: bool
     main: bool = False  # the container's main process
 
@@ -194,7 +289,7 @@ class Facts:
     uid_map: tuple[MapEntry, ...]
     gid_map: tuple[MapEntry, ...]
     capabilities: Capabilities
-    seccomp: str  # "disabled" | "strict" | "filter"
+    seccomp: SeccompMode
     no_new_privs: bool
     lsm: Lsm
     cgroup: Cgroup
@@ -205,7 +300,7 @@ class Facts:
     namespaces: dict[str, str] = field(default_factory=dict)  # ns -> "private" | "host"
     engine_sockets: tuple[str, ...] = ()
     host_root_mounts: tuple[str, ...] = ()
-    declared: dict[str, Any] = field(default_factory=dict)
+    declared: Declared = field(default_factory=Declared)
     mismatches: tuple[Mismatch, ...] = ()
     # The observer's own bounding set: the most any engine on this host could grant.
     host_capabilities: tuple[str, ...] = ()
@@ -295,7 +390,7 @@ class Facts:
             uid_map=tuple((int(a), int(b), int(c)) for a, b, c in d["uid_map"]),
             gid_map=tuple((int(a), int(b), int(c)) for a, b, c in d["gid_map"]),
             capabilities=Capabilities(**{k: tuple(v) for k, v in d["capabilities"].items()}),
-            seccomp=d["seccomp"],
+            seccomp=one_of(d["seccomp"], SECCOMP_MODES, "seccomp"),
             no_new_privs=bool(d["no_new_privs"]),
             lsm=Lsm(**d["lsm"]),
             cgroup=Cgroup(**d["cgroup"]),
@@ -306,8 +401,10 @@ class Facts:
             namespaces=dict(d.get("namespaces", {})),
             engine_sockets=tuple(d.get("engine_sockets", ())),
             host_root_mounts=tuple(d.get("host_root_mounts", ())),
-            declared=dict(d.get("declared", {})),
-            mismatches=tuple(Mismatch(**m) for m in d.get("mismatches", ())),
+            # every key kept as written (JSON of other versions may carry keys Declared
+            # does not list); the values are shown, not compared again
+            declared=cast(Declared, dict(d.get("declared", {}))),
+            mismatches=tuple(_mismatch(m) for m in d.get("mismatches", ())),
             host_capabilities=tuple(d.get("host_capabilities", ())),
             masked={k: MaskedPath(**v) for k, v in d.get("masked", {}).items()},
             sources={str(k): str(v) for k, v in d.get("sources", {}).items()},
@@ -353,11 +450,28 @@ def _lists(x: Any) -> Any:
     return x
 
 
+_T = TypeVar("_T", bound=str)
+
+
+def one_of(value: object, allowed: tuple[_T, ...], what: str) -> _T:
+    """``value`` as a member of the closed set ``allowed`` (a Literal's values read from
+    JSON or text); ValueError naming ``what`` and the allowed values otherwise."""
+    for item in allowed:
+        if value == item:
+            return item
+    raise ValueError(f"{what}: unknown value {value!r} (expected one of {', '.join(allowed)})")
+
+
+def _mismatch(d: dict[str, Any]) -> Mismatch:
+    return Mismatch(**{**d, "source": one_of(d.get("source"), MISMATCH_SOURCES, "mismatch source")})
+
+
 def _process(d: dict[str, Any]) -> ProcessRecord:
     return ProcessRecord(
         **{
             **d,
             "cmdline": tuple(d["cmdline"]),
+            "seccomp": one_of(d["seccomp"], SECCOMP_MODES, "processes[].seccomp"),
             "user": User(**{**d["user"], "groups": tuple(d["user"].get("groups", ()))}),
             "capabilities": Capabilities(**{k: tuple(v) for k, v in d["capabilities"].items()}),
         }

@@ -5,14 +5,14 @@ The check registry reads them from the checks' signatures."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Literal
+from typing import Annotated
 
 from ..linux import caps, masking
+from ..model import SeccompMode as SeccompMode  # re-exported: the checks' parameter type
 from ..observe import probe
 from ..spec import parse_size
 from .check_registry import Schema, Validate
 
-SeccompMode = Literal["disabled", "strict", "filter"]
 # Namespaces Facts report (facts.NAMESPACES; a unit test keeps the two equal).
 NAMESPACE_NAMES: tuple[str, ...] = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Iterable
 
 from ..linux import caps
-from ..model import AccessResult, Facts, map_id
+from ..model import SECCOMP_MODES, AccessResult, Facts, map_id
 from ..spec import parse_size
 from .check_params import (
     AccessMode,
@@ -86,7 +85,6 @@ __all__ = [
     "user",
 ]
 
-SECCOMP_MODES: tuple[SeccompMode, ...] = typing.get_args(SeccompMode)
 CGROUP_V1_ROOTLESS_HINT = (
     "rootless {runtime} on cgroup v1 ignores resource limits (the kernel does not "
     "delegate v1 controllers to unprivileged users); use cgroup v2 with systemd "

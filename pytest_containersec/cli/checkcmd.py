@@ -13,7 +13,7 @@ from ..checks.verdict import ABSENT, split_absent
 from ..errors import ImageNotFound
 from ..policy import policy as policy_mod
 from ..report import report, sarif
-from ..report.results import CheckResult
+from ..report.results import CheckResult, Outcome
 from . import runner
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -33,7 +33,7 @@ def evaluate(
         for exp in pol.expectations:
             cell = per_check.setdefault(exp.name, {})
             if obs.facts is None:
-                outcome = "skipped" if obs.unavailable else "error"
+                outcome: Outcome = "skipped" if obs.unavailable else "error"
                 results.append(CheckResult(exp.name, exp.family, obs.runtime, outcome,
                                            str(obs.error), pol.path, exp.line))  # fmt: skip
                 cell[obs.runtime] = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import MapEntry, unmap_id
+from ..model import MapEntry, SeccompMode, unmap_id
 from . import caps, procfs
 
 TOOLS = "/.containersec/tools"  # the probe folder's setpriv, its loader and libraries
@@ -43,7 +43,7 @@ class Credentials:
     inheritable: frozenset[str]
     ambient: frozenset[str]
     bounding: frozenset[str]
-    seccomp: str
+    seccomp: SeccompMode
     seccomp_filters: int | None  # Seccomp_filters: (kernel >= 5.9), None when absent
     no_new_privs: bool
     label: str | None  # LSM label (None: no labelling LSM, or not known)

@@ -12,14 +12,16 @@ import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import ProbeParseError
-from ..model import Capabilities, MapEntry, Mount
+from ..model import Capabilities, MapEntry, Mount, SeccompMode
 from .caps import decode_mask
 
 ID_LIMIT = 2**32  # uids, gids and id-map ranges are 32-bit
-SECCOMP_MODES = {"0": "disabled", "1": "strict", "2": "filter"}
+SECCOMP_MODES: dict[str, SeccompMode] = {"0": "disabled", "1": "strict", "2": "filter"}
 LABEL_LSMS = ("selinux", "apparmor", "smack")  # the LSMs whose label is attr/current
+_V = TypeVar("_V")
 _INT = re.compile(r"(0|[1-9][0-9]*)\Z")
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -62,7 +64,7 @@ class Status:
     cap_effective: tuple[str, ...]
     cap_bounding: tuple[str, ...]
     cap_ambient: tuple[str, ...]
-    seccomp: str  # "disabled" | "strict" | "filter"
+    seccomp: SeccompMode
     no_new_privs: bool
     nspid: tuple[int, ...]  # host pid first, then the pid in each nested pid namespace
     seccomp_filters: int | None = None  # Seccomp_filters (kernel >= 5.9); None when absent
@@ -109,7 +111,7 @@ def parse_status(text: str, source: str = "/proc/<pid>/status") -> Status:
     def caps(key: str) -> tuple[str, ...]:
         return decode_mask(fields[key], f"{source} {key}")
 
-    def flag(key: str, table: dict[str, str]) -> str:
+    def flag(key: str, table: dict[str, _V]) -> _V:
         value = fields[key].strip(" \t")
         if value not in table:
             raise ProbeParseError(source, f"{key}: unexpected value {value!r}")

@@ -11,9 +11,9 @@ import re
 from collections.abc import Callable
 
 from ..linux import caps
-from ..model import Facts, Mismatch
+from ..model import Facts, Mismatch, MismatchSource
 
-SOURCE = "systemd-analyze"
+SOURCE: MismatchSource = "systemd-analyze"
 
 Verdict = Callable[[Facts, str], bool | None]  # True: protected, False: exposed, None: unknown
 
@@ -78,9 +78,9 @@ def _rule(name: str) -> Verdict | None:
 
 def mismatches(facts: Facts) -> list[Mismatch]:
     """Each setting whose systemd-analyze verdict the observed Facts contradict."""
-    analyze = facts.declared.get("systemd_analyze") or {}
+    analyze = facts.declared.get("systemd_analyze")
     out: list[Mismatch] = []
-    for s in analyze.get("settings") or []:
+    for s in (analyze.get("settings") if analyze else None) or []:
         verdict = _rule(s["name"])
         observed = verdict(facts, s["name"]) if verdict is not None else None
         if observed is not None and observed != s["set"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ProbeError, ProbeParseError
 from ..linux import cgroups, identity, masking, processes, procfs
@@ -13,6 +13,7 @@ from ..linux.processes import ProcessSelector
 from ..model import (
     PROBE_MISMATCH_FIELD,
     AccessResult,
+    Declared,
     Facts,
     Lsm,
     Mismatch,
@@ -21,7 +22,7 @@ from ..model import (
     User,
     unmap_id,
 )
-from ..spec import ContainerSpec
+from ..spec import ContainerSpec, parse_size
 from . import analyze, identity_probe, probe, surface_files
 from .target import PROBE_DIR
 
@@ -277,7 +278,7 @@ def compose(
     namespaces: dict[str, str],
     probe_out: probe.ProbeOutput,
     inside_status: procfs.Status,
-    declared: dict[str, Any],
+    declared: Declared,
     host_capabilities: tuple[str, ...] = (),
     socket_mounts: tuple[str, ...] = (),
 ) -> Facts:
@@ -350,27 +351,38 @@ def inside_mismatches(
     ]
 
 
-def requested(spec: ContainerSpec) -> dict[str, Any]:
+def requested(spec: ContainerSpec) -> Declared:
     """The spec in the normalized shape of ``declared`` (what the user asked for)."""
-    return {
+    out: Declared = {
         "user": spec.user,
         "cap_add": list(spec.cap_add),
         "cap_drop": list(spec.cap_drop),
         "privileged": spec.privileged,
-        "seccomp": spec.seccomp if spec.seccomp in ("default", "unconfined") else "custom",
+        "seccomp": "default"
+        if spec.seccomp == "default"
+        else "unconfined"
+        if spec.seccomp == "unconfined"
+        else "custom",
         "no_new_privileges": spec.no_new_privileges,
         "read_only": spec.read_only,
-        "memory": spec.memory,
+        "memory": None if spec.memory is None else parse_size(spec.memory),
         "cpus": spec.cpus,
         "pids_limit": spec.pids_limit,
-        **{f"{ns}_mode": "host" for ns in spec.namespaces_host},
-        "group_add": list(spec.group_add),
+        "group_add": [str(g) for g in spec.group_add],
         "tmpfs": [t.target for t in spec.tmpfs_list],
     }
+    hosts = spec.namespaces_host
+    if "pid" in hosts:
+        out["pid_mode"] = "host"
+    if "ipc" in hosts:
+        out["ipc_mode"] = "host"
+    if "uts" in hosts:
+        out["uts_mode"] = "host"
+    return out
 
 
 def declared_mismatches(
-    facts: Facts, declared: dict[str, Any] | None = None, source: str = "declared"
+    facts: Facts, declared: Declared | None = None, source: Literal["declared", "spec"] = "declared"
 ) -> list[Mismatch]:
     """Where what the engine says it configured (or, with ``source="spec"``, what the
     spec asked for) differs from what is in effect."""
@@ -387,10 +399,11 @@ def declared_mismatches(
         check("cgroup.memory_max", d["memory"], facts.cgroup.memory_max)
     if d.get("pids_limit"):
         check("cgroup.pids_max", d["pids_limit"], facts.cgroup.pids_max)
-    if d.get("cpus"):
+    cpus = d.get("cpus")
+    if cpus:
         observed = facts.cgroup.cpu_max
-        if observed is None or abs(observed - float(d["cpus"])) > 0.01:
-            out.append(Mismatch("cgroup.cpu_max", d["cpus"], observed, source))
+        if observed is None or abs(observed - float(cpus)) > 0.01:
+            out.append(Mismatch("cgroup.cpu_max", cpus, observed, source))
     if d.get("no_new_privileges"):
         check("no_new_privs", True, facts.no_new_privs)
     seccomp = d.get("seccomp")
@@ -407,11 +420,14 @@ def declared_mismatches(
     return out + _more_mismatches(facts, d, source)
 
 
-def _more_mismatches(facts: Facts, d: dict[str, Any], source: str) -> list[Mismatch]:
+def _more_mismatches(
+    facts: Facts, d: Declared, source: Literal["declared", "spec"]
+) -> list[Mismatch]:
     """Host namespaces, numeric supplementary groups and tmpfs mounts, where observable."""
     out: list[Mismatch] = []
-    for ns in ("pid", "ipc", "uts"):
-        mode, seen = d.get(f"{ns}_mode"), facts.namespaces.get(ns)
+    modes = (("pid", d.get("pid_mode")), ("ipc", d.get("ipc_mode")), ("uts", d.get("uts_mode")))
+    for ns, mode in modes:
+        seen = facts.namespaces.get(ns)
         want = "host" if mode == "host" else "private" if mode in ("private", "shareable") else None
         if want and seen and seen != want:
             out.append(Mismatch(f"namespaces.{ns}", want, seen, source))

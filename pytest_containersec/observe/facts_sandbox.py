@@ -31,7 +31,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ContainerSecError, ExecTimeout, ProbeError, ProbeModified, ProbeParseError
 from ..linux import cgroups, masking, procfs
@@ -39,6 +39,7 @@ from ..model import (
     SOURCE_DECLARED_INSIDE,
     SOURCE_HOST_SANDBOX,
     SOURCE_INSIDE_GVISOR,
+    Declared,
     Facts,
     Lsm,
     Mount,
@@ -177,7 +178,7 @@ def _our_namespaces(proc: Path) -> dict[str, str]:
     return out
 
 
-def declared_host_paths(mounts: tuple[Mount, ...], declared: dict[str, Any],
+def declared_host_paths(mounts: tuple[Mount, ...], declared: Declared,
                         volumes: tuple[object, ...]) -> tuple[Mount, ...]:  # fmt: skip
     """Each mount seen inside whose mount point the engine declared as a bind gets that
     bind's host path (``binds`` of the declaration, else the spec's volumes)."""

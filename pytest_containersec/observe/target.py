@@ -8,8 +8,9 @@ the runtimes: a runtime builds on it, never the other way round.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from ..model import Declared
 from ..spec import ContainerSpec
 
 # Where the host's static busybox is bind-mounted read-only in every container: the probe
@@ -67,7 +68,7 @@ class Target(Protocol):
     def check_probe(self) -> tuple[str, ...]:
         """What was modified in the probe folder, () when intact."""
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         """What the engine says it configured, normalized."""
 
     def logs(self) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..checks.checks import Violation
-from ..report.results import CheckResult
+from ..report.results import CheckResult, Outcome
 
 if TYPE_CHECKING:
     from ..model import Facts
@@ -106,7 +106,7 @@ class SessionResults:
         if report.when == "call" or not report.passed:
             if report.passed and report.when != "call":
                 return None
-            outcome = "passed" if report.passed else "skipped" if report.skipped else (
+            outcome: Outcome = "passed" if report.passed else "skipped" if report.skipped else (
                 "failed" if report.when == "call" else "error")  # fmt: skip
             violations = getattr(report, "containersec_violations", None) or []
             family = violations[0][0] if violations else "test"

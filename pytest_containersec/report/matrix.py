@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..runtimes import known_names
+from .results import Outcome
 
-SYMBOLS = {
+# A test x runtime cell: a CheckResult's outcome, or pytest's xfail outcomes.
+CellOutcome = Outcome | Literal["xfailed", "xpassed"]
+SYMBOLS: dict[CellOutcome, str] = {
     "passed": "PASS",
     "failed": "FAIL",
     "error": "ERROR",
@@ -21,14 +24,21 @@ SYMBOLS = {
     "xfailed": "XFAIL",
     "xpassed": "XPASS",
 }
-_RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "xpassed": 1, "failed": 2, "error": 3}
+_RANK: dict[CellOutcome, int] = {
+    "passed": 0,
+    "skipped": 1,
+    "xfailed": 1,
+    "xpassed": 1,
+    "failed": 2,
+    "error": 3,
+}
 
 
 @dataclass
 class Cell:
     """One test on one runtime: its outcome (a SYMBOLS key) and the skip reason, if any."""
 
-    outcome: str
+    outcome: CellOutcome
     reason: str = ""
 
 
@@ -180,7 +190,7 @@ class Matrix:
         )
 
 
-def classify(report: Any) -> tuple[str | None, str]:
+def classify(report: Any) -> tuple[CellOutcome | None, str]:
     """(outcome, skip reason) of one phase's report; None when it does not change a cell."""
     when = report.when
     if hasattr(report, "wasxfail"):

@@ -8,7 +8,7 @@ import html
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..checks.checks import Violation, fmt_map
 from ..checks.score import score
@@ -16,6 +16,8 @@ from ..checks.verdict import ABSENT
 from ..model import Facts
 
 MISMATCH_MARK = "≠"
+# A matrix cell's verdict: a check passed, failed or was skipped; "info" for a fact.
+CellVerdict = Literal["pass", "fail", "skip", "info"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Cell:
     differs."""
 
     value: str
-    verdict: str = "info"  # "pass" | "fail" | "skip" | "info"
+    verdict: CellVerdict = "info"
     mismatch: str = ""  # what the engine declared, when it differs from the observed value
 
 
@@ -196,7 +198,7 @@ def _score_cell(f: Facts) -> Cell:
 # -- renderers ------------------------------------------------------------------------
 
 
-_MARK = {"pass": "PASS ", "fail": "FAIL ", "skip": "SKIP ", "info": ""}
+_MARK: dict[CellVerdict, str] = {"pass": "PASS ", "fail": "FAIL ", "skip": "SKIP ", "info": ""}
 
 
 def _text(c: Cell | None) -> str:

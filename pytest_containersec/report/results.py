@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
+
+# One result of a test or a policy expectation on one runtime.
+Outcome = Literal["passed", "failed", "skipped", "error"]
 
 
 @dataclass(frozen=True)
@@ -13,7 +16,7 @@ class CheckResult:
     name: str  # test id or policy expectation
     family: str  # check family ("capabilities", "seccomp", ...) or "test"
     runtime: str
-    outcome: str  # "passed" | "failed" | "skipped" | "error"
+    outcome: Outcome
     message: str = ""
     path: str = ""  # the test or policy file
     line: int | None = None

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from ..errors import ContainerStartError, ProbeModified
+from ..model import Declared
 from ..observe.target import (
     DEFAULT_EXEC_TIMEOUT,
     MAX_OUTPUT,
@@ -100,7 +101,7 @@ class Container(abc.ABC):
         """Remove the container and everything made for it. Idempotent."""
 
     @abc.abstractmethod
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         """What the engine says it configured (inspect output, nspawn argv), normalized."""
 
     @abc.abstractmethod

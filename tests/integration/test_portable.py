@@ -23,7 +23,7 @@ from pytest_containersec.runtimes.systemd.portable import PortableContainer, Por
 from pytest_containersec.spec import PORTABLE_PROFILES, ContainerSpec
 
 from .conftest import runtime_or_skip
-from .test_systemd_run import check_against_host, leftovers, netns, status
+from .test_systemd_run import check_against_host, exposure, leftovers, netns, status
 
 # The strict profile's TasksMax=4 leaves no room for the probe (refused, tested below).
 ROOM = {"pids_limit": 64}
@@ -108,7 +108,7 @@ def test_profile_observed_as_the_host_sees_it(
     d = f.declared
     assert d["portable_profile"] == profile
     assert d["engine"] == "systemd-portabled"
-    assert isinstance(d["systemd_analyze"]["exposure"], float)
+    assert isinstance(exposure(f), float)
     assert attached(c) == "running-runtime"  # attached until reboot (--runtime), running
     # the unit's root is the image: the probe image's own os-release, not the manager's
     assert f.access.get("/etc/shadow:r") is not None
@@ -135,8 +135,7 @@ def test_strict_and_trusted_differ_as_observed(units: dict[str, PortableContaine
     assert not trusted.no_new_privs
     assert not trusted.rootfs_read_only
     expect.allowed(units["trusted"], "/etc/shadow", "r")
-    assert strict.declared["systemd_analyze"]["exposure"] < trusted.declared["systemd_analyze"][
-        "exposure"]  # fmt: skip
+    assert exposure(strict) < exposure(trusted)
     # network="host" is PrivateNetwork=no: the spec's field wins over the profile's
     assert strict.declared["properties"]["PrivateNetwork"] == "no"
 
@@ -151,8 +150,7 @@ def test_default_and_nonetwork_differ_as_observed(units: dict[str, PortableConta
         assert f.user.uid != 0  # DynamicUser=
         assert f.seccomp == "filter"
         assert f.rootfs_read_only
-    assert default.declared["systemd_analyze"]["exposure"] < units["trusted"].facts().declared[
-        "systemd_analyze"]["exposure"]  # fmt: skip
+    assert exposure(default) < exposure(units["trusted"].facts())
 
 
 def test_network_none_is_a_private_namespace(

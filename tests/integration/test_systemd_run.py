@@ -113,6 +113,14 @@ def check_against_host(c: Container, f: Facts) -> None:
     assert [m for m in f.mismatches if m.source == "inside"] == []
 
 
+def exposure(f: Facts) -> float:
+    """systemd-analyze's overall exposure, as the unit's Facts declare it."""
+    analyze = f.declared.get("systemd_analyze")
+    assert analyze is not None
+    assert analyze["exposure"] is not None, analyze
+    return analyze["exposure"]
+
+
 def caps_bit(name: str) -> int:
     from pytest_containersec.linux.caps import CAP_BITS
 
@@ -155,6 +163,7 @@ def test_hardened_unit(hardened: SystemdRunContainer) -> None:
     assert d["seccomp"] == "custom"
     assert len(d["cap_drop"]) == 41
     analyze = d["systemd_analyze"]
+    assert analyze is not None
     assert isinstance(analyze["exposure"], float)
     assert analyze["exposure"] < 5
     assert {s["name"] for s in analyze["settings"]} >= {"PrivateNetwork=", "NoNewPrivileges="}
@@ -169,8 +178,7 @@ def test_plain_unit(plain: SystemdRunContainer, hardened: SystemdRunContainer) -
     assert f.capabilities.effective  # a root service keeps what the manager has
     expect.allowed(plain, "/etc/shadow", "r")
     assert f.namespaces["net"] == ("host" if netns(plain.host_pid) == netns("self") else "private")
-    assert f.declared["systemd_analyze"]["exposure"] > hardened.facts().declared[
-        "systemd_analyze"]["exposure"]  # fmt: skip
+    assert exposure(f) > exposure(hardened.facts())
     if f.seccomp == "filter":  # the manager's own filter (nspawn's) confines every unit
         assert any(m.field == "seccomp" and m.expected == "disabled" for m in f.mismatches)
 
@@ -263,8 +271,7 @@ def test_same_workload_beside_docker_and_nspawn(hardened: SystemdRunContainer) -
     m = report.from_facts("hardened workload", observed, notes=notes)
     rows = {(r.group, r.name): r for r in m.rows}
     analyze = rows[("score", "systemd-analyze exposure (declared)")].cells
-    assert analyze["systemd-run"].value.split()[0] == str(
-        observed["systemd-run"].declared["systemd_analyze"]["exposure"])  # fmt: skip
+    assert analyze["systemd-run"].value.split()[0] == str(exposure(observed["systemd-run"]))
     assert all(analyze[n].value == "-" for n in observed if n != "systemd-run")
     assert set(rows[("score", "exposure (0-10)")].cells) == set(observed)
     assert "systemd-analyze" in report.to_text(m)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
-from pytest_containersec.model import Capabilities, Cgroup, Facts, Lsm, Mismatch, User
+from pytest_containersec.model import Capabilities, Cgroup, Declared, Facts, Lsm, Mismatch, User
 from pytest_containersec.runtimes import KNOWN_NAMES
 from pytest_containersec.runtimes.base import Availability, Container, ExecResult, Runtime
 from pytest_containersec.spec import ContainerSpec
@@ -70,7 +70,7 @@ class FakeContainer(Container):
             self._rt.live.pop(self.id, None)
             _event(op="stop", runtime=self.runtime, name=self.name)
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         return {"engine": "fake"}
 
     def logs(self) -> str:

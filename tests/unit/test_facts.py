@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pytest_containersec.checks import checks
 from pytest_containersec.linux import procfs
-from pytest_containersec.model import Cgroup, Lsm
+from pytest_containersec.model import Cgroup, Declared, Lsm
 from pytest_containersec.observe import facts, probe
 
 DATA = Path(__file__).parent.parent / "data"
@@ -21,7 +20,7 @@ def proc(case: str, name: str) -> str:
 def compose(
     case: str,
     probe_case: str,
-    declared: dict[str, Any],
+    declared: Declared,
     cgroup: Cgroup,
     status_text: str | None = None,
 ) -> facts.Facts:
@@ -47,7 +46,7 @@ def compose(
     )
 
 
-LIMITED_DECLARED = {
+LIMITED_DECLARED: Declared = {
     "user": "1000",
     "cap_drop": ["ALL"],
     "read_only": True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from pytest_containersec.model import (
     SOURCE_HOST_SANDBOX,
     SOURCE_INSIDE_GVISOR,
     Cgroup,
+    Declared,
     Facts,
 )
 from pytest_containersec.observe import facts, facts_sandbox, probe
@@ -48,7 +48,7 @@ class FakeSandboxed(Container):
     def stop(self) -> None:
         pass
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         return {"seccomp": "default", "binds": ["/tmp:/hosttmp:ro"], "memory": 67108864,
                 "pids_limit": 128, "user": "1000", "oci_runtime": "runsc"}  # fmt: skip
 

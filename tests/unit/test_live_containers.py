@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-from typing import Any
 
 import pytest
 
 from pytest_containersec.errors import ContainerStartError, RuntimeUnavailable
+from pytest_containersec.model import Declared
 from pytest_containersec.runtimes.base import Container, ExecResult, LiveContainers
 from pytest_containersec.spec import ContainerSpec
 
@@ -33,7 +33,7 @@ class Tracked(Container):
             raise self.fail_stop
         self.live.forget(self)
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         return {}
 
     def logs(self) -> str:

@@ -10,7 +10,7 @@ from podman.domain.containers_create import CreateMixin
 
 from pytest_containersec.cli.cli import parser, spec_from_args
 from pytest_containersec.errors import SpecError, UnsupportedSpec
-from pytest_containersec.model import Mount
+from pytest_containersec.model import Declared, Mount
 from pytest_containersec.observe.facts import declared_mismatches
 from pytest_containersec.runtimes.docker.docker import host_config
 from pytest_containersec.runtimes.nspawn import nspawn_spec
@@ -260,7 +260,7 @@ def test_cli_docker_spelled_flags() -> None:
 def test_declared_namespaces_groups_and_tmpfs_are_compared() -> None:
     f = facts()
     f = f.__class__(**{**f.__dict__, "namespaces": {"pid": "private", "ipc": "private"}})
-    declared = {"pid_mode": "host", "group_add": ["1234"], "tmpfs": ["/tmp"]}
+    declared: Declared = {"pid_mode": "host", "group_add": ["1234"], "tmpfs": ["/tmp"]}
     found = {m.field for m in declared_mismatches(f, declared)}
     assert {"namespaces.pid", "user.groups", "mounts./tmp"} <= found
     ok = f.__class__(**{**f.__dict__,

@@ -221,6 +221,7 @@ def test_declared_from_show() -> None:
     assert d["network_mode"] == "none"
     assert d["userns_mode"] == "host"
     assert d["binds"] == ["/srv/data:/data:ro"]  # the probe folder is ours, not the unit's
+    assert d["systemd_analyze"] is not None
     assert d["systemd_analyze"]["exposure"] == 3.7
     assert d["systemd_analyze"]["level"] == "OK"
     assert d["systemd_analyze"]["settings"][1]["exposure"] == 0.2

@@ -21,10 +21,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from ...errors import ContainerStartError, ImageNotFound, ProbeError, RuntimeUnavailable
 from ...linux import hostinfo, session
+from ...model import Declared
 from ...spec import ContainerSpec
 from .. import procs
 from ..base import (
@@ -210,7 +210,7 @@ class ContainerdContainer(Container):
                 if pipe is not None:
                     pipe.close()
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         out = self._rt.ctr("containers", "info", self.name)
         if out.returncode != 0:
             raise ProbeError(self.runtime, f"ctr containers info failed: {out.stderr.strip()}")

@@ -35,6 +35,7 @@ from typing import Any
 
 from ...errors import UnsupportedSpec
 from ...linux import caps
+from ...model import Declared
 from ...spec import CORE_FIELDS, ContainerSpec, Volume, refuse_unmapped
 from ..base import PROBE_BUSYBOX, PROBE_DIR
 from ..nspawn import nspawn_agent as agent
@@ -166,7 +167,7 @@ def userns_args(spec: ContainerSpec) -> list[str]:
 
 def declared_from_info(
     info: dict[str, Any], spec: ContainerSpec, pids_limit: int | None
-) -> dict[str, Any]:
+) -> Declared:
     """Normalize ``ctr containers info`` (the OCI spec containerd stored) (pure)."""
     oci = info.get("Spec") or {}
     proc, linux = oci.get("process") or {}, oci.get("linux") or {}

@@ -23,6 +23,7 @@ from ...errors import (
     UnsupportedSpec,
 )
 from ...linux import hostinfo, session
+from ...model import Declared
 from ...spec import ContainerSpec, refuse_portable_profile
 from .. import procs
 from ..base import PROBE_DIR, Availability, Container, ExecResult, LiveContainers
@@ -172,7 +173,7 @@ class DockerContainer(oci.EngineContainer):
     def _image_attrs(self) -> dict[str, Any]:
         return self._rt.client.images.get(self.spec.image).attrs
 
-    def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
+    def _declared(self, attrs: dict[str, Any]) -> Declared:
         return declared_from_inspect(attrs, self._rt.security_options)
 
     def logs(self) -> str:
@@ -189,7 +190,7 @@ class DockerContainer(oci.EngineContainer):
             self._sdk.remove(force=True)
 
 
-def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]) -> dict[str, Any]:
+def declared_from_inspect(attrs: dict[str, Any], daemon_options: tuple[str, ...]) -> Declared:
     """Normalize ``docker inspect`` into the fields the Facts compare against (pure)."""
     return oci.declared_from_inspect(attrs, "docker", daemon_options=daemon_options)
 

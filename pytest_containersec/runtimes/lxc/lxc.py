@@ -19,10 +19,10 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from ...errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ...linux import hostinfo, session
+from ...model import Declared
 from ...spec import ContainerSpec
 from .. import procs
 from ..base import (
@@ -228,7 +228,7 @@ class LxcContainer(Container):
             NAME, wrapped, timeout, lambda: stream_pipes(proc), proc.poll, kill, note
         )
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         return mapping.declared_from_config(self.config, self.spec)
 
     def logs(self) -> str:

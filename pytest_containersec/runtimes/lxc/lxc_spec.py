@@ -41,10 +41,10 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 from ...errors import UnsupportedSpec
 from ...linux import caps
+from ...model import Declared, DeclaredSeccomp
 from ...spec import CORE_FIELDS, ContainerSpec, Volume, refuse_unmapped
 from ..base import PROBE_BUSYBOX, PROBE_DIR
 from ..nspawn import nspawn_agent as agent
@@ -250,7 +250,7 @@ def init_script(spec: ContainerSpec) -> str:
     )
 
 
-def declared_from_config(lines: list[str], spec: ContainerSpec) -> dict[str, Any]:
+def declared_from_config(lines: list[str], spec: ContainerSpec) -> Declared:
     """Normalize a container config into the keys the Facts compare with (pure)."""
     cfg: dict[str, list[str]] = {}
     for line in lines:
@@ -276,7 +276,9 @@ def declared_from_config(lines: list[str], spec: ContainerSpec) -> dict[str, Any
         q, _, p = cpu_max.partition(" ")
         cpus = int(q) / int(p or CPU_PERIOD)
     profile = last("lxc.seccomp.profile")
-    seccomp = "unconfined" if not profile else "default" if profile == SECCOMP_DEFAULT else "custom"
+    seccomp: DeclaredSeccomp = (
+        "unconfined" if not profile else "default" if profile == SECCOMP_DEFAULT else "custom"
+    )
     binds = []
     for entry in cfg.get("lxc.mount.entry", []):
         src, dst, _, opts, *_ = entry.split()

@@ -19,6 +19,7 @@ from typing import Any
 
 from ...errors import ContainerStartError, RuntimeUnavailable
 from ...linux import hostinfo, session
+from ...model import Declared
 from ...spec import ContainerSpec
 from .. import procs
 from ..base import (
@@ -170,7 +171,7 @@ class NspawnContainer(Container):
         self.guard_probe()
         return self.agent.exec(list(argv), timeout, self.proc.pid, as_root=True)
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         out = declared_from_argv(self.argv, self._env, self.run_spec)
         out["cgroup_dirs"] = [str(d) for d in self.cgroups]
         return out

@@ -39,10 +39,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from ...errors import UnsupportedSpec
 from ...linux import caps
+from ...model import Declared
 from ...spec import ContainerSpec, Volume, parse_size, refuse_portable_profile
 from ..base import PROBE_BUSYBOX, PROBE_DIR
 from ..oci.oci import IDLE_COMMAND
@@ -196,7 +196,7 @@ def nspawn_argv(
     return argv + agent.payload_argv(main)
 
 
-def declared_from_argv(argv: list[str], env: dict[str, str], spec: ContainerSpec) -> dict[str, Any]:
+def declared_from_argv(argv: list[str], env: dict[str, str], spec: ContainerSpec) -> Declared:
     """Normalize the nspawn argv into docker.declared_from_inspect's keys (pure)."""
     opts = argv[: argv.index(PROBE_BUSYBOX)] if PROBE_BUSYBOX in argv else argv
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import ContainerSecError, ContainerStartError, ExecTimeout
+from ...model import Declared, DeclaredSeccomp
 from ...spec import ContainerSpec
 from ..base import (
     DEFAULT_EXEC_TIMEOUT,
@@ -224,7 +225,7 @@ def declared_from_inspect(
     daemon_options: tuple[str, ...] = (),
     oci_config: dict[str, Any] | None = None,
     bind_text: Callable[[str], str] = str,
-) -> dict[str, Any]:
+) -> Declared:
     """Normalize ``docker inspect`` / ``podman inspect`` into the declared keys the Facts
     are compared with (pure). ``oci_config``: the OCI config.json the engine handed to the
     runtime, when readable (no ``linux.seccomp`` there means no filter, whatever inspect
@@ -232,7 +233,7 @@ def declared_from_inspect(
     hc = attrs.get("HostConfig") or {}
     cfg = attrs.get("Config") or {}
     sec = list(hc.get("SecurityOpt") or [])
-    seccomp = "default"
+    seccomp: DeclaredSeccomp = "default"
     for opt in sec:
         if opt.startswith("seccomp="):
             seccomp = "unconfined" if opt == "seccomp=unconfined" else "custom"
@@ -267,7 +268,7 @@ def declared_from_inspect(
     }
 
 
-def _declared_more(attrs: dict[str, Any], hc: dict[str, Any]) -> dict[str, Any]:
+def _declared_more(attrs: dict[str, Any], hc: dict[str, Any]) -> Declared:
     """Namespaces, groups, devices, tmpfs, ulimits, sysctls and unmasking as declared."""
     tmpfs = sorted(
         set(hc.get("Tmpfs") or {})
@@ -318,7 +319,7 @@ class EngineContainer(Container):
     def _remove(self) -> None:
         raise NotImplementedError
 
-    def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
+    def _declared(self, attrs: dict[str, Any]) -> Declared:
         raise NotImplementedError
 
     def _image_attrs(self) -> dict[str, Any]:
@@ -355,7 +356,7 @@ class EngineContainer(Container):
         except self._engine_errors as exc:
             raise self._api.engine_error("exec", exc) from None
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         try:
             attrs = self._inspect()
         except self._engine_errors as exc:

@@ -27,6 +27,7 @@ from ...errors import (
     RuntimeUnavailable,
 )
 from ...linux import session
+from ...model import Declared
 from ...spec import ContainerSpec
 from .. import host_files, procs
 from ..base import Availability, Container, ExecResult, LiveContainers
@@ -134,7 +135,7 @@ class PodmanContainer(oci.EngineContainer):
     def _image_attrs(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._rt.client.images.get(self.spec.image).attrs)
 
-    def _declared(self, attrs: dict[str, Any]) -> dict[str, Any]:
+    def _declared(self, attrs: dict[str, Any]) -> Declared:
         oci_config: dict[str, Any] | None = None
         with contextlib.suppress(OSError, ValueError, TypeError):
             # a rootless service names a file of its user: bounded, a regular file, theirs

@@ -35,6 +35,7 @@ from ...errors import (
     UnsupportedSpec,
 )
 from ...linux import session
+from ...model import Declared
 from ...spec import ContainerSpec
 from ..base import (
     MAX_OUTPUT,
@@ -150,7 +151,7 @@ class PodmanKubeContainer(Container):
         err.add(r.stderr)
         return ExecResult(r.returncode, out.text(), err.text())
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         attrs = self._inspect()
         oci_config: dict[str, Any] | None = None
         with contextlib.suppress(OSError, ValueError, KeyError):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UnsupportedSpec
+from ...model import Declared
 from ...spec import ContainerSpec, Volume, refuse_portable_profile
 from ...spec_types import ulimits
 from ..base import PROBE_DIR
@@ -170,7 +171,7 @@ def _bind_text(bind: str) -> str:
 
 def declared_from_inspect(
     attrs: dict[str, Any], rootless: bool, oci_config: dict[str, Any] | None = None
-) -> dict[str, Any]:
+) -> Declared:
     """Normalize ``podman inspect`` into docker's declared keys (pure), plus ``rootless``."""
     declared = oci.declared_from_inspect(
         attrs, "podman", oci_config=oci_config, bind_text=_bind_text

@@ -34,10 +34,11 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ...linux import hostinfo, session
+from ...model import Declared
 from ...spec import ContainerSpec
 from .. import procs
 from ..base import PROBE_BUSYBOX, Availability, Container
@@ -139,7 +140,7 @@ class PortableContainer(SystemdRunContainer):
         self.settings: list[tuple[str, str]] = []
         self.detach_error = ""
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         out = super().declared()
         out["engine"] = "systemd-portabled"
         out["portable_profile"] = self.profile

@@ -45,10 +45,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...errors import ContainerStartError
 from ...linux import hostinfo, session
+from ...model import Declared, SystemdAnalyze
 from ...spec import ContainerSpec
 from .. import procs
 from ..base import (
@@ -218,9 +219,9 @@ class SystemdRunContainer(Container):
             self._analyzed = (json_out.stdout, text_out.stdout)
         return self._analyzed
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         try:
-            analyze: dict[str, Any] | None = decl.parse_analyze(*self._analysis())
+            analyze: SystemdAnalyze | None = decl.parse_analyze(*self._analysis())
         except ValueError:
             analyze = None
         out = decl.declared_from_show(self.show(), analyze)

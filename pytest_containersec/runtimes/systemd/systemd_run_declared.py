@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from ...errors import UnsupportedSpec
 from ...linux import caps
+from ...model import AnalyzeSetting, Declared, SystemdAnalyze
 from ...spec import DEFAULT_IMAGE, ContainerSpec, Volume, refuse_portable_profile
 from ..base import PROBE_DIR
 from ..oci.oci_fields import tmpfs_flags
@@ -204,12 +204,12 @@ def _binds(text: str, read_only: bool) -> list[str]:
     return out
 
 
-def parse_analyze(json_text: str, text: str) -> dict[str, Any]:
+def parse_analyze(json_text: str, text: str) -> SystemdAnalyze:
     """``{"exposure": 3.7, "level": "OK", "settings": [...]}`` from both outputs (pure)."""
     entries = json.loads(json_text) if json_text.strip() else []
     if not isinstance(entries, list):
         raise ValueError("systemd-analyze security --json: expected a list")
-    settings = []
+    settings: list[AnalyzeSetting] = []
     for e in entries:
         exposure = e.get("exposure")
         settings.append(
@@ -229,7 +229,7 @@ def parse_analyze(json_text: str, text: str) -> dict[str, Any]:
     }
 
 
-def declared_from_show(props: dict[str, str], analyze: dict[str, Any] | None) -> dict[str, Any]:
+def declared_from_show(props: dict[str, str], analyze: SystemdAnalyze | None) -> Declared:
     """The unit's properties in docker.declared_from_inspect's keys (pure)."""
     user = props.get("User") or None
     if user and props.get("Group") and props["Group"] != user:
