@@ -211,6 +211,7 @@ class ContainerdContainer(Container):
                     pipe.close()
 
     def declared(self) -> Declared:
+        """``ctr containers info`` (the OCI spec containerd stored), normalized."""
         out = self._rt.ctr("containers", "info", self.name)
         if out.returncode != 0:
             raise ProbeError(self.runtime, f"ctr containers info failed: {out.stderr.strip()}")

@@ -229,6 +229,7 @@ class LxcContainer(Container):
         )
 
     def declared(self) -> Declared:
+        """The container's LXC config as written (``lxc.*`` keys), normalized."""
         return mapping.declared_from_config(self.config, self.spec)
 
     def logs(self) -> str:

@@ -172,6 +172,7 @@ class NspawnContainer(Container):
         return self.agent.exec(list(argv), timeout, self.proc.pid, as_root=True)
 
     def declared(self) -> Declared:
+        """nspawn's argv and environment as started, normalized, plus the cgroups made for it."""
         out = declared_from_argv(self.argv, self._env, self.run_spec)
         out["cgroup_dirs"] = [str(d) for d in self.cgroups]
         return out

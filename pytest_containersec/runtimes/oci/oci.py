@@ -357,6 +357,7 @@ class EngineContainer(Container):
             raise self._api.engine_error("exec", exc) from None
 
     def declared(self) -> Declared:
+        """The engine's inspect output, normalized; an engine that stopped answering raises."""
         try:
             attrs = self._inspect()
         except self._engine_errors as exc:

@@ -152,6 +152,7 @@ class PodmanKubeContainer(Container):
         return ExecResult(r.returncode, out.text(), err.text())
 
     def declared(self) -> Declared:
+        """``podman inspect`` of the pod's container and its OCI config: what kube play made."""
         attrs = self._inspect()
         oci_config: dict[str, Any] | None = None
         with contextlib.suppress(OSError, ValueError, KeyError):

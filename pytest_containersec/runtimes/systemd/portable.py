@@ -141,6 +141,8 @@ class PortableContainer(SystemdRunContainer):
         self.detach_error = ""
 
     def declared(self) -> Declared:
+        """systemd-run's, plus the profile, the attached image, the drop-in and the fields
+        the profile decides."""
         out = super().declared()
         out["engine"] = "systemd-portabled"
         out["portable_profile"] = self.profile

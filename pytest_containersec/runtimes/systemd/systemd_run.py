@@ -220,6 +220,7 @@ class SystemdRunContainer(Container):
         return self._analyzed
 
     def declared(self) -> Declared:
+        """``systemctl show`` of the unit, normalized, with ``systemd-analyze security``."""
         try:
             analyze: SystemdAnalyze | None = decl.parse_analyze(*self._analysis())
         except ValueError:
