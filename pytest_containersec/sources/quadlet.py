@@ -169,7 +169,7 @@ def _apply(
         prev = fields.get(field)
         put(field, ",".join(([prev] if prev else []) + maps))
     elif k == "PidsLimit":
-        put("pids_limit", integer(c, v))
+        put("pids_limit", integer(c, v, signed=True))  # podman: -1 is unlimited
     elif k == "Unmask":
         if v != "ALL":
             raise c.unsupported(f"Unmask={v} (ALL only)")
