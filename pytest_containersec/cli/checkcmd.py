@@ -5,27 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..checks.checks import Violation
-from ..checks.verdict import ABSENT, split_absent
+from ..checks.verdict import split_absent
 from ..errors import ImageNotFound
 from ..policy import policy as policy_mod
 from ..report import report, sarif
 from ..report.results import CheckResult, Outcome
 from . import runner
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+# 1 is for findings only; an error that stopped a verdict is 4 (README "Command line")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
 
 
 def evaluate(
     pol: policy_mod.Policy, runtimes: list[str]
-) -> tuple[list[CheckResult], report.Matrix, bool]:
-    """Run the policy's spec on ``runtimes`` and judge every expectation on each;
-    the flag says whether the image was missing somewhere (a usage error)."""
+) -> tuple[list[CheckResult], report.Matrix, list[runner.Observation]]:
+    """Run the policy's spec on ``runtimes`` and judge every expectation on each; the
+    observations say what could not be judged and why (a missing image, an unavailable
+    runtime, an error)."""
     observations = runner.observe(pol.spec, runtimes, pol.access_keys())
-    missing_image = any(isinstance(o.error, ImageNotFound) for o in observations)
     results: list[CheckResult] = []
     per_check: dict[str, dict[str, list[Violation] | None]] = {}
     notes: dict[str, str] = {}
@@ -58,7 +60,7 @@ def evaluate(
     facts = {o.runtime: o.facts for o in observations if o.facts is not None}
     matrix = report.from_facts(f"policy {pol.name} ({pol.spec.image})", facts,
                                per_check.items(), notes)  # fmt: skip
-    return results, matrix, missing_image
+    return results, matrix, observations
 
 
 def junit(results: list[CheckResult]) -> str:
@@ -89,58 +91,86 @@ def junit(results: list[CheckResult]) -> str:
 
 def run(a: argparse.Namespace) -> int:
     """``containersec check``: judge every policy on its runtimes (``--runtime`` overrides),
-    print or write the report in ``--format``, and return the exit status: 0 passed, 1 a finding
-    or an error, 2 a policy error or a missing image, 3 nothing checked or (``--strict``) a
-    runtime unavailable."""
+    print or write the report in ``--format``, the summary and every error to stderr, and
+    return the exit status: 0 passed, 1 a finding, 2 a policy error or a missing image, 4 an
+    error stopped a verdict (a container that did not start, a crashed adapter), 3 nothing was
+    judged (every result skipped) or (``--strict``) a runtime unavailable."""
     from ..errors import PolicyError
 
     try:
         policies = [policy_mod.load(p) for p in a.policy]
     except PolicyError as exc:
-        print(f"containersec: policy error: {exc}")
+        print(f"containersec: policy error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     results: list[CheckResult] = []
     matrices: list[report.Matrix] = []
-    missing_image = False
+    observations: list[runner.Observation] = []
+    unavailable: set[tuple[str, str]] = set()  # (policy file, runtime)
+    named = [n for item in a.runtime or [] for n in item.split(",") if n]
     for pol in policies:
         kube = pol.spec.origin is not None and pol.spec.origin.kind == "kube"
-        chosen = runner.select(a.runtime or list(pol.runtimes) or None, kube)
-        res, matrix, missing = evaluate(pol, chosen)
+        chosen = runner.select(named or list(pol.runtimes) or None, kube)
+        res, matrix, obs = evaluate(pol, chosen)
         results += res
         matrices.append(matrix)
-        missing_image |= missing
-    fmt = a.format
+        observations += obs
+        unavailable |= {(pol.path, o.runtime) for o in obs if o.unavailable}
+    out = _render(a.format, results, matrices)
+    if a.output:
+        Path(a.output).write_text(out)
+    else:
+        print(out, end="", flush=True)
+    return _status(results, observations, unavailable, a.strict)
+
+
+def _render(fmt: str, results: list[CheckResult], matrices: list[report.Matrix]) -> str:
     if fmt == "junit":
-        out = junit(results)
-    elif fmt == "sarif":
-        out = json.dumps(sarif.build(results, Path.cwd()), indent=2) + "\n"
-    elif fmt == "json":
+        return junit(results)
+    if fmt == "sarif":
+        return json.dumps(sarif.build(results, Path.cwd()), indent=2) + "\n"
+    if fmt == "json":
         data = {
             "results": [r.to_dict() for r in results],
             "matrices": [m.to_dict() for m in matrices],
         }
-        out = json.dumps(data, indent=2) + "\n"
-    else:
-        out = "\n\n".join(report.to_text(m) for m in matrices) + "\n"
-    if a.output:
-        Path(a.output).write_text(out)
-    else:
-        print(out, end="")
-    if missing_image:
-        print("containersec check: an image is missing (usage error): build or import it")
+        return json.dumps(data, indent=2) + "\n"
+    return "\n\n".join(report.to_text(m) for m in matrices) + "\n"
+
+
+def _status(
+    results: list[CheckResult],
+    observations: list[runner.Observation],
+    unavailable: set[tuple[str, str]],
+    strict: bool,
+) -> int:
+    def say(text: str) -> None:
+        print(f"containersec check: {text}", file=sys.stderr, flush=True)
+
+    for crash in runner.crashes(observations):
+        print(crash.trace, end="", file=sys.stderr)
+    missing = [o.error for o in observations if isinstance(o.error, ImageNotFound)]
+    if missing:
+        say(f"error: {missing[0]} (a usage error: build or import the image)")
         return EXIT_USAGE
-    failed = [r for r in results if r.outcome in ("failed", "error")]
+    count = {k: sum(r.outcome == k for r in results) for k in ("passed", "failed", "error")}
     skipped = [r for r in results if r.outcome == "skipped"]
-    passed = len(results) - len(failed) - len(skipped)
-    summary = f"{passed} passed, {len(failed)} failed, {len(skipped)} skipped"
-    print(f"containersec check: {summary}", flush=True)
-    if failed:
+    off = sum((r.path, r.runtime) in unavailable for r in skipped)
+    summary = f"{count['passed']} passed, {count['failed']} failed, {len(skipped)} skipped"
+    say(summary + (f", {count['error']} error(s)" if count["error"] else ""))
+    for o in observations:
+        if o.error is not None and not o.unavailable:
+            say(f"error: {o.error}")
+    if count["failed"]:
         return EXIT_FAILED
-    if a.strict and [r for r in skipped if ABSENT not in r.message]:
-        print("containersec check: --strict: a runtime was unavailable")
+    if count["error"]:
+        say(f"{count['error']} check(s) not judged because of an error (not a finding)")
+        return EXIT_ERROR
+    if strict and off:
+        say("--strict: a runtime was unavailable")
         return EXIT_UNAVAILABLE
-    if not passed:
-        print("containersec check: nothing was checked (every runtime unavailable)")
+    if not count["passed"]:
+        say(f"nothing was judged: every result was skipped ({off} on an unavailable runtime, "
+            f"{len(skipped) - off} absent on this kernel)")  # fmt: skip
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
@@ -148,9 +178,11 @@ def run(a: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``check`` subcommand and its options to ``sub``."""
     c = sub.add_parser("check", help="gate CI on policy files: exit 0 passed, 1 failed, "
-                       "2 usage/policy error, 3 runtime unavailable (with --strict)")  # fmt: skip
+                       "2 usage/policy error, 3 nothing judged or (--strict) a runtime "
+                       "unavailable, 4 an error stopped a verdict")  # fmt: skip
     c.add_argument("policy", nargs="+")
-    c.add_argument("--runtime", action="append", help="override the policy's runtimes")
+    c.add_argument("--runtime", action="append",
+                   help="override the policy's runtimes (repeat or comma-separate)")  # fmt: skip
     c.add_argument("--format", choices=["text", "junit", "sarif", "json"], default="text")
     c.add_argument("--output", "-o", help="write the report here instead of stdout")
     c.add_argument("--strict", action="store_true", help="an unavailable runtime fails (exit 3)")

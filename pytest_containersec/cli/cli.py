@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ContainerSecError,
@@ -18,7 +19,11 @@ from ..errors import (
 )
 from ..spec import DEFAULT_IMAGE, PORTABLE_PROFILES, ContainerSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+if TYPE_CHECKING:
+    from .runner import Observation
+
+# 1 is for findings only: an error that stopped a verdict is 4 (README "Command line")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -211,7 +216,9 @@ def cmd_facts(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """``containersec compare``: observe the spec on every runtime at once and print the
-    side-by-side matrix; exit 1 when no runtime gave Facts."""
+    side-by-side matrix. Exit 0 when a runtime gave Facts (the matrix notes the others), 4 when
+    an adapter crashed; when none gave Facts: 2 the image is missing, 4 an error, 3 every
+    runtime unavailable."""
     from ..observe.probe import validate_access
     from ..report import report
     from . import runner
@@ -224,8 +231,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     facts = {o.runtime: o.facts for o in observations if o.facts is not None}
     notes = {o.runtime: str(o.error) for o in observations if o.error is not None}
     missing = [o.error for o in observations if isinstance(o.error, ImageNotFound)]
-    if spec.origin is not None and missing and not facts:  # a bad file, not a finding
-        raise SourceError(spec.origin.where(), None, "image", str(missing[0]))
+    if missing and not facts:  # bad input, not a finding
+        if spec.origin is not None:
+            raise SourceError(spec.origin.where(), None, "image", str(missing[0]))
+        raise missing[0]
     matrix = report.from_facts(f"{spec.image} side by side", facts, (), notes)
     if a.format == "html":
         text = report.to_html([matrix])
@@ -240,7 +249,24 @@ def cmd_compare(a: argparse.Namespace) -> int:
             fh.write(text)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
-    return EXIT_OK if facts else EXIT_FAILED
+    return _compare_status(observations, bool(facts))
+
+
+def _compare_status(observations: list[Observation], any_facts: bool) -> int:
+    from . import runner
+
+    crashed = runner.crashes(observations)
+    for crash in crashed:
+        print(crash.trace, end="", file=sys.stderr)
+    errors = [o for o in observations if o.error is not None and not o.unavailable]
+    for o in errors:
+        print(f"containersec compare: error: {o.error}", file=sys.stderr)
+    if crashed or (errors and not any_facts):
+        return EXIT_ERROR
+    if not any_facts:
+        print("containersec compare: no runtime is available here", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -322,8 +348,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``containersec`` entry point: run the subcommand and map errors to exit statuses (2
-    bad input, 3 runtime unavailable, 1 any other containersec error); every container this
-    process started is stopped on the way out."""
+    bad input, 3 runtime unavailable, 4 any other error: a containersec error, or an unexpected
+    exception with its traceback; never 1, the findings status); every container this process
+    started is stopped on the way out."""
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
@@ -335,7 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except ContainerSecError as exc:
         print(f"containersec: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: shown whole, and not exit 1 (Python's, the findings code)
+        traceback.print_exc()
+        print(f"containersec: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     finally:
         from ..runtimes import close_all
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 from ..errors import SpecError
 from ..spec import ContainerSpec
 from .yamlfile import Ctx
+
+# ASCII only: str.isdigit() also takes "²" and "٣", which int() then refuses or reads
+_DIGITS = re.compile(r"[0-9]+")
+_SIGNED = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -42,15 +47,22 @@ def words(ctx: Ctx, value: Any) -> tuple[str, ...]:
     raise ctx.error("expected a string or a list of strings")
 
 
-def integer(ctx: Ctx, value: Any) -> int:
-    """A whole number, or its decimal text (``"64"``); a bool or anything else is a SourceError."""
+def integer(ctx: Ctx, value: Any, signed: bool = False) -> int:
+    """A whole number, or its decimal text in ASCII digits (``"64"``; ``"-1"`` and ``"+1"``
+    only when ``signed``: where the format allows a sign, as compose's ``pids_limit: -1``);
+    a negative number when not ``signed``, a bool or anything else is a SourceError."""
+    want = "a whole number" if signed else "a whole number >= 0"
     if isinstance(value, bool):
-        raise ctx.error("expected a whole number")
+        raise ctx.error(f"expected {want}")
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ctx.error("expected a whole number")
+        number = value
+    elif isinstance(value, str) and (_SIGNED if signed else _DIGITS).fullmatch(value.strip()):
+        number = int(value.strip())
+    else:
+        raise ctx.error(f"expected {want}")
+    if number < 0 and not signed:
+        raise ctx.error(f"expected {want}")
+    return number
 
 
 def boolean(ctx: Ctx, value: Any) -> bool:

@@ -184,14 +184,16 @@ class _Service:
         if "memswap_limit" in svc:
             raise self.at("memswap_limit").unsupported("swap limits have no spec field")
         if "pids_limit" in svc:
-            n = integer(self.at("pids_limit"), svc["pids_limit"])
+            n = integer(self.at("pids_limit"), svc["pids_limit"], signed=True)
             if n > 0:  # -1 and 0: unlimited
                 self.set("pids_limit", n, "pids_limit")
         if "cpus" in svc:
             self.set("cpus", svc["cpus"], "cpus")
         if "cpu_quota" in svc:
-            quota = integer(self.at("cpu_quota"), svc["cpu_quota"])
+            quota = integer(self.at("cpu_quota"), svc["cpu_quota"], signed=True)
             period = integer(self.at("cpu_period"), svc.get("cpu_period", 100000))
+            if period == 0:
+                raise self.at("cpu_period").error("expected a positive number of microseconds")
             self.set("cpus", quota / period, "cpu_quota")
         if "deploy" not in svc:
             return
@@ -210,7 +212,9 @@ class _Service:
         check_keys(lctx, lim, ("cpus", "memory", "pids"), extensions=True)
         for key, field in (("cpus", "cpus"), ("memory", "memory"), ("pids", "pids_limit")):
             if key in lim:  # deploy limits win over the legacy keys, as in docker compose
-                value = integer(lctx.at(lim, key), lim[key]) if key == "pids" else lim[key]
+                value = lim[key]
+                if key == "pids":
+                    value = integer(lctx.at(lim, key), value, signed=True)
                 self.fields[field] = value
                 self.lines[field] = lctx.at(lim, key)
 

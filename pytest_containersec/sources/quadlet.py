@@ -16,13 +16,12 @@ from .common import Loaded, boolean, build, integer
 from .unitfile import SERVICE_IGNORED, Entry, ctx_of, env_words, parse
 from .yamlfile import Ctx
 
-# quadlet key -> how it maps (see _apply)
+# Every [Container] key is in exactly one table. MAPPED: _apply gives it a spec field.
 MAPPED = (
     "Image", "Exec", "Entrypoint", "User", "Group", "AddCapability", "DropCapability",
     "NoNewPrivileges", "ReadOnly", "SeccompProfile", "SecurityLabelDisable",
-    "SecurityLabelType", "SecurityLabelLevel", "Volume", "Tmpfs", "Network", "AddDevice",
-    "Environment", "Ulimit", "Sysctl", "GroupAdd", "UserNS", "UIDMap", "GIDMap", "PidsLimit",
-    "Unmask", "Mask", "ShmSize", "PodmanArgs", "Pod", "Secret", "Mount", "RunInit",
+    "SecurityLabelType", "Volume", "Tmpfs", "Network", "AddDevice", "Environment", "Ulimit",
+    "Sysctl", "GroupAdd", "UserNS", "UIDMap", "GIDMap", "PidsLimit", "Unmask",
 )  # fmt: skip
 IGNORED = (
     "ContainerName", "Label", "Annotation", "PublishPort", "ExposeHostPort", "HealthCmd",
@@ -169,8 +168,10 @@ def _apply(
         prev = fields.get(field)
         put(field, ",".join(([prev] if prev else []) + maps))
     elif k == "PidsLimit":
-        put("pids_limit", integer(c, v))
+        put("pids_limit", integer(c, v, signed=True))  # podman: -1 is unlimited
     elif k == "Unmask":
         if v != "ALL":
             raise c.unsupported(f"Unmask={v} (ALL only)")
         put("unmask", True)
+    else:  # a MAPPED key without a branch here: refused, never dropped silently
+        raise c.unsupported(f"{k}= is listed as mapped but has no mapping")

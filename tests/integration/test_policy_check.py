@@ -59,7 +59,7 @@ def test_policy_on_every_runtime(tmp_path: Path) -> None:
         for rt in ("podman-rootless", "docker-rootless"):
             assert (f"containersec-confined.{rt}", "cgroup") in failed
     assert r.returncode == (1 if failed else 0), r.stdout + r.stderr
-    assert f"{len(cases) - len(failed)} passed, {len(failed)} failed, 0 skipped" in r.stdout
+    assert f"{len(cases) - len(failed)} passed, {len(failed)} failed, 0 skipped" in r.stderr
 
 
 def test_sarif_and_exit_codes(tmp_path: Path) -> None:
@@ -80,9 +80,9 @@ def test_sarif_and_exit_codes(tmp_path: Path) -> None:
     bad.write_text("image: x\nexpect:\n  - seccomp: sometimes\n")
     r = check(str(bad))
     assert r.returncode == 2
-    assert "containersec-bad.yaml:3: seccomp" in r.stdout
+    assert "containersec-bad.yaml:3: seccomp" in r.stderr
     missing = tmp_path / "containersec-missing.yaml"
     missing.write_text("image: containersec/no-such-image\nexpect:\n  - seccomp: filter\n")
     r = check(str(missing), "--runtime", "docker")
     assert r.returncode == 2
-    assert "image 'containersec/no-such-image' not found locally" in r.stdout
+    assert "image 'containersec/no-such-image' not found locally" in r.stderr

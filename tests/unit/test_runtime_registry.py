@@ -159,4 +159,4 @@ def test_check_with_an_unknown_runtime_is_a_usage_error(
     assert "unknown runtime(s) nosuch" in capsys.readouterr().err
     path.write_text("image: x\nruntimes: [nosuch]\nexpect:\n  - seccomp: filter\n")
     assert cli.main(["check", str(path)]) == cli.EXIT_USAGE
-    assert "unknown ['nosuch']" in capsys.readouterr().out
+    assert "unknown ['nosuch']" in capsys.readouterr().err
