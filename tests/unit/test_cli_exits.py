@@ -14,7 +14,7 @@ import pytest
 from pytest_containersec import runtimes
 from pytest_containersec.cli import checkcmd, cli
 from pytest_containersec.errors import ContainerStartError, ImageNotFound
-from pytest_containersec.model import Facts, MaskedPath
+from pytest_containersec.model import Declared, Facts, MaskedPath
 from pytest_containersec.runtimes import RuntimeEntry
 from pytest_containersec.runtimes.base import Availability, Container, ExecResult
 from pytest_containersec.spec import ContainerSpec
@@ -37,7 +37,7 @@ class FakeContainer(Container):
     def stop(self) -> None:
         self._rt.stopped += 1
 
-    def declared(self) -> dict[str, Any]:
+    def declared(self) -> Declared:
         return {}
 
     def logs(self) -> str:
