@@ -47,6 +47,7 @@ from ...errors import UnsupportedSpec
 from ...linux import caps
 from ...spec import PORTABLE_PROFILES, ContainerSpec, Volume, refuse_unmapped
 from ..oci.oci_fields import tmpfs_flags
+from . import systemd_run_declared as decl
 from .systemd_run_declared import pairs
 
 NAME = "portable"
@@ -235,16 +236,7 @@ def dropin(
             "SystemCallArchitectures=, RestrictNamespaces=, MemoryDenyWriteExecute= (and "
             "DynamicUser='s RestrictSUIDSGID=) are seccomp filters; use portable_profile='trusted'",
         )  # fmt: skip
-    if spec.no_new_privileges:
-        props.append(("NoNewPrivileges", "yes"))
-    if spec.read_only:
-        props.append(("ProtectSystem", "strict"))
-    if spec.memory is not None:
-        props.append(("MemoryMax", str(spec.memory)))
-    if spec.pids_limit is not None:
-        props.append(("TasksMax", str(spec.pids_limit)))
-    if spec.cpus is not None:
-        props.append(("CPUQuota", f"{round(spec.cpus * 100)}%"))
+    props += decl.limit_properties(spec)
     if spec.userns == "auto":
         props.append(("PrivateUsers", "yes"))
     elif spec.userns == "host":

@@ -56,6 +56,23 @@ def capability_set(spec: ContainerSpec) -> frozenset[str]:
     return frozenset((caps.ALL_CAPS - drop) | add)
 
 
+def limit_properties(spec: ContainerSpec) -> list[tuple[str, str]]:
+    """no_new_privileges, read_only, memory, pids_limit and cpus as unit properties (the
+    same in a transient unit and a portable service's drop-in)."""
+    props: list[tuple[str, str]] = []
+    if spec.no_new_privileges:
+        props.append(("NoNewPrivileges", "yes"))
+    if spec.read_only:
+        props.append(("ProtectSystem", "strict"))
+    if spec.memory is not None:
+        props.append(("MemoryMax", str(spec.memory)))
+    if spec.pids_limit is not None:
+        props.append(("TasksMax", str(spec.pids_limit)))
+    if spec.cpus is not None:
+        props.append(("CPUQuota", f"{round(spec.cpus * 100)}%"))
+    return props
+
+
 def unit_properties(spec: ContainerSpec, host_systemd: bool) -> list[tuple[str, str]]:
     """Unit properties for ``spec`` (pure); ``spec.properties`` replace same-named ones."""
     if spec.image != DEFAULT_IMAGE:
@@ -82,16 +99,7 @@ def unit_properties(spec: ContainerSpec, host_systemd: bool) -> list[tuple[str, 
         )
     if spec.seccomp == "default" and not spec.privileged:
         props += [("SystemCallFilter", "@system-service"), ("SystemCallErrorNumber", "EPERM")]
-    if spec.no_new_privileges:
-        props.append(("NoNewPrivileges", "yes"))
-    if spec.read_only:
-        props.append(("ProtectSystem", "strict"))
-    if spec.memory is not None:
-        props.append(("MemoryMax", str(spec.memory)))
-    if spec.pids_limit is not None:
-        props.append(("TasksMax", str(spec.pids_limit)))
-    if spec.cpus is not None:
-        props.append(("CPUQuota", f"{round(spec.cpus * 100)}%"))
+    props += limit_properties(spec)
     if spec.userns == "auto":
         props.append(("PrivateUsers", "yes"))
     elif spec.userns not in (None, "host"):
