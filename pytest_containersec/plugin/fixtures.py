@@ -306,7 +306,8 @@ class Pool:
         return entry.container
 
     def release(self, keep: str) -> list[str]:
-        """Stop the containers, except those the keep policy retains; their messages."""
+        """Stop the containers, except those the keep policy retains; the messages about
+        those kept and those that could not be stopped."""
         kept = []
         entries, self.entries = list(self.entries.values()), {}
         stops = []
@@ -316,7 +317,7 @@ class Pool:
                 self.runtime.forget(c)
                 kept.append(keep_message(e))
                 continue
-            stops.append(_quiet_stop(c))
+            stops.append(_quiet_stop(c, kept))
         parallel = self.state.settings.parallel if self.state is not None else 1
         if self.scope is not None and self.state is not None:
             self.state.prestart.discard(self.scope, self.runtime.name)
@@ -324,10 +325,18 @@ class Pool:
         return kept
 
 
-def _quiet_stop(c: Container) -> Callable[[], None]:
+def _quiet_stop(c: Container, messages: list[str]) -> Callable[[], None]:
+    """Stop ``c``; a failure does not fail the test that used it, but is said (in
+    ``messages``, shown like a kept container's) and left to the next session's reap."""
+
     def stop() -> None:
-        with contextlib.suppress(Exception):
+        try:
             c.stop()
+        except Exception as exc:  # any engine error: report it, never raise
+            messages.append(
+                f"[{c.runtime}] could not stop container {c.name} (host pid {c.host_pid}): "
+                f"{exc}; the next session's reap removes it"
+            )
 
     return stop
 

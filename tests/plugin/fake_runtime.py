@@ -8,6 +8,8 @@ runtimes with fakes, so no engine is contacted. Environment knobs (set by the ou
 - ``CONTAINERSEC_FAKE_UNSUPPORTED``: a spec field every fake refuses (UnsupportedSpec).
 - ``CONTAINERSEC_FAKE_START_DELAY``: seconds each start takes (events carry the times).
 - ``CONTAINERSEC_FAKE_FAIL_USER``: a spec ``user`` whose start fails (ContainerStartError).
+- ``CONTAINERSEC_FAKE_STOP_FAILS``: a runtime whose containers' stop raises (its engine
+  stopped answering).
 - ``CONTAINERSEC_FAKE_MORE``: comma-separated names of more fake runtimes (wide matrices).
 - ``CONTAINERSEC_FAKE_IGNORE_MEMORY``: a runtime that ignores ``memory`` (no limit, and a
   ``spec`` mismatch in its Facts, as rootless engines on cgroup v1).
@@ -25,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from pytest_containersec.errors import ContainerStartError, UnsupportedSpec
+from pytest_containersec.errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from pytest_containersec.model import Capabilities, Cgroup, Declared, Facts, Lsm, Mismatch, User
 from pytest_containersec.runtimes import KNOWN_NAMES
 from pytest_containersec.runtimes.base import Availability, Container, ExecResult, Runtime
@@ -65,6 +67,8 @@ class FakeContainer(Container):
         return ExecResult(1, "", f"fake: {script}: not found\n")
 
     def stop(self) -> None:
+        if self.runtime == os.environ.get("CONTAINERSEC_FAKE_STOP_FAILS"):
+            raise RuntimeUnavailable(self.runtime, "the fake engine stopped answering")
         if not self.stopped:
             self.stopped = True
             self._rt.live.pop(self.id, None)

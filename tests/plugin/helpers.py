@@ -23,6 +23,7 @@ class FakeEnv:
         monkeypatch.delenv("CONTAINERSEC_FAKE_UNSUPPORTED", raising=False)
         monkeypatch.delenv("CONTAINERSEC_FAKE_MORE", raising=False)
         monkeypatch.delenv("CONTAINERSEC_FAKE_IGNORE_MEMORY", raising=False)
+        monkeypatch.delenv("CONTAINERSEC_FAKE_STOP_FAILS", raising=False)
         pytester.makeconftest(FAKE_SOURCE.read_text())
 
     def unavailable(self, *names: str) -> None:

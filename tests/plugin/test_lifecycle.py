@@ -109,6 +109,23 @@ def test_keep_policy(fake: FakeEnv, keep: str, kept: list[str]) -> None:
         assert "kept container" not in out
 
 
+def test_a_container_that_cannot_be_stopped_is_said_not_hidden(
+    fake: FakeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONTAINERSEC_FAKE_STOP_FAILS", "podman")
+    fake.pytester.makepyfile("def test_a(containersec_container): pass")
+    r = fake.run("--containersec-runtime=docker,podman")
+    r.assert_outcomes(passed=2)  # the tests passed; the leftover is the session's to say
+    r.stdout.fnmatch_lines(
+        [
+            "containersec: [[]podman] could not stop container containersec-fake-podman-* "
+            "(host pid *): *the fake engine stopped answering*; the next session's reap "
+            "removes it"
+        ]
+    )
+    assert "could not stop container containersec-fake-docker" not in r.stdout.str()
+
+
 def test_keep_via_ini(fake: FakeEnv) -> None:
     fake.pytester.makeini("[pytest]\ncontainersec_keep = always\n")
     fake.pytester.makepyfile("def test_a(containersec_container): pass")
