@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,8 +140,18 @@ class DockerContainer(oci.EngineContainer):
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
         exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True, user=user or "")["Id"]
 
-        def stream() -> Iterable[tuple[bytes | None, bytes | None]]:
-            return api.exec_start(exec_id, stream=True, demux=True)
+        def stream() -> Iterator[tuple[bytes | None, bytes | None]]:
+            chunks = api.exec_start(exec_id, stream=True, demux=True)
+            try:
+                yield from chunks
+            finally:
+                # docker-py leaves the exec's socket open (docker-py#3282): close the
+                # stream and its response, whose file object holds the descriptor.
+                with contextlib.suppress(Exception):
+                    chunks.close()
+                response = getattr(chunks, "_response", None)
+                if response is not None:
+                    response.close()
 
         def exit_code() -> int | None:
             info = api.exec_inspect(exec_id)

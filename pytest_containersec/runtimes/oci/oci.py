@@ -105,9 +105,17 @@ def run_exec(
 
     def pump() -> None:
         try:
-            for o, e in stream():
-                out.add(o)
-                err.add(e)
+            chunks = stream()
+            try:
+                for o, e in chunks:
+                    out.add(o)
+                    err.add(e)
+            finally:
+                # an adapter's generator closes what it opened, however the reading ends
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        close()
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
 

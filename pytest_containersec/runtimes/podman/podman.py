@@ -103,9 +103,10 @@ class PodmanContainer(oci.EngineContainer):
                 stream=True,
                 timeout=timeout + API_TIMEOUT,
             )
-            start.raise_for_status()
-            for frame in stream_frames(start, demux=True):
-                yield cast(tuple[bytes | None, bytes | None], frame)
+            with contextlib.closing(start):  # its connection, however the reading ends
+                start.raise_for_status()
+                for frame in stream_frames(start, demux=True):
+                    yield cast(tuple[bytes | None, bytes | None], frame)
 
         def inspect() -> dict[str, Any]:
             r = api.get(f"/exec/{exec_id}/json")
