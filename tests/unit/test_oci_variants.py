@@ -47,9 +47,17 @@ def test_crun_refusing_a_hybrid_host_is_unavailable_not_a_crash() -> None:
     assert v.host_refusal("podman:crun", "crun", "no such image") is None
     rootless = ("runsc: creating container: cannot set up cgroup for root: configuring cgroup: "
                 "mkdir /sys/fs/cgroup/blkio/3af7: permission denied: OCI permission denied")  # fmt: skip
-    err = v.host_refusal("podman-rootless:runsc", "runsc", rootless)
-    assert err is not None
-    assert "runsc refuses this host" in err.reason
+    # the same on cgroup v2 under systemd (trixie VM, Podman 5.4, runsc 2025)
+    systemd = ("runsc: creating container: systemd error: Permission denied: OCI permission "
+               "denied")  # fmt: skip
+    for message in (rootless, systemd):
+        err = v.host_refusal("podman-rootless:runsc", "runsc", message)
+        assert err is not None
+        assert "runsc refuses this host" in err.reason
+        assert "rootful podman:runsc" in err.hint
+    assert (
+        v.host_refusal("podman:runsc", "runsc", "runsc: creating container: no such file") is None
+    )
     assert v.host_refusal("podman", None, "crun: cgroups in hybrid mode not supported") is None
 
 

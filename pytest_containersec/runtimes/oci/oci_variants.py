@@ -33,12 +33,33 @@ GVISOR = "runsc"
 # runsc's own flags wherever the engine lets us pass them (see the module docstring).
 GVISOR_FLAGS: tuple[str, ...] = ("--network=none",)
 GVISOR_SHIM = "containerd-shim-runsc-v1"
-# What an OCI runtime prints when it refuses this host (not the container's spec).
-_HOST_REFUSALS = re.compile(
-    r"(?:crun: )?cgroups in hybrid mode not supported[^\n]*|"
-    r"(?:crun|runc|runsc): [^\n]*(?:not supported on this host|unsupported kernel)[^\n]*|"
+# What an OCI runtime prints when it refuses this host (not the container's spec), and
+# what to do instead.
+_CGROUP_V2_HINT = "use the runc variant here, or a host with a pure cgroup v2 hierarchy"
+_ROOTLESS_RUNSC_HINT = (
+    "rootless runsc cannot create its sandbox's cgroups here (cgroup v1, or systemd's "
+    "cgroup driver as the user); use the rootful podman:runsc or docker:runsc, or "
+    "podman-rootless:runc"
+)
+_HOST_REFUSALS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?:crun: )?cgroups in hybrid mode not supported[^\n]*"), _CGROUP_V2_HINT),
+    (
+        re.compile(
+            r"(?:crun|runc|runsc): [^\n]*(?:not supported on this host|unsupported kernel)[^\n]*"
+        ),
+        _CGROUP_V2_HINT,
+    ),
     # rootless runsc on cgroup v1: the user may not create the sandbox's cgroups
-    r"runsc: creating container: cannot set up cgroup[^\n]*permission denied"
+    (
+        re.compile(r"runsc: creating container: cannot set up cgroup[^\n]*permission denied"),
+        _ROOTLESS_RUNSC_HINT,
+    ),
+    # rootless runsc on cgroup v2 with systemd (trixie, Podman 5): the systemd cgroup driver
+    # as the user is refused
+    (
+        re.compile(r"runsc: creating container: systemd error: permission denied[^\n]*", re.I),
+        _ROOTLESS_RUNSC_HINT,
+    ),
 )
 
 
@@ -87,8 +108,8 @@ def host_refusal(name: str, oci: str | None, message: str) -> RuntimeUnavailable
     host (e.g. crun on cgroup v1 hybrid), or None for any other error."""
     if oci is None:
         return None
-    m = _HOST_REFUSALS.search(message)
-    if m is None:
-        return None
-    hint = "use the runc variant here, or a host with a pure cgroup v2 hierarchy"
-    return RuntimeUnavailable(name, f"{oci} refuses this host: {m.group(0).strip()}", hint)
+    for pattern, hint in _HOST_REFUSALS:
+        m = pattern.search(message)
+        if m is not None:
+            return RuntimeUnavailable(name, f"{oci} refuses this host: {m.group(0).strip()}", hint)
+    return None
