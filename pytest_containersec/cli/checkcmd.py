@@ -173,16 +173,3 @@ def _status(
             f"{len(skipped) - off} absent on this kernel)")  # fmt: skip
         return EXIT_UNAVAILABLE
     return EXIT_OK
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``check`` subcommand and its options to ``sub``."""
-    c = sub.add_parser("check", help="gate CI on policy files: exit 0 passed, 1 failed, "
-                       "2 usage/policy error, 3 nothing judged or (--strict) a runtime "
-                       "unavailable, 4 an error stopped a verdict")  # fmt: skip
-    c.add_argument("policy", nargs="+")
-    c.add_argument("--runtime", action="append",
-                   help="override the policy's runtimes (repeat or comma-separate)")  # fmt: skip
-    c.add_argument("--format", choices=["text", "junit", "sarif", "json"], default="text")
-    c.add_argument("--output", "-o", help="write the report here instead of stdout")
-    c.add_argument("--strict", action="store_true", help="an unavailable runtime fails (exit 3)")

@@ -302,6 +302,20 @@ def cmd_reap(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``check`` subcommand and its options to ``sub`` (here, not in checkcmd:
+    building the parser must not import the policy, check and report layers)."""
+    c = sub.add_parser("check", help="gate CI on policy files: exit 0 passed, 1 failed, "
+                       "2 usage/policy error, 3 nothing judged or (--strict) a runtime "
+                       "unavailable, 4 an error stopped a verdict")  # fmt: skip
+    c.add_argument("policy", nargs="+")
+    c.add_argument("--runtime", action="append",
+                   help="override the policy's runtimes (repeat or comma-separate)")  # fmt: skip
+    c.add_argument("--format", choices=["text", "junit", "sarif", "json"], default="text")
+    c.add_argument("--output", "-o", help="write the report here instead of stdout")
+    c.add_argument("--strict", action="store_true", help="an unavailable runtime fails (exit 3)")
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``containersec`` argument parser, with every subcommand."""
     p = argparse.ArgumentParser(
@@ -324,9 +338,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["table", "md", "json", "html"], default="table")
     c.add_argument("--output", "-o")
     add_spec_flags(c)
-    from .checkcmd import add_parser as add_check
-
-    add_check(sub)
+    add_check_parser(sub)
     sub.add_parser("reap", help="remove what killed sessions left behind")
     s = sub.add_parser(
         "schema",
