@@ -143,7 +143,7 @@ class ContainerdContainer(Container):
         except (OSError, ValueError):
             self._failed()
         token = session.owner_token(self.host_pid)
-        deadline = time.monotonic() + oci.START_WAIT
+        deadline = time.monotonic() + oci.start_wait(self.spec)
         while procs.running(self.host_pid, token) and time.monotonic() < deadline:
             time.sleep(0.01)
         if not procs.running(self.host_pid, token):

@@ -155,7 +155,7 @@ class LxcContainer(Container):
             raise ContainerStartError(NAME, argv, None, "lxc-start did not return") from None
         self.host_pid = self._init_pid() if out.returncode == 0 else 0
         token = session.owner_token(self.host_pid) if self.host_pid else ""
-        deadline = time.monotonic() + oci.START_WAIT
+        deadline = time.monotonic() + oci.start_wait(self.spec)
         while token and procs.running(self.host_pid, token) and time.monotonic() < deadline:
             time.sleep(0.01)
         if not token or not procs.running(self.host_pid, token):
