@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import testinfra
 
@@ -48,6 +49,11 @@ def main() -> None:
         def probe_check() -> object:  # one of the two per snapshot (before, after)
             return c.check_probe()
 
+        # the container's own limit files, as its cgroup namespace shows them (v2 or v1)
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        memory_limit = "memory.max" if v2 else "memory/memory.limit_in_bytes"
+        pids_limit = "pids.max" if v2 else "pids/pids.max"
+
         def with_testinfra() -> object:
             # the same facts, one command each, the way a testinfra test reads them
             facts = [
@@ -57,8 +63,8 @@ def main() -> None:
                 host.file("/proc/1/gid_map").content_string,
                 host.file("/proc/1/mountinfo").content_string,
                 host.file("/proc/1/cgroup").content_string,
-                host.file("/sys/fs/cgroup/memory/memory.limit_in_bytes").content_string,
-                host.file("/sys/fs/cgroup/pids/pids.max").exists,
+                host.file(f"/sys/fs/cgroup/{memory_limit}").content_string,
+                host.file(f"/sys/fs/cgroup/{pids_limit}").exists,
             ]
             for key in ACCESS:
                 path, _, mode = key.rpartition(":")
