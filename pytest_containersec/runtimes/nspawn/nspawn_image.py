@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ...errors import ImageNotFound
 from ...linux import session
@@ -116,26 +117,39 @@ def _store_id(image: str, store: str | None) -> str | None:
     return f"podman:{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else None
 
 
-def _docker_id(image: str) -> str | None:
+@contextlib.contextmanager
+def _docker() -> Iterator[Any]:
+    """A client of the local Docker daemon (``docker.DockerClient``, closed afterwards), or
+    None when the SDK is missing or no daemon answers. Imported here: only an export or an
+    id lookup pays for the SDK."""
     try:
         import docker
         import docker.errors
     except ImportError:
-        return None
+        yield None
+        return
+    url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        client = docker.DockerClient(base_url=_docker_url(), timeout=LOOKUP_TIMEOUT)
+        client = docker.DockerClient(base_url=url, timeout=LOOKUP_TIMEOUT)
     except docker.errors.DockerException:
-        return None
+        yield None
+        return
     try:
-        return f"docker:{client.images.get(image).id}"
-    except (docker.errors.DockerException, OSError, KeyError):
-        return None
+        yield client
     finally:
         client.close()
 
 
-def _docker_url() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+def _docker_id(image: str) -> str | None:
+    with _docker() as client:
+        if client is None:
+            return None
+        import docker.errors  # the SDK is there: _docker() made a client
+
+        try:
+            return f"docker:{client.images.get(image).id}"
+        except (docker.errors.DockerException, OSError, KeyError):
+            return None
 
 
 def _export(image: str, dest: Path, runtime: str) -> None:
@@ -155,19 +169,11 @@ def _export(image: str, dest: Path, runtime: str) -> None:
 
 
 def _export_docker(image: str, dest: Path) -> bool:
-    try:
-        import docker
-        import docker.errors
-    except ImportError:
-        return False
-    try:
-        client = docker.DockerClient(
-            base_url=_docker_url(),
-            timeout=LOOKUP_TIMEOUT,
-        )
-    except docker.errors.DockerException:
-        return False
-    try:
+    with _docker() as client:
+        if client is None:
+            return False
+        import docker.errors  # the SDK is there: _docker() made a client
+
         try:
             img = client.images.get(image)
         except (docker.errors.DockerException, OSError):
@@ -193,8 +199,6 @@ def _export_docker(image: str, dest: Path) -> bool:
         (dest / "config.json").write_text(json.dumps(img.attrs.get("Config") or {}))
         (dest / "image-id").write_text(f"docker:{img.id}")
         return True
-    finally:
-        client.close()
 
 
 def _drop_engine_marker(root: Path) -> None:
