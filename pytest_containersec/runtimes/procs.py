@@ -163,6 +163,32 @@ def running(pid: int, token: str) -> bool:
     return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
+def wait_past(pid: int, token: str, wrappers: list[list[str]], timeout: float) -> None:
+    """Wait until the main process ``pid`` has exec'd past our own wrappers (its command line
+    starts with none of them): until then its credentials, capabilities and command are a
+    wrapper's, not the workload's, and must not be observed. Returns once past or ended (the
+    caller checks which); TimeoutError when it is still a wrapper after ``timeout`` seconds."""
+    prefixes = [b"".join(a.encode() + b"\0" for a in w) for w in wrappers if w]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if not running(pid, token):
+            return
+        # empty: mid-exec, not yet readable
+        if cmdline and not any(cmdline.startswith(p) for p in prefixes):
+            return
+        if time.monotonic() >= deadline:
+            argv0 = cmdline.split(b"\0")[0].decode("utf-8", "replace")
+            raise TimeoutError(
+                f"the main process (pid {pid}) still runs {argv0!r} "
+                f"after {timeout:.0f}s instead of the workload's command"
+            )
+        time.sleep(0.002)
+
+
 def _signal(pid: int, token: str, sig: int) -> bool:
     """Send ``sig`` to the process ``token`` names, through a pidfd taken while the token
     still matched (a pid reused after the check cannot receive it)."""

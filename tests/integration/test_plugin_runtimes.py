@@ -74,7 +74,8 @@ def test_factory(containersec_start):
 
 
 def run_pytest(path: Path, *args: str) -> tuple[int, str]:
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", *args]
+    # -rfEs: the reasons of failures, errors and skips come last, where a cut log still shows them
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfEs", *args]
     env = {**os.environ, "COLUMNS": "400"}  # wide: each matrix in one block, one line a row
     proc = subprocess.run(argv, cwd=path, capture_output=True, text=True, timeout=600, env=env)
     return proc.returncode, proc.stdout + proc.stderr

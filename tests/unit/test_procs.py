@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
-from pytest_containersec.runtimes.procs import tool_output
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_containersec.linux import session
+from pytest_containersec.runtimes.procs import tool_output, wait_past
 
 
 def test_tool_output_never_raises_for_a_missing_or_slow_tool() -> None:
     assert tool_output(["/bin/echo", "systemd 257"]) == "systemd 257\n"
     assert tool_output(["/no/such/tool", "--version"]) == ""
     assert tool_output(["/bin/sleep", "5"], timeout=0.2) == ""  # a loaded host's slow tool
+
+
+def _spawn(script: str) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
+    return proc, session.owner_token(proc.pid)
+
+
+def test_wait_past_returns_only_once_the_wrapper_has_execd() -> None:
+    proc, token = _spawn("sleep 0.3; exec sleep 30")
+    try:
+        wait_past(proc.pid, token, [["/bin/sh", "-c"]], timeout=10)
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes() == b"sleep\0" + b"30\0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_wait_past_returns_when_the_wrapper_ends_and_times_out_when_it_stays() -> None:
+    proc, token = _spawn("exit 3")
+    proc.wait()
+    wait_past(proc.pid, token, [["/bin/sh", "-c"]], timeout=10)  # ended: returns
+    proc, token = _spawn("sleep 30; exit 0")
+    try:
+        with pytest.raises(TimeoutError, match="still runs '/bin/sh'"):
+            wait_past(proc.pid, token, [["/bin/sh", "-c"]], timeout=0.2)
+    finally:
+        proc.kill()
+        proc.wait()

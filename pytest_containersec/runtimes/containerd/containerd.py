@@ -146,6 +146,11 @@ class ContainerdContainer(Container):
         deadline = time.monotonic() + oci.start_wait(self.spec)
         while procs.running(self.host_pid, token) and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self.prefix and self.sandbox is None:  # the user switch runs as root until it execs
+            try:
+                procs.wait_past(self.host_pid, token, [self.prefix[:1]], CTR_TIMEOUT)
+            except TimeoutError as exc:
+                raise ContainerStartError(self.runtime, self.argv, None, str(exc)) from None
         if not procs.running(self.host_pid, token):
             self._failed()
 

@@ -158,6 +158,11 @@ class LxcContainer(Container):
         deadline = time.monotonic() + oci.start_wait(self.spec)
         while token and procs.running(self.host_pid, token) and time.monotonic() < deadline:
             time.sleep(0.01)
+        if token:  # the init script resolves the command, then execs it
+            try:
+                procs.wait_past(self.host_pid, token, [mapping.init_argv()], START_TIMEOUT)
+            except TimeoutError as exc:
+                raise ContainerStartError(NAME, argv, None, str(exc)) from None
         if not token or not procs.running(self.host_pid, token):
             self._failed(argv, out.stderr)
 

@@ -235,8 +235,13 @@ def config_lines(
         src, dst = _mount_path("volumes", v.source), _mount_path("volumes", v.target)
         opts = f"bind{',ro' if v.read_only else ''},create={kind}"
         lines.append(f"lxc.mount.entry = {src} {dst.lstrip('/')} none {opts} 0 0")
-    lines.append(f"lxc.init.cmd = {PROBE_BUSYBOX} sh {INIT_SCRIPT}")
+    lines.append("lxc.init.cmd = " + " ".join(init_argv()))
     return lines
+
+
+def init_argv() -> list[str]:
+    """``lxc.init.cmd``: the generated script under the probe's busybox shell."""
+    return [PROBE_BUSYBOX, "sh", INIT_SCRIPT]
 
 
 def init_script(spec: ContainerSpec) -> str:

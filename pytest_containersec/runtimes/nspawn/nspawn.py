@@ -271,27 +271,20 @@ class NspawnContainer(Container):
         return agent.drop_prefix(uid, gid, extra, helpers), home
 
     def _main_pid(self, prefix: list[str]) -> int:
-        """Host pid of the main process (pid 2 inside), once it exec'd past the agent."""
+        """Host pid of the main process (pid 2 inside), once it exec'd past the agent and the
+        user switch."""
         assert self.proc is not None
-        stages = [[PROBE_BUSYBOX, "sh", "-c", agent.AGENT_SCRIPT]]
-        if prefix:
-            stages.append(prefix[:1])
-        deadline = time.monotonic() + 2.0
-        pid = None
-        while time.monotonic() < deadline:
-            pid = pid or procs.find_inner(self.proc.pid, 2)
-            if pid is not None:
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    self._failed()  # the main process is gone already
-                words = [w.decode("utf-8", "replace") for w in cmd]
-                if not any(words[: len(s)] == s for s in stages):
-                    return pid
+        deadline = time.monotonic() + START_TIMEOUT
+        while (pid := procs.find_inner(self.proc.pid, 2)) is None:
+            if time.monotonic() >= deadline or self.proc.poll() is not None:
+                self._failed()
             time.sleep(0.002)
-        if pid is None:
-            self._failed()
-        return pid or 0
+        stages = [[PROBE_BUSYBOX, "sh", "-c", agent.AGENT_SCRIPT], prefix[:1]]
+        try:
+            procs.wait_past(pid, session.owner_token(pid), stages, START_TIMEOUT)
+        except TimeoutError as exc:
+            raise ContainerStartError(NAME, self.argv, None, str(exc)) from None
+        return pid
 
     def _failed(self) -> None:
         assert self.proc is not None

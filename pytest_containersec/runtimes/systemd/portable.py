@@ -190,7 +190,7 @@ class PortableContainer(SystemdRunContainer):
         r = inst.run(self.argv, timeout=START_TIMEOUT)
         if r.returncode != 0:  # systemctl's status is not the unit's: _failed reads that
             self._failed(None, r.stderr)
-        self._watch_main()
+        self._watch_main(command)
 
     def _failed(self, status: int | None, why: str) -> None:
         """ContainerStartError, with the main process's exit status when it exited."""

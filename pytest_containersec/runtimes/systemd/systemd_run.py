@@ -42,7 +42,6 @@ import select
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -253,11 +252,12 @@ class SystemdRunContainer(Container):
         r = self.inst.run(self.argv, timeout=START_TIMEOUT)
         if r.returncode != 0:
             self._failed(r.returncode, r.stderr)
-        self._watch_main()
+        self._watch_main(command)
 
-    def _watch_main(self) -> None:
+    def _watch_main(self, command: list[str]) -> None:
         """Once the unit runs: its main process on the host, the agent's folder handed to
-        the unit's user, the agent ready and the main command exec'd (``host_pid``)."""
+        the unit's user, the agent ready and ``command`` (``agent_command``) exec'd past the
+        agent into the main command (``host_pid``)."""
         inner = int(self.show().get("MainPID") or 0)
         pid = self.inst.host_pid(inner)
         if pid is None:
@@ -275,24 +275,16 @@ class SystemdRunContainer(Container):
             self.agent.grant(*self.inst.inner_ids(uid, gid))
             if not self.agent.wait_ready(pidfd, START_TIMEOUT, self.argv):
                 self._failed(None, "the unit's main process exited")
-            self.host_pid = self._exec_done(pid)
+            try:  # the agent execs the main command once ready
+                procs.wait_past(pid, session.owner_token(pid), [command[:4]], START_TIMEOUT)
+            except TimeoutError as exc:
+                self._failed(None, str(exc))
+            self.host_pid = pid
             if select.select([pidfd], [], [], start_wait(self.spec))[0]:
                 self._failed(None, "the unit's main process exited")
         finally:
             os.close(pidfd)
         self._start_analyze()
-
-    @staticmethod
-    def _exec_done(pid: int) -> int:
-        """``pid`` once the agent script has exec'd the main command (cmdline changed)."""
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                if agent.AGENT_ARGV0.encode() not in words:
-                    break
-            time.sleep(0.002)
-        return pid
 
     def _failed(self, status: int | None, why: str) -> None:
         raise ContainerStartError(
