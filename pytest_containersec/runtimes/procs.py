@@ -163,27 +163,35 @@ def running(pid: int, token: str) -> bool:
     return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
+# what an OCI runtime's own process is called between `create` and the exec of the
+# container's command: runc's init stages, crun's child before its execve
+RUNTIME_INIT_COMMS = ("runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]", "runc", "crun")
+
+
 def wait_past(pid: int, token: str, wrappers: list[list[str]], timeout: float) -> None:
-    """Wait until the main process ``pid`` has exec'd past our own wrappers (its command line
-    starts with none of them): until then its credentials, capabilities and command are a
-    wrapper's, not the workload's, and must not be observed. Returns once past or ended (the
-    caller checks which); TimeoutError when it is still a wrapper after ``timeout`` seconds."""
+    """Wait until the main process ``pid`` has exec'd its command: past the OCI runtime's
+    init (``runc start`` returns before that execve) and past our own ``wrappers`` (its
+    command line starts with none of them). Until then its credentials, capabilities,
+    seccomp filter and command are not yet the workload's and must not be observed. Returns
+    once past or ended (the caller checks which); TimeoutError when it is still there after
+    ``timeout`` seconds."""
     prefixes = [b"".join(a.encode() + b"\0" for a in w) for w in wrappers if w]
     deadline = time.monotonic() + timeout
     while True:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             return
         if not running(pid, token):
             return
-        # empty: mid-exec, not yet readable
-        if cmdline and not any(cmdline.startswith(p) for p in prefixes):
+        ours = any(cmdline.startswith(p) for p in prefixes)
+        if cmdline and comm not in RUNTIME_INIT_COMMS and not ours:  # empty: mid-exec
             return
         if time.monotonic() >= deadline:
             argv0 = cmdline.split(b"\0")[0].decode("utf-8", "replace")
             raise TimeoutError(
-                f"the main process (pid {pid}) still runs {argv0!r} "
+                f"the main process (pid {pid}, {comm}) still runs {argv0!r} "
                 f"after {timeout:.0f}s instead of the workload's command"
             )
         time.sleep(0.002)

@@ -43,3 +43,16 @@ def test_wait_past_returns_when_the_wrapper_ends_and_times_out_when_it_stays() -
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_wait_past_waits_while_the_oci_runtime_has_not_execd(tmp_path: Path) -> None:
+    runc = tmp_path / "runc"  # comm "runc": an OCI runtime's child before its execve
+    runc.write_bytes(Path("/bin/sleep").read_bytes())
+    runc.chmod(0o755)
+    proc = subprocess.Popen([str(runc), "30"], start_new_session=True)
+    try:
+        with pytest.raises(TimeoutError, match="pid .*, runc"):
+            wait_past(proc.pid, session.owner_token(proc.pid), [], timeout=0.2)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -146,11 +146,9 @@ class ContainerdContainer(Container):
         deadline = time.monotonic() + oci.start_wait(self.spec)
         while procs.running(self.host_pid, token) and time.monotonic() < deadline:
             time.sleep(0.01)
-        if self.prefix and self.sandbox is None:  # the user switch runs as root until it execs
-            try:
-                procs.wait_past(self.host_pid, token, [self.prefix[:1]], CTR_TIMEOUT)
-            except TimeoutError as exc:
-                raise ContainerStartError(self.runtime, self.argv, None, str(exc)) from None
+        if self.sandbox is None:  # the user switch runs as root until it execs
+            wrappers = [self.prefix[:1]]
+            oci.await_workload(self.runtime, self.argv, self.host_pid, wrappers, CTR_TIMEOUT)
         if not procs.running(self.host_pid, token):
             self._failed()
 

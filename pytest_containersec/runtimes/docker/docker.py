@@ -348,7 +348,10 @@ class DockerRuntime:
             oci.check_running(  # reloads the attributes: State.Pid is read from them
                 self.name, argv, lambda: self._status(sdk), lambda: _logs(sdk), oci.start_wait(spec)
             )
-            return DockerContainer(self, sdk, spec)
+            c = DockerContainer(self, sdk, spec)
+            if c.sandbox is None:  # `docker start` returns before runc's init execs the command
+                oci.await_workload(self.name, argv, c.host_pid, [], oci.EXEC_WAIT)
+            return c
         except BaseException as exc:
             with contextlib.suppress(*ENGINE_ERRORS):
                 sdk.remove(force=True)

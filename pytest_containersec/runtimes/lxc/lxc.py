@@ -159,10 +159,7 @@ class LxcContainer(Container):
         while token and procs.running(self.host_pid, token) and time.monotonic() < deadline:
             time.sleep(0.01)
         if token:  # the init script resolves the command, then execs it
-            try:
-                procs.wait_past(self.host_pid, token, [mapping.init_argv()], START_TIMEOUT)
-            except TimeoutError as exc:
-                raise ContainerStartError(NAME, argv, None, str(exc)) from None
+            oci.await_workload(NAME, argv, self.host_pid, [mapping.init_argv()], START_TIMEOUT)
         if not token or not procs.running(self.host_pid, token):
             self._failed(argv, out.stderr)
 

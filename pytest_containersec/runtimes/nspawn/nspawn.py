@@ -32,6 +32,7 @@ from ..base import (
     LiveContainers,
     log_tail,
 )
+from ..oci import oci
 from ..oci.oci import start_wait
 from ..probe_copy import ProbeCopy
 from . import nspawn_agent as agent
@@ -279,11 +280,8 @@ class NspawnContainer(Container):
             if time.monotonic() >= deadline or self.proc.poll() is not None:
                 self._failed()
             time.sleep(0.002)
-        stages = [[PROBE_BUSYBOX, "sh", "-c", agent.AGENT_SCRIPT], prefix[:1]]
-        try:
-            procs.wait_past(pid, session.owner_token(pid), stages, START_TIMEOUT)
-        except TimeoutError as exc:
-            raise ContainerStartError(NAME, self.argv, None, str(exc)) from None
+        stages = [self.argv[:1], [PROBE_BUSYBOX, "sh", "-c", agent.AGENT_SCRIPT], prefix[:1]]
+        oci.await_workload(NAME, self.argv, pid, stages, START_TIMEOUT)
         return pid
 
     def _failed(self) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import ContainerSecError, ContainerStartError, ExecTimeout
+from ...linux import session
 from ...model import Declared, DeclaredSeccomp
 from ...spec import ContainerSpec
+from .. import procs
 from ..base import (
     DEFAULT_EXEC_TIMEOUT,
     MAX_OUTPUT,
@@ -30,6 +32,7 @@ IDLE_ENTRYPOINT = [PROBE_BUSYBOX]
 IDLE_COMMAND = ["sleep", "2147483647"]
 TIMEOUT_RC = 137  # busybox `timeout -s KILL` exit status when it killed the command
 START_WAIT = 0.05  # seconds a fresh container must survive to count as started
+EXEC_WAIT = 30.0  # seconds a started main process may take to exec the workload's command
 NOTE_AFTER = 0.5  # seconds after which run_exec asks the adapter to note a running exec
 
 
@@ -46,6 +49,19 @@ def start_wait(spec: ContainerSpec) -> float:
     """How long a fresh container must survive to count as started: START_WAIT for the
     spec's own command (it may exit at once); none for the idle busybox sleep."""
     return START_WAIT if spec.command else 0.0
+
+
+def await_workload(
+    runtime: str, argv: list[str], pid: int, wrappers: list[list[str]], timeout: float
+) -> None:
+    """Return once the container's main process ``pid`` has exec'd the workload's command,
+    past the OCI runtime's init and our own ``wrappers`` (see ``procs.wait_past``), or ended
+    (the caller's running check reports that); ContainerStartError when it has not within
+    ``timeout`` seconds."""
+    try:
+        procs.wait_past(pid, session.owner_token(pid), wrappers, timeout)
+    except TimeoutError as exc:
+        raise ContainerStartError(runtime, argv, None, str(exc)) from None
 
 
 def wrap_with_timeout(argv: list[str], timeout: float) -> list[str]:

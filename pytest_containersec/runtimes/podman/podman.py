@@ -313,6 +313,8 @@ class PodmanRuntime:
             if not _host_pid(pid) or not self.may_kill(pid):
                 why = f"State.Pid {pid} is not a process of the engine's user in our pid namespace"
                 raise ContainerStartError(self.name, argv, None, why)
+            if self.oci_runtime is None or sandbox_of(self.oci_runtime) is None:
+                oci.await_workload(self.name, argv, pid, [], oci.EXEC_WAIT)  # past runc's init
         except BaseException as exc:
             with contextlib.suppress(*ENGINE_ERRORS, OSError):
                 self.remove(str(sdk.id))

@@ -60,6 +60,7 @@ from ..base import (
     LiveContainers,
 )
 from ..nspawn import nspawn_agent as agent
+from ..oci import oci
 from ..oci.oci import IDLE_COMMAND, BoundedBuffer, start_wait
 from ..probe_copy import ProbeCopy
 from . import systemd_run_declared as decl
@@ -275,10 +276,8 @@ class SystemdRunContainer(Container):
             self.agent.grant(*self.inst.inner_ids(uid, gid))
             if not self.agent.wait_ready(pidfd, START_TIMEOUT, self.argv):
                 self._failed(None, "the unit's main process exited")
-            try:  # the agent execs the main command once ready
-                procs.wait_past(pid, session.owner_token(pid), [command[:4]], START_TIMEOUT)
-            except TimeoutError as exc:
-                self._failed(None, str(exc))
+            # the agent execs the main command once ready
+            oci.await_workload(self.runtime, self.argv, pid, [command[:4]], START_TIMEOUT)
             self.host_pid = pid
             if select.select([pidfd], [], [], start_wait(self.spec))[0]:
                 self._failed(None, "the unit's main process exited")
