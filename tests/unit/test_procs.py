@@ -51,7 +51,7 @@ def test_wait_past_waits_while_the_oci_runtime_has_not_execd(tmp_path: Path) -> 
     runc.chmod(0o755)
     proc = subprocess.Popen([str(runc), "30"], start_new_session=True)
     try:
-        with pytest.raises(TimeoutError, match="pid .*, runc"):
+        with pytest.raises(TimeoutError, match=r"pid \d+, runc\)"):
             wait_past(proc.pid, session.owner_token(proc.pid), [], timeout=0.2)
     finally:
         proc.kill()
