@@ -14,6 +14,22 @@ si_tool=$here/scripts/service-images
 si_dir=${CONTAINERSEC_SERVICE_IMAGES:-$state/images/service}
 si_stamp=$("$si_tool" stamp)
 si_names=$("$si_tool" names)
+# Only some images into only some stores (the VM's core tier: importing all of them into
+# every store takes longer under TCG than its whole budget); default: all, everywhere.
+si_stores=${CONTAINERSEC_SERVICE_IMAGE_STORES:-docker podman podman-rootless docker-userns docker-rootless nspawn}
+if [ -n "${CONTAINERSEC_SERVICE_IMAGE_NAMES:-}" ]; then
+  for si_name in $CONTAINERSEC_SERVICE_IMAGE_NAMES; do
+    case " $(echo $si_names) " in *" $si_name "*) ;; *) die "CONTAINERSEC_SERVICE_IMAGE_NAMES: no service image $si_name (there are: $(echo $si_names))" ;; esac
+  done
+  si_names=$CONTAINERSEC_SERVICE_IMAGE_NAMES
+fi
+for si_name in $si_stores; do
+  case " docker podman podman-rootless docker-userns docker-rootless nspawn " in
+    *" $si_name "*) ;;
+    *) die "CONTAINERSEC_SERVICE_IMAGE_STORES: no store $si_name (docker podman podman-rootless docker-userns docker-rootless nspawn)" ;;
+  esac
+done
+si_store() { case " $(echo $si_stores) " in *" $1 "*) return 0 ;; esac; return 1; }
 si_missing=()
 
 [ -d "$si_dir" ] || mkdir -p "$si_dir"  # the VM's share of the host's tarballs is read-only
@@ -90,13 +106,14 @@ si_nspawn_cache() {  # the nspawn runtime's rootfs cache (runtimes/nspawn/nspawn
 }
 
 if ls "$si_dir"/*.tar >/dev/null 2>&1; then
-  si_import docker /usr/bin/docker -H unix:///var/run/docker.sock
-  si_import "rootful podman" podman
-  si_import "rootless podman ($rootless_user)" as_rootless podman
+  ! si_store docker || si_import docker /usr/bin/docker -H unix:///var/run/docker.sock
+  ! si_store podman || si_import "rootful podman" podman
+  ! si_store podman-rootless || si_import "rootless podman ($rootless_user)" as_rootless podman
   for si_runtime in docker-userns docker-rootless; do
+    si_store "$si_runtime" || continue
     si_url=$(docker_daemons up "$si_runtime" --lease-pid $$) || die "cannot start the $si_runtime daemon"
     si_import "$si_runtime" /usr/bin/docker -H "$si_url"
     docker_daemons down "$si_runtime" --lease-pid $$ || die "cannot stop the $si_runtime daemon"
   done
-  si_nspawn_cache
+  ! si_store nspawn || si_nspawn_cache
 fi
