@@ -14,7 +14,7 @@ if command -v incus >/dev/null 2>&1; then
   fi
   timeout 120 incus admin waitready --timeout 100 \
     || die "incus: the daemon is not ready after 100 s (journalctl -u incus)"
-  if ! incus storage show default >/dev/null 2>&1; then
+  if ! incus storage show default >/dev/null 2>&1; then  # (its first call prints a hint to stderr)
     incus admin init --preseed <<'EOF' || die "incus: admin init --preseed failed"
 config: {}
 networks: []
@@ -23,7 +23,7 @@ storage_pools:
   driver: dir
 profiles:
 - name: default
-  description: containersec: a dir pool, no network device
+  description: "containersec: a dir pool, no network device"
   devices:
     root:
       path: /
