@@ -12,13 +12,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_containersec import expect
-from pytest_containersec.errors import UnsupportedSpec
+from pytest_containersec.errors import ExecTimeout, UnsupportedSpec
 from pytest_containersec.linux import caps
 from pytest_containersec.runtimes import get_runtime
 from pytest_containersec.runtimes.incus import incus_spec
@@ -176,8 +177,12 @@ if INSTALLED:
 
     def test_exec_exit_status_and_timeout(default: IncusContainer) -> None:
         assert default.exec(["sh", "-c", "exit 3"]).rc == 3
-        r = default.exec(["sleep", "30"], timeout=2)
-        assert r.rc != 0
+        t0 = time.monotonic()
+        with pytest.raises(ExecTimeout):
+            default.exec(["sleep", "30"], timeout=2)
+        assert time.monotonic() - t0 < 20
+        ps = default.exec(["ps", "-o", "args"]).stdout
+        assert "sleep 30" not in ps  # busybox timeout killed it inside
 
     def test_privileged_and_seccomp_unconfined(rt: IncusRuntime) -> None:
         with rt.start(ContainerSpec(privileged=True)) as c:

@@ -185,3 +185,17 @@ def test_declared_defaults_and_variants() -> None:
            "security.idmap.size": "65536", "raw.seccomp": "2\ndenylist\n"}  # fmt: skip
     d = m.declared_from_instance({"expanded_config": cfg}, ContainerSpec())
     assert (d["userns_mode"], d["seccomp"]) == ("0:300000:65536", "custom")
+
+
+def test_an_apparmor_stack_across_a_namespace_is_seen_from_inside_as_its_own_part() -> None:
+    from pytest_containersec.observe.facts import apparmor_ns_view
+
+    host = "incus-c_</var/lib/incus>//&:incus-c_<var-lib-incus>:unconfined (enforce)"
+    assert apparmor_ns_view(host, "unconfined") == "unconfined"  # measured on the VM
+    assert apparmor_ns_view(host, "docker-default (enforce)") == host  # a real difference
+    assert apparmor_ns_view(host, None) == host
+    assert apparmor_ns_view("lxc-container-default-cgns (enforce)", "unconfined") == (
+        "lxc-container-default-cgns (enforce)"
+    )
+    inner = "a//&:ns:inner (enforce)"
+    assert apparmor_ns_view(inner, "inner (enforce)") == "inner (enforce)"

@@ -162,6 +162,8 @@ class IncusContainer(Container):
             raise ContainerStartError(NAME, argv[:5], None, "incus did not create it") from None
         if made.returncode != 0:
             raise ContainerStartError(NAME, argv[:5], made.returncode, made.stderr.strip())
+        if self.spec.read_only:
+            self._mount_points(devs)
         argv = ["incus", "start", self.name]
         try:
             out = _run(argv, START_TIMEOUT)
@@ -179,12 +181,41 @@ class IncusContainer(Container):
             why.append("the container's main process exited at once; output:\n" + self.logs())
             raise ContainerStartError(NAME, argv, out.returncode or None, "\n".join(why))
 
+    def _mount_points(self, devs: dict[str, dict[str, str]]) -> None:
+        """A read-only root cannot get the devices' mount points at start (LXC: "Failed to
+        setup mount entries", measured): make them in the instance's rootfs first (the
+        ``dir`` pool keeps it as a folder: ``SOURCE/containers/NAME/rootfs``)."""
+        try:
+            pool = query(f"/1.0/storage-pools/{mapping.POOL}")
+            rootfs = Path(pool["config"]["source"]) / "containers" / self.name / "rootfs"
+        except (RuntimeUnavailable, KeyError, TypeError, ValueError) as exc:
+            raise UnsupportedSpec(
+                "read_only",
+                NAME,
+                f"cannot find the instance's rootfs on pool {mapping.POOL}: {exc}",
+            ) from None
+        if not rootfs.is_dir():
+            raise UnsupportedSpec(
+                "read_only",
+                NAME,
+                f"{rootfs} is not a folder (a {mapping.POOL!r} pool that is not dir)",
+            )
+        for dev in devs.values():
+            if dev.get("type") == "disk" and dev.get("path", "/") != "/" and "source" in dev:
+                images.ensure_path(rootfs, dev["path"], is_dir=os.path.isdir(dev["source"]))
+
     def _show_log(self) -> str:
+        """LXC's errors from the instance's log, and the mount and rootfs lines of the LXC
+        config Incus generated (bounded)."""
+        lines: list[str] = []
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = _run(["incus", "info", "--show-log", self.name])
-            lines = [ln for ln in out.stdout.splitlines() if " ERROR " in ln or "WARN" in ln]
-            return "\n".join(lines[-10:])
-        return ""
+            lines += [ln for ln in out.stdout.splitlines() if " ERROR " in ln][-8:]
+        with contextlib.suppress(OSError):
+            conf = Path(f"/run/incus/{self.name}/lxc.conf").read_text()
+            keys = ("lxc.mount.entry", "lxc.rootfs", "lxc.idmap", "lxc.apparmor.profile")
+            lines += [ln for ln in conf.splitlines() if ln.startswith(keys)][:30]
+        return "\n".join(lines)
 
     def _init_pid(self) -> int:
         try:
