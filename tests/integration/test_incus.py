@@ -7,6 +7,7 @@ field really does (observed from the host's /proc and the probe) with the spec."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -140,7 +141,7 @@ if INSTALLED:
         assert (f.user.uid, f.user.gid) == (1000, 1000)
         st = statuses(many.host_pid)
         assert st["Uid"].split()[0] == str(f.user.host_uid)
-        want = caps.tweak(incus_spec.default_caps(), ["SYS_TIME"], ["NET_RAW", "CHOWN"], False)
+        want = caps.tweak(incus_spec.default_caps(), many.spec.cap_add, many.spec.cap_drop, False)
         assert set(f.capabilities.bounding) == want
         assert "CAP_SYS_TIME" in f.capabilities.bounding
         assert f.capabilities.effective == ()  # uid 1000 without ambient capabilities
@@ -210,6 +211,21 @@ if INSTALLED:
                 expect.root_unprivileged(c)
             assert f.capabilities.bounding == ()
             assert f.declared["userns_mode"] == "host"
+
+    def test_userns_an_explicit_range(rt: IncusRuntime, default: IncusContainer) -> None:
+        """``0:OUTSIDE:COUNT`` at the end of the ids Incus allots (its default map, as the
+        default container's ``volatile.idmap.current`` says): an isolated map with that
+        base and size, as observed in the main process's uid_map."""
+        inst = query(f"/1.0/instances/{default.name}")
+        current = json.loads(inst["config"]["volatile.idmap.current"])
+        uid = next(e for e in current if e["Isuid"])
+        want = (0, uid["Hostid"] + uid["Maprange"] - 65536, 65536)
+        with rt.start(ContainerSpec(userns=f"0:{want[1]}:{want[2]}")) as c:
+            f = c.facts()
+            assert f.uid_map == (want,)
+            expect.uid_map(c, [want])
+            assert f.user.host_uid == want[1]
+            assert f.declared["userns_mode"] == f"0:{want[1]}:{want[2]}"
 
     def test_unmappable_fields_are_refused_before_anything_is_made(
         rt: IncusRuntime, tmp_path: Path
