@@ -343,12 +343,26 @@ def inside_mismatches(
     under test: every part of its identity (ids, groups, the five capability sets,
     seccomp mode and filter count, no_new_privs, LSM label). An exec that escapes
     confinement, or a process that changed itself in a way the probe could not follow."""
-    target = identity.credentials(status, label, uid_map, gid_map)
+    target = identity.credentials(status, apparmor_ns_view(label, inside_label), uid_map, gid_map)
     probe_view = identity.credentials(inside, inside_label)
     return [
         Mismatch(name, host, claimed, "inside")
         for name, host, claimed in identity.differences(target, probe_view)
     ]
+
+
+def apparmor_ns_view(label: str | None, inside: str | None) -> str | None:
+    """The host's label as a task inside an AppArmor policy namespace sees it, when the
+    probe's view is exactly that: a stack across a namespace (Incus:
+    ``P//&:NS:Q (enforce)``, measured) shows a task in NS only its own part ``Q`` (pure).
+    Anything else, the host's label as it is (a real difference stays one)."""
+    if label is None or inside is None or "//&:" not in label:
+        return label
+    ns, sep, own = label.rsplit("//&:", 1)[1].partition(":")
+    if not sep or not ns or not own:
+        return label
+    name = own.rsplit(" (", 1)[0] if own.endswith(")") else own
+    return inside if inside in (own, name) else label
 
 
 def requested(spec: ContainerSpec) -> Declared:

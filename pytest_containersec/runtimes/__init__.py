@@ -40,11 +40,15 @@ RUNTIME_NAMES: tuple[str, ...] = (
 # Runtimes that run a deployment file themselves, not any ContainerSpec: selected only
 # for specs read from such a file (other specs: UnsupportedSpec).
 MANIFEST_RUNTIMES: tuple[str, ...] = ("podman-kube",)
+# Engines that exist on some hosts only (Incus: Debian trixie and later): any ContainerSpec,
+# but selected only when named, so that a host without them runs (and its generic
+# per-runtime tests parametrise over) RUNTIME_NAMES alone.
+OPTIONAL_NAMES: tuple[str, ...] = ("incus",)
 
 # The OCI runtime as a dimension (``podman:crun``, ``docker:runsc``): see oci_variants.
 VARIANT_NAMES: tuple[str, ...] = _variants.VARIANT_NAMES
 # Every built-in name a user may select; known_names() adds the installed packages' ones.
-KNOWN_NAMES: tuple[str, ...] = RUNTIME_NAMES + MANIFEST_RUNTIMES + VARIANT_NAMES
+KNOWN_NAMES: tuple[str, ...] = RUNTIME_NAMES + OPTIONAL_NAMES + MANIFEST_RUNTIMES + VARIANT_NAMES
 
 ENTRY_POINT_GROUP = "pytest_containersec.runtimes"
 # What a runtime name may look like: a comma separates names in --containersec-runtime,
@@ -52,7 +56,7 @@ ENTRY_POINT_GROUP = "pytest_containersec.runtimes"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9][a-z0-9._-]*)?$"
 _NAME = re.compile(NAME_PATTERN)
 
-RuntimeKind = Literal["engine", "manifest", "variant"]
+RuntimeKind = Literal["engine", "optional", "manifest", "variant"]
 RuntimeFactory = Callable[[], "Runtime"]
 
 
@@ -60,7 +64,8 @@ RuntimeFactory = Callable[[], "Runtime"]
 class RuntimeEntry:
     """One registered runtime: its name, how to make its adapter, and where it comes from.
 
-    ``kind``: ``engine`` runs any ContainerSpec (selected by default), ``manifest`` only
+    ``kind``: ``engine`` runs any ContainerSpec (selected by default), ``optional`` too
+    (selected only when named: a host-specific engine), ``manifest`` only
     specs read from a deployment file (podman-kube), ``variant`` an ENGINE:OCI pair
     (selected only when named)."""
 
@@ -117,6 +122,11 @@ def _create(name: str) -> Runtime:
 
         portable: Runtime = PortableRuntime()
         return portable
+    if name == "incus":
+        from .incus.incus import IncusRuntime
+
+        incus: Runtime = IncusRuntime()
+        return incus
     if name == "podman-kube":
         from .podman.podman_kube import PodmanKubeRuntime
 
@@ -148,6 +158,7 @@ def _builtin(name: str, kind: RuntimeKind) -> RuntimeEntry:
 
 BUILTINS: dict[str, RuntimeEntry] = {
     **{n: _builtin(n, "engine") for n in RUNTIME_NAMES},
+    **{n: _builtin(n, "optional") for n in OPTIONAL_NAMES},
     **{n: _builtin(n, "manifest") for n in MANIFEST_RUNTIMES},
     **{n: _builtin(n, "variant") for n in VARIANT_NAMES},
 }
@@ -260,6 +271,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "KNOWN_NAMES",
     "MANIFEST_RUNTIMES",
+    "OPTIONAL_NAMES",
     "RUNTIME_NAMES",
     "VARIANT_NAMES",
     "Availability",

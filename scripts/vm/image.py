@@ -70,6 +70,9 @@ PACKAGES: tuple[str, ...] = (
     "containerd",
     # gVisor for the docker:/podman:/containerd:runsc variants (80-engines.sh, 85-gvisor.sh)
     "runsc",
+    # the incus runtime (scripts/setup.d/90-incus.sh): the container-only daemon and its CLI
+    "incus-base",
+    "incus-client",
     # What an ordinary install gets as Recommends (apt's default) and the tiers need:
     # the docker CLI is its own package in trixie; containers-storage ships storage.conf.
     "docker-cli",

@@ -9,6 +9,7 @@ from pytest_containersec.linux.session import Session
 from pytest_containersec.runtimes import (
     KNOWN_NAMES,
     MANIFEST_RUNTIMES,
+    OPTIONAL_NAMES,
     RUNTIME_NAMES,
     VARIANT_NAMES,
     _create,
@@ -20,7 +21,7 @@ from pytest_containersec.spec import ContainerSpec
 
 def test_names_and_adapters() -> None:
     assert {"podman:crun", "podman:runc", "docker:runc", "docker:runsc"} <= set(VARIANT_NAMES)
-    assert KNOWN_NAMES == RUNTIME_NAMES + MANIFEST_RUNTIMES + VARIANT_NAMES
+    assert KNOWN_NAMES == RUNTIME_NAMES + OPTIONAL_NAMES + MANIFEST_RUNTIMES + VARIANT_NAMES
     assert v.split("podman-rootless:crun") == ("podman-rootless", "crun")
     assert v.split("lxc") == ("lxc", None)
     for name in ("docker:runsc", "podman:crun", "containerd:crun"):

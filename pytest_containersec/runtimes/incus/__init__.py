@@ -1,0 +1,1 @@
+"""The incus runtime (Incus: system containers on liblxc, through its daemon)."""
