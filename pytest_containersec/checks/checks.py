@@ -359,13 +359,30 @@ def no_new_privs(f: Facts, expected: bool = True) -> list[Violation]:
     ]
 
 
+def label_unconfined(label: str | None) -> bool:
+    """No label, an unconfined one (AppArmor's ``unconfined``, a profile in ``(unconfined)``
+    mode such as ``runc (unconfined)``, SELinux's ``unconfined_t``), or an AppArmor profile
+    in ``(complain)`` mode, which only logs what it would deny. An AppArmor stack
+    (``P//&:NS:Q (enforce)``: Incus confines its containers with a host profile stacked with
+    their own policy namespace's) is unconfined only when each of its profiles is."""
+    if label is None or label.endswith(("(complain)", "(unconfined)")):
+        return True
+    if "//&" not in label:
+        return "unconfined" in label
+    text = label.rsplit(" (", 1)[0] if label.endswith(")") else label
+    # a part ":NS:PROFILE" is PROFILE in the policy namespace NS
+    parts = [p.split(":", 2)[2] if p.startswith(":") and p.count(":") >= 2 else p
+             for p in text.split("//&")]  # fmt: skip
+    return all(p == "unconfined" for p in parts)
+
+
 @check("An LSM label must confine the process")
 def lsm(f: Facts, label: str | None = None, confined: bool = True) -> list[Violation]:
     """An AppArmor/SELinux label confines the process (and equals ``label`` if given)."""
     out = []
     if label is not None and f.lsm.label != label:
         out.append(Violation("lsm", f.runtime, f"label {label!r}", f"label {f.lsm.label!r}"))
-    if confined and (f.lsm.name is None or f.lsm.label is None or "unconfined" in f.lsm.label):
+    if confined and (f.lsm.name is None or label_unconfined(f.lsm.label)):
         out.append(
             Violation(
                 "lsm",
@@ -503,13 +520,9 @@ def limits_set(
 
 @check("Where an LSM is active, the process must not be unconfined", legacy=("lsm",))
 def lsm_not_unconfined(f: Facts) -> list[Violation]:
-    """Where an LSM is active, the process is not running unconfined under it: no label,
-    an unconfined one (AppArmor's ``unconfined`` or a profile in ``(unconfined)`` mode such
-    as ``runc (unconfined)``, SELinux's ``unconfined_t``), or an AppArmor profile in
-    ``(complain)`` mode, which only logs what it would deny."""
-    label = f.lsm.label
-    loose = label is None or "unconfined" in label or label.endswith("(complain)")
-    if f.lsm.name is not None and loose:
+    """Where an LSM is active, the process is not running unconfined under it (see
+    :func:`label_unconfined`)."""
+    if f.lsm.name is not None and label_unconfined(f.lsm.label):
         return [
             Violation(
                 "lsm_not_unconfined",

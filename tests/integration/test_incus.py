@@ -130,6 +130,11 @@ if INSTALLED:
         assert [m for m in f.mismatches if m.source == "inside"] == []
         expect.no_mismatches(default)
         expect.root_unprivileged(default)
+        if f.lsm.name == "apparmor":  # Incus's host profile stacked with the container's own
+            assert (f.lsm.label or "").startswith("incus-"), f.lsm.label
+            assert "//&:" in (f.lsm.label or ""), f.lsm.label
+            expect.lsm_not_unconfined(default)  # confined by the host's profile
+            expect.lsm(default)
         # no network device at all: loopback only
         links = default.exec(["ls", "/sys/class/net"]).stdout.split()
         assert links == ["lo"]
@@ -192,6 +197,8 @@ if INSTALLED:
             assert f.seccomp == "disabled"
             if f.lsm.name == "apparmor":
                 assert f.lsm.label == "unconfined"
+                with pytest.raises(expect.CheckFailed):
+                    expect.lsm_not_unconfined(c)
             assert f.namespaces["user"] == "private"  # Docker's privileged keeps Incus's userns
             assert [m for m in f.mismatches if m.source == "inside"] == []
         with rt.start(ContainerSpec(seccomp="unconfined")) as c:

@@ -194,6 +194,15 @@ def test_namespaces_non_root_limits_lsm() -> None:
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "runc (unconfined)")))
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "crun (unconfined)")))
     assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", "docker-default (complain)")))
+    # measured on the trixie VM: Incus stacks its host profile with the container's own
+    # policy namespace, unconfined in there: confined by the host's profile
+    stacked = "incus-c_</var/lib/incus>//&:incus-c_<var-lib-incus>:unconfined (enforce)"
+    assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", stacked))) == []
+    assert checks.lsm(facts(lsm=Lsm("apparmor", stacked))) == []
+    for loose in ("unconfined//&:ns:unconfined (unconfined)",
+                  "unconfined//&:ns:unconfined",
+                  "incus-c//&:ns:unconfined (complain)"):  # fmt: skip
+        assert checks.lsm_not_unconfined(facts(lsm=Lsm("apparmor", loose))), loose
 
 
 def test_harmless_device_binds_of_rootless_engines_are_not_sensitive() -> None:
