@@ -97,6 +97,8 @@ MASKED_UNITS: tuple[str, ...] = (
     # Incus's boot-time check starts the daemon for autostart instances (there are none);
     # its socket starts it on first use (measured: +16 s of boot under TCG otherwise)
     "incus-startup.service",
+    # LXC's bridge and dnsmasq: the lxc runtime's containers have no network or the host's
+    "lxc-net.service",
 )
 
 BOOT_UNIT = """\
