@@ -91,8 +91,13 @@ class ContainersecState:
         return tuple(self.factories())
 
     def selected(self) -> tuple[str, ...]:
-        """The runtimes asked for; by default every one but the ENGINE:OCI variants."""
-        return self.settings.runtimes or tuple(n for n in self.known() if ":" not in n)
+        """The runtimes asked for; by default every one but the ENGINE:OCI variants and the
+        engines of some hosts only (``runtimes.OPTIONAL_NAMES``: incus), run when named."""
+        from ..runtimes import OPTIONAL_NAMES
+
+        if self.settings.runtimes:
+            return self.settings.runtimes
+        return tuple(n for n in self.known() if ":" not in n and n not in OPTIONAL_NAMES)
 
     def runtime(self, name: str) -> Runtime:
         """The adapter of ``name``, made on first use and shared by this process's tests."""

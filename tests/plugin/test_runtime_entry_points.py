@@ -66,3 +66,17 @@ def test_without_the_package_the_name_is_unknown(fake: FakeEnv) -> None:
     r = fake.run()
     assert r.ret == 2  # the policy file does not collect
     r.stdout.fnmatch_lines(["*containersec policy error: *runtimes: unknown [[]'shipped'[]]*"])
+
+
+def test_an_optional_engine_runs_only_when_named(fake: FakeEnv) -> None:
+    """incus (runtimes.OPTIONAL_NAMES) exists on some hosts only: not selected by default,
+    so a host without it neither skips nor lists it."""
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_MORE", "incus")
+    fake.pytester.makepyfile(test_app="def test_x(containersec_container):\n    pass\n")
+    r = fake.run("-v")
+    assert r.ret == 0
+    assert "[incus]" not in r.stdout.str()
+    assert "incus" not in {e["runtime"] for e in fake.events("start")}
+    r = fake.run("-v", "--containersec-runtime=incus")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["*test_app.py::test_x[[]incus[]] PASSED*"])
