@@ -24,6 +24,10 @@ READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 REQ_FLAGS = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+class AgentNotReady(ContainerStartError):
+    """The container's agent never said it listens, and its main process did not exit."""
+
+
 def nul_bytes(argv: list[str]) -> bytes:
     """``argv`` as the agent reads it, each argument NUL-terminated; raises ValueError when an
     argument contains a NUL byte (it would split in two)."""
@@ -99,7 +103,24 @@ class AgentClient:
                 return True
             if pidfd in r:
                 return False
-        raise ContainerStartError(self.runtime, argv, None, f"agent not ready after {timeout}s")
+        raise AgentNotReady(
+            self.runtime, argv, None, f"agent not ready after {timeout}s ({self._run_state()})"
+        )
+
+    def _run_state(self) -> str:
+        """The run folder as the agent must find it (owner and mode of each entry): what a
+        stalled agent was waiting for."""
+        if self._run_fd is None:
+            return "run folder closed"
+        parts = []
+        for name in (".", "req", "ready", "prefix"):
+            try:
+                st = os.stat(name, dir_fd=self._run_fd, follow_symlinks=False)
+            except OSError as exc:
+                parts.append(f"{name}: {exc.strerror}")
+                continue
+            parts.append(f"{name} {st.st_uid}:{st.st_gid} {stat.filemode(st.st_mode)}")
+        return "run folder: " + ", ".join(parts)
 
     def close(self) -> None:
         """Close every descriptor held on the run and stage folders and their FIFOs; idempotent. A

@@ -33,6 +33,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -291,11 +292,15 @@ class PortableRuntime(SystemdRunRuntime):
         host_systemd = hostinfo.systemd_is_pid1()
         pspec.dropin(spec, frozenset(), host_systemd)  # refuse a field before booting
         inst = self.instance()
-        name = session.current().next_name(NAME)
-        copy = inst.probe.shared() if inst.probe is not None else ProbeCopy.create(name)
-        c = PortableContainer(self, inst, spec, name)
-        c.probe_copy = copy
-        return self._launch(c, lambda: c.launch(host_systemd))
+
+        def make() -> tuple[PortableContainer, Callable[[], None]]:
+            name = session.current().next_name(NAME)
+            copy = inst.probe.shared() if inst.probe is not None else ProbeCopy.create(name)
+            c = PortableContainer(self, inst, spec, name)
+            c.probe_copy = copy
+            return c, lambda: c.launch(host_systemd)
+
+        return self._launch(make)
 
     def reap(self) -> int:
         """Portable's own reaper (:func:`reap`), not systemd-run's."""

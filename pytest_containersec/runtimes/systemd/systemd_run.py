@@ -51,6 +51,7 @@ from ...linux import hostinfo, session
 from ...model import Declared, SystemdAnalyze
 from ...spec import ContainerSpec
 from .. import procs
+from ..agent_client import AgentNotReady
 from ..base import (
     DEFAULT_EXEC_TIMEOUT,
     PROBE_BUSYBOX,
@@ -352,19 +353,37 @@ class SystemdRunRuntime:
 
     def start(self, spec: ContainerSpec) -> Container:
         """Run ``spec`` as a transient unit, booting the session's manager on first use."""
-        props = unit_properties(spec, hostinfo.systemd_is_pid1())
+        base = unit_properties(spec, hostinfo.systemd_is_pid1())
         inst = self.instance()
-        name = session.current().next_name(NAME)
-        # booted: one copy that its user namespace cannot write; a systemd host: the unit's own
-        copy = inst.probe.shared() if inst.probe is not None else ProbeCopy.create(name)
-        props += inst.unit_extra_properties(str(copy.path))
-        c = SystemdRunContainer(self, inst, spec, name)
-        c.probe_copy = copy
-        return self._launch(c, lambda: c.start(props))
 
-    def _launch(self, c: SystemdRunContainer, start: Callable[[], None]) -> Container:
-        """Register ``c`` and run ``start``; on any failure stop it (nothing is left)."""
-        return self.live.launch(c, start, lambda: c.argv)
+        def make() -> tuple[SystemdRunContainer, Callable[[], None]]:
+            name = session.current().next_name(NAME)
+            # booted: one copy its user namespace cannot write; a systemd host: the unit's own
+            copy = inst.probe.shared() if inst.probe is not None else ProbeCopy.create(name)
+            props = base + inst.unit_extra_properties(str(copy.path))
+            c = SystemdRunContainer(self, inst, spec, name)
+            c.probe_copy = copy
+            return c, lambda: c.start(props)
+
+        return self._launch(make)
+
+    def _launch(
+        self, make: Callable[[], tuple[SystemdRunContainer, Callable[[], None]]]
+    ) -> Container:
+        """Register the container ``make`` gives and run its start; on any failure stop it
+        (nothing is left). A unit whose agent never answered while its main process kept
+        running (a stall of the manager, rare, seen under load) is stopped and started once
+        more as a new unit; the error of a second stall names both."""
+        c, start = make()
+        try:
+            return self.live.launch(c, start, lambda: c.argv)
+        except AgentNotReady as first:
+            c, start = make()
+            try:
+                return self.live.launch(c, start, lambda: c.argv)
+            except AgentNotReady as second:
+                why = f"{second.stderr}; the attempt before: {first.stderr}"
+                raise AgentNotReady(second.runtime, second.argv, None, why) from None
 
     def forget(self, c: Container) -> None:
         """Stop tracking ``c``: close() leaves its unit running; the next session's reap() removes
