@@ -42,7 +42,8 @@ def launcher(outcomes: list[str]) -> tuple[SystemdRunRuntime, list[Unit], Callab
 
 def test_a_stalled_agent_gets_one_new_unit_and_the_stalled_one_is_stopped() -> None:
     rt, made, make = launcher(["stall", "ok"])
-    assert rt._launch(make) is made[1]
+    started: object = rt._launch(make)
+    assert started is made[1]
     assert [u.stopped for u in made] == [True, False]
 
 
