@@ -103,6 +103,23 @@ def cli_containerd() -> Callable[[], None]:
     return once
 
 
+def cli_incus() -> Callable[[], None]:
+    """The same container by hand: ``incus launch`` of the adapter's local image (the
+    default profile has only the root disk: no network), with LXC's init set to a sleep,
+    ``incus exec``, ``incus delete --force``."""
+    from pytest_containersec.runtimes.incus.incus import ensure_image
+
+    alias = ensure_image(IMAGE)[0]
+
+    def once() -> None:
+        run(["incus", "launch", alias, "benchincus", "-c",
+             "raw.lxc=lxc.init.cmd = /bin/sleep 3600"])  # fmt: skip
+        run(["incus", "exec", "benchincus", "--", "/bin/true"])
+        run(["incus", "delete", "--force", "benchincus"])
+
+    return once
+
+
 def cli_portable() -> Callable[[], None]:
     """The same portable service by hand, in the adapter's manager (the host's systemd or
     the one booted in nspawn): an image copy with a unit, ``portablectl attach --now``, an
@@ -178,6 +195,7 @@ def main() -> None:
         "lxc": cli_lxc,
         "containerd": cli_containerd(),
         "portable": lazy(cli_portable),  # boots a systemd: only when measured
+        "incus": lazy(cli_incus),  # trixie and later
         "podman:runc": cli_engine(["podman", "--runtime", "runc"]),
         "docker:runc": cli_engine(["docker", "-H", "unix:///var/run/docker.sock"]),
         "docker:runsc": cli_engine(
