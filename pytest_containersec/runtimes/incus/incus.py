@@ -37,8 +37,7 @@ from ..base import (
     LiveContainers,
 )
 from ..lxc import lxc_spec
-from ..lxc.lxc import DEFAULT_PATH, stream_pipes
-from ..nspawn import nspawn_agent as agent
+from ..lxc.lxc import DEFAULT_PATH, init_ids, stream_pipes
 from ..nspawn import nspawn_image as images
 from ..nspawn.nspawn import state_root
 from ..oci import oci
@@ -137,7 +136,8 @@ class IncusContainer(Container):
     def start(self, alias: str, rootfs: Path, image_env: dict[str, str]) -> None:
         """Everything after the container's folder exists; the caller stops us on error."""
         if self.spec.user is not None:
-            self.ids = self._user(rootfs)
+            no_groups = "nothing sets them for the main process"
+            self.ids = init_ids(NAME, self.spec.user, rootfs, no_groups)
         env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.spec.env)}
         run = self.state / "run"
         run.mkdir(mode=0o755)
@@ -224,24 +224,6 @@ class IncusContainer(Container):
             return 0
         pid = state.get("pid") if isinstance(state, dict) else None
         return pid if isinstance(pid, int) and pid > 0 else 0
-
-    def _user(self, rootfs: Path) -> tuple[int, int]:
-        assert self.spec.user is not None
-        try:
-            uid, gid, extra, _name, _home = agent.resolve_user(
-                self.spec.user,
-                images.read_file(rootfs, "etc/passwd"),
-                images.read_file(rootfs, "etc/group"),
-            )
-        except ValueError as exc:
-            raise ContainerStartError(NAME, [f"user={self.spec.user}"], None, str(exc)) from None
-        if extra:
-            raise UnsupportedSpec(
-                "user", NAME,
-                f"{self.spec.user!r} has supplementary groups {extra} in the image; nothing "
-                "sets them for the main process, so it would differ from Docker's",
-            )  # fmt: skip
-        return uid, gid
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """``incus exec -T`` as the container's uid and gid (its ``environment.*`` set), under

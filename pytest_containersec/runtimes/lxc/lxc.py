@@ -108,6 +108,25 @@ def destroy(name: str) -> None:
     shutil.rmtree(path / name, ignore_errors=True)
 
 
+def init_ids(runtime: str, user: str, rootfs: Path, no_groups: str) -> tuple[int, int]:
+    """The uid and gid of ``user`` by docker's rules against ``rootfs``'s /etc files, for an
+    LXC init (``lxc.init.uid``/``gid``, Incus's too). A user with supplementary groups in
+    the image is UnsupportedSpec (``no_groups``: why the main process would not get them)."""
+    try:
+        uid, gid, extra, _name, _home = agent.resolve_user(
+            user, images.read_file(rootfs, "etc/passwd"), images.read_file(rootfs, "etc/group")
+        )
+    except ValueError as exc:
+        raise ContainerStartError(runtime, [f"user={user}"], None, str(exc)) from None
+    if extra:
+        raise UnsupportedSpec(
+            "user", runtime,
+            f"{user!r} has supplementary groups {extra} in the image; {no_groups}, so the "
+            "process would differ from Docker's",
+        )  # fmt: skip
+    return uid, gid
+
+
 class LxcContainer(Container):
     """One LXC container on the private lxcpath, run detached by ``lxc-start``; execs are
     ``lxc-attach`` with the container's environment (and the user's uid and gid)."""
@@ -135,7 +154,8 @@ class LxcContainer(Container):
         images.ensure_path(rootfs, PROBE_DIR, is_dir=True)
         idmap = mapping.idmap_for(self.spec, *_subids())
         if self.spec.user is not None:
-            self.ids = self._user(rootfs)
+            no_groups = "LXC 5 sets none (lxc.init.groups is newer)"
+            self.ids = init_ids(NAME, self.spec.user, rootfs, no_groups)
         self.env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.spec.env)}
         run = self.state / "run"
         run.mkdir(mode=0o755)
@@ -179,24 +199,6 @@ class LxcContainer(Container):
         out = _run(self._lxc("lxc-info", "-p", "-H"))
         text = out.stdout.strip()
         return int(text) if out.returncode == 0 and text.isdigit() else 0
-
-    def _user(self, rootfs: Path) -> tuple[int, int]:
-        assert self.spec.user is not None
-        try:
-            uid, gid, extra, _name, _home = agent.resolve_user(
-                self.spec.user,
-                images.read_file(rootfs, "etc/passwd"),
-                images.read_file(rootfs, "etc/group"),
-            )
-        except ValueError as exc:
-            raise ContainerStartError(NAME, [f"user={self.spec.user}"], None, str(exc)) from None
-        if extra:
-            raise UnsupportedSpec(
-                "user", NAME,
-                f"{self.spec.user!r} has supplementary groups {extra} in the image; LXC 5 sets "
-                "none (lxc.init.groups is newer), so the process would differ from Docker's",
-            )  # fmt: skip
-        return uid, gid
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """``lxc-attach --clear-env`` with the container's environment (and the user's uid and gid),
