@@ -142,14 +142,11 @@ class ContainerdContainer(Container):
             self.host_pid = int((self.state / "pid").read_text().strip())
         except (OSError, ValueError):
             self._failed()
-        token = session.owner_token(self.host_pid)
-        deadline = time.monotonic() + oci.start_wait(self.spec)
-        while procs.running(self.host_pid, token) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if self.sandbox is None:  # the user switch runs as root until it execs
-            wrappers = [self.prefix[:1]]
-            oci.await_workload(self.runtime, self.argv, self.host_pid, wrappers, CTR_TIMEOUT)
-        if not procs.running(self.host_pid, token):
+        # the user switch runs as root until it execs; under gVisor the pid is the Sentry
+        wrappers = [self.prefix[:1]] if self.sandbox is None else None
+        if not oci.survived(
+            self.runtime, self.argv, self.spec, self.host_pid, wrappers, CTR_TIMEOUT
+        ):
             self._failed()
 
     def _failed(self) -> None:

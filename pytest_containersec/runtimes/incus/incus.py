@@ -170,13 +170,11 @@ class IncusContainer(Container):
         except subprocess.TimeoutExpired:
             raise ContainerStartError(NAME, argv, None, "incus start did not return") from None
         self.host_pid = self._init_pid() if out.returncode == 0 else 0
-        token = session.owner_token(self.host_pid) if self.host_pid else ""
-        deadline = time.monotonic() + oci.start_wait(self.spec)
-        while token and procs.running(self.host_pid, token) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if token:  # the init script resolves the command, then execs it
-            oci.await_workload(NAME, argv, self.host_pid, [lxc_spec.init_argv()], START_TIMEOUT)
-        if not token or not procs.running(self.host_pid, token):
+        # the init script resolves the command, then execs it
+        wrappers = [lxc_spec.init_argv()]
+        if not self.host_pid or not oci.survived(
+            NAME, argv, self.spec, self.host_pid, wrappers, START_TIMEOUT
+        ):
             why = [e for e in (out.stderr.strip(), self._show_log()) if e]
             why.append("the container's main process exited at once; output:\n" + self.logs())
             raise ContainerStartError(NAME, argv, out.returncode or None, "\n".join(why))

@@ -174,13 +174,11 @@ class LxcContainer(Container):
         except subprocess.TimeoutExpired:
             raise ContainerStartError(NAME, argv, None, "lxc-start did not return") from None
         self.host_pid = self._init_pid() if out.returncode == 0 else 0
-        token = session.owner_token(self.host_pid) if self.host_pid else ""
-        deadline = time.monotonic() + oci.start_wait(self.spec)
-        while token and procs.running(self.host_pid, token) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if token:  # the init script resolves the command, then execs it
-            oci.await_workload(NAME, argv, self.host_pid, [mapping.init_argv()], START_TIMEOUT)
-        if not token or not procs.running(self.host_pid, token):
+        # the init script resolves the command, then execs it
+        wrappers = [mapping.init_argv()]
+        if not self.host_pid or not oci.survived(
+            NAME, argv, self.spec, self.host_pid, wrappers, START_TIMEOUT
+        ):
             self._failed(argv, out.stderr)
 
     def _failed(self, argv: list[str], stderr: str) -> None:

@@ -64,6 +64,26 @@ def await_workload(
         raise ContainerStartError(runtime, argv, None, str(exc)) from None
 
 
+def survived(
+    runtime: str,
+    argv: list[str],
+    spec: ContainerSpec,
+    pid: int,
+    wrappers: list[list[str]] | None,
+    timeout: float,
+) -> bool:
+    """Whether a fresh container's main process ``pid`` still runs after ``start_wait(spec)``
+    and, unless ``wrappers`` is None (a sandbox: ``pid`` is not the workload), once it has
+    exec'd the workload (:func:`await_workload`)."""
+    token = session.owner_token(pid)
+    deadline = time.monotonic() + start_wait(spec)
+    while procs.running(pid, token) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if wrappers is not None:
+        await_workload(runtime, argv, pid, wrappers, timeout)
+    return procs.running(pid, token)
+
+
 def wrap_with_timeout(argv: list[str], timeout: float) -> list[str]:
     """Run ``argv`` under the probe busybox's ``timeout``: the kill happens inside."""
     secs = max(1, math.ceil(timeout))
