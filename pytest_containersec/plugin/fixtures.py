@@ -22,6 +22,7 @@ from .prestart import Prestart, stop_all
 from .prestart import scope_key as prestart_scope
 
 if TYPE_CHECKING:
+    from ..model import Facts
     from ..runtimes.base import Availability, Container, Runtime
 
 STATE_KEY = pytest.StashKey["ContainersecState"]()
@@ -37,6 +38,14 @@ class Entry:
         self.container = container
         self.tests: list[str] = []
         self.failed = False
+        self._facts_dict: tuple[Facts, dict[str, Any]] | None = None
+
+    def facts_dict(self, facts: Facts) -> dict[str, Any]:
+        """``facts.to_dict()``, made once per snapshot: every test report of this container
+        carries it (read-only)."""
+        if self._facts_dict is None or self._facts_dict[0] is not facts:
+            self._facts_dict = (facts, facts.to_dict())
+        return self._facts_dict[1]
 
 
 class ItemInfo:
@@ -60,6 +69,8 @@ class ContainersecState:
         self._runtimes: dict[str, Runtime] = {}
         self._availability: dict[str, Availability] = {}
         self._reaped: set[str] = set()
+        self._reap_errors: dict[str, Exception] = {}  # a reap ahead failed: the next use raises
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self.pools: list[Pool] = []
         self.kept: list[str] = []  # messages not yet attached to a report
         self.current_runtime: str | None = None
@@ -121,15 +132,21 @@ class ContainersecState:
         installed or raises is reported unavailable with the reason, never a crash."""
         from ..runtimes.base import Availability
 
-        if name not in self._availability:
-            try:
-                av = self.runtime(name).availability()
-            except ImportError as exc:
-                av = Availability(name, False, reason=f"adapter not installed ({exc})")
-            except Exception as exc:  # an adapter must report, never crash the session
-                av = Availability(name, False, reason=f"{type(exc).__name__}: {exc}")
-            self._availability[name] = av
-        return self._availability[name]
+        with self._lock_of("availability", name):
+            if name not in self._availability:
+                try:
+                    av = self.runtime(name).availability()
+                except ImportError as exc:
+                    av = Availability(name, False, reason=f"adapter not installed ({exc})")
+                except Exception as exc:  # an adapter must report, never crash the session
+                    av = Availability(name, False, reason=f"{type(exc).__name__}: {exc}")
+                self._availability[name] = av
+            return self._availability[name]
+
+    def _lock_of(self, what: str, name: str) -> threading.Lock:
+        """One lock per (step, runtime): a second caller waits for the first's result."""
+        with self._lock:
+            return self._locks.setdefault((what, name), threading.Lock())
 
     def cached_availability(self, name: str) -> Availability | None:
         """The availability already asked for ``name``, or None; never contacts an engine."""
@@ -145,25 +162,34 @@ class ContainersecState:
             lines = [f"--containersec-runtime {av.line()}" for av in bad]
             raise pytest.UsageError("\n".join(lines))
 
-    def reap_once(self, name: str) -> None:
-        """Remove what dead sessions left on ``name`` (serialized between xdist workers)."""
+    def reap_once(self, name: str, ahead: bool = False) -> None:
+        """Remove what dead sessions left on ``name`` (serialized between xdist workers); a
+        second caller waits for the first. ``ahead`` (a warm-up): a failure is kept and
+        raised to the next caller, the first that starts a container."""
         import fcntl
         import tempfile
 
         from ..runtimes import probe_copy
 
-        with self._lock:
+        with self._lock_of("reap", name):
             if name in self._reaped:
+                error = self._reap_errors.pop(name, None)
+                if error is not None:
+                    raise error
                 return
             self._reaped.add(name)
-        lock = Path(tempfile.gettempdir()) / f"containersec-reap-{name}.lock"
-        with open(lock, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                self.runtime(name).reap()
-                probe_copy.reap()  # probe folders of dead sessions, whatever their runtime
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            lock = Path(tempfile.gettempdir()) / f"containersec-reap-{name}.lock"
+            with open(lock, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    self.runtime(name).reap()
+                    probe_copy.reap()  # probe folders of dead sessions, whatever their runtime
+                except Exception as exc:
+                    if not ahead:
+                        raise
+                    self._reap_errors[name] = exc
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- cleanup -------------------------------------------------------------------------
 
@@ -190,12 +216,28 @@ class ContainersecState:
                 self._prestart = Prestart(self.settings.parallel, self._ready_runtime)
             return self._prestart
 
-    def _ready_runtime(self, name: str) -> Runtime | None:
+    def _ready_runtime(self, name: str, ahead: bool = False) -> Runtime | None:
         """For a start ahead: the runtime, reaped once, or None when it is unavailable."""
         if not self.availability(name).available:
             return None
-        self.reap_once(name)
+        self.reap_once(name, ahead)
         return self.runtime(name)
+
+    def warm(self, names: Iterable[str | None]) -> None:
+        """Make these runtimes (those of the collected container tests) ready in the
+        background, ``--containersec-parallel`` at a time, before the first test asks: each
+        one's availability, its reap and its engine client (Podman: the API service this
+        process starts and its first answer, ~0.35 s). A reap's failure is raised to the first
+        test that starts a container there."""
+        if self.settings.parallel < 2:
+            return
+        self.install_handlers()
+        for name in names:
+            if name is not None:
+                self.prestart.ahead(self._warm_one, name)
+
+    def _warm_one(self, name: str) -> None:
+        self._ready_runtime(name, ahead=True)  # the reap connects the engine's client
 
     def plan_scope(self, item: pytest.Item, scope: str) -> None:
         """Start ahead what the tests of ``item``'s reuse scope will ask for."""
@@ -215,11 +257,12 @@ class ContainersecState:
     def close(self) -> None:
         """Stop every container still pooled (keep policy applies) and every runtime."""
         with self._lock:
-            pools, self.pools = self.pools, []
-            runtimes, self._runtimes = self._runtimes, {}
             prestart, self._prestart = self._prestart, None
         if prestart is not None:
-            prestart.close()
+            prestart.close()  # first: a warm-up still running may yet make a runtime
+        with self._lock:
+            pools, self.pools = self.pools, []
+            runtimes, self._runtimes = self._runtimes, {}
         for pool in pools:
             self.kept += pool.release(self.settings.keep)
         for rt in runtimes.values():

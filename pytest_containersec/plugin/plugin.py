@@ -90,8 +90,8 @@ def pytest_collection_modifyitems(
 ) -> None:
     """Validate every ``containersec`` marker and stash each container test's runtime, spec and
     matrix row. Invalid markers are one UsageError; on an xdist worker, which cannot end the
-    session, each invalid test errors at setup instead. Then a runtime the user named must be
-    available."""
+    session, each invalid test errors at setup instead. Then the runtimes those tests use are
+    made ready in the background, and a runtime the user named must be available."""
     from .fixtures import ITEM_KEY, ItemInfo, state
     from .options import item_spec, marker_errors
 
@@ -123,6 +123,9 @@ def pytest_collection_modifyitems(
             item_errors = marker_errors(item, st.known())
             if item_errors:
                 item.stash[USAGE_ERROR_KEY] = "\n".join(item_errors)
+    if container_items and st is not None and _runs_tests(config):
+        # the runtimes the selected tests use, made ready in the background from here on
+        st.warm(dict.fromkeys(i.stash[ITEM_KEY].runtime for i in items if ITEM_KEY in i.stash))
     if container_items and st is not None and not _is_worker(config):
         st.check_named()
 
@@ -152,6 +155,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from .fixtures import state
 
         state(config).check_named()  # the xdist controller never collects: check here
+
+
+def _runs_tests(config: pytest.Config) -> bool:
+    """This process will run tests (not --collect-only, --fixtures, --setup-plan)."""
+    opt = config.option
+    return not any(
+        getattr(opt, name, False)
+        for name in ("collectonly", "showfixtures", "show_fixtures_per_test", "setupplan")
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -81,6 +81,12 @@ class Prestart:
             container.facts()
         return container
 
+    def ahead(self, fn: Callable[[str], object], name: str) -> None:
+        """Run ``fn(name)`` in the background (a runtime's warm-up; it never raises);
+        close() waits for it."""
+        if self.parallel >= 2:
+            self._executor().submit(fn, name)
+
     def take(self, scope: str, name: str, spec: ContainerSpec) -> Container | None:
         """The container started ahead for this test (its start's error is raised here),
         or None when there is none."""

@@ -57,7 +57,7 @@ def facts_payload(info: ItemInfo, snapshot: bool) -> list[dict[str, Any]]:
                 continue
         if facts is not None:
             out.append({"title": spec_title(c.spec), "runtime": c.runtime,
-                        "facts": facts.to_dict()})  # fmt: skip
+                        "facts": entry.facts_dict(facts)})  # fmt: skip
     return out
 
 
@@ -78,6 +78,9 @@ class SessionResults:
     facts: dict[str, dict[str, Facts]] = field(default_factory=dict)  # title -> runtime -> Facts
     tests: dict[str, dict[str, str]] = field(default_factory=dict)  # title -> test -> ""
     results: dict[tuple[str, str], CheckResult] = field(default_factory=dict)
+    # the last Facts dict read per (title, runtime): every test of a container carries the
+    # same snapshot, read once
+    _raw: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def record(self, report: Any) -> None:
         """Fold one report in: the Facts it carries, and its outcome; a failure, error or skip
@@ -90,9 +93,11 @@ class SessionResults:
             return
         for item in getattr(report, "containersec_facts", None) or ():
             if "facts" in item:
-                self.facts.setdefault(item["title"], {})[item["runtime"]] = Facts.from_dict(
-                    item["facts"]
-                )
+                key, raw = (item["title"], item["runtime"]), item["facts"]
+                old_raw = self._raw.get(key)
+                if old_raw is None or (old_raw is not raw and old_raw != raw):
+                    self._raw[key] = raw
+                    self.facts.setdefault(key[0], {})[key[1]] = Facts.from_dict(raw)
             self.tests.setdefault(item["title"], {})[test] = ""
         result = self._result(report, runtime, test)
         if result is not None:

@@ -154,7 +154,9 @@ def record_oci(out: Path, runtime: str, base: list[str]) -> None:
             (out / f"{runtime}-{case}" / "error.txt").write_text(str(e) + "\n")
             print(f"record: {runtime}-{case}: FAILED: {e}", flush=True)
         finally:
-            subprocess.run([*base, "rm", "-f", "-t", "0", name], capture_output=True, check=False, cwd="/")
+            subprocess.run(
+                [*base, "rm", "-f", "-t", "0", name], capture_output=True, check=False, cwd="/"
+            )
 
 
 def record_nspawn(out: Path) -> None:

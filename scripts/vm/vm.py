@@ -52,6 +52,8 @@ SERVICE_IMAGES = Path(
 def service_images_share() -> Path | None:
     """The tarballs' folder, when this host has it (test_workload.py uses the images)."""
     return SERVICE_IMAGES if SERVICE_IMAGES.is_dir() else None
+
+
 PR_SET_PDEATHSIG = 1
 KEEP_RUNS = 6
 QEMU = "qemu-system-x86_64"

@@ -146,7 +146,11 @@ class FakeRuntime:
         return c
 
     def reap(self) -> int:
-        _event(op="reap", runtime=self.name)
+        began = time.monotonic()
+        time.sleep(float(os.environ.get("CONTAINERSEC_FAKE_REAP_DELAY") or 0))
+        _event(op="reap", runtime=self.name, began=began, ended=time.monotonic())
+        if self.name in os.environ.get("CONTAINERSEC_FAKE_REAP_FAIL", "").split(","):
+            raise RuntimeUnavailable(self.name, "the fake engine lost its containers", "retry")
         return 0
 
     def forget(self, c: Container) -> None:

@@ -24,7 +24,14 @@ class FakeEnv:
         monkeypatch.delenv("CONTAINERSEC_FAKE_MORE", raising=False)
         monkeypatch.delenv("CONTAINERSEC_FAKE_IGNORE_MEMORY", raising=False)
         monkeypatch.delenv("CONTAINERSEC_FAKE_STOP_FAILS", raising=False)
-        pytester.makeconftest(FAKE_SOURCE.read_text())
+        monkeypatch.delenv("CONTAINERSEC_FAKE_REAP_DELAY", raising=False)
+        monkeypatch.delenv("CONTAINERSEC_FAKE_REAP_FAIL", raising=False)
+        pytester.makeconftest(self.conftest())
+
+    @staticmethod
+    def conftest() -> str:
+        """The conftest.py that installs the fakes (a test may append hooks to it)."""
+        return FAKE_SOURCE.read_text()
 
     def unavailable(self, *names: str) -> None:
         self.monkeypatch.setenv("CONTAINERSEC_FAKE_UNAVAILABLE", ",".join(names))

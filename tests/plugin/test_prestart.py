@@ -96,3 +96,42 @@ def test_a_bad_parallel_value_is_a_usage_error(fake: FakeEnv, value: str) -> Non
         else fake.run("-o", "containersec_parallel=x")
     )
     assert r.ret == pytest.ExitCode.USAGE_ERROR
+
+
+LOOP_CONFTEST = """
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    with open(os.environ["CONTAINERSEC_FAKE_EVENTS"], "a") as fh:
+        fh.write(json.dumps({"op": "loop", "t": time.monotonic()}) + "\\n")
+"""
+
+
+def test_the_runtimes_of_collected_tests_are_made_ready_before_the_first_test(
+    fake: FakeEnv,
+) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.pytester.makeconftest(fake.conftest() + LOOP_CONFTEST)
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_REAP_DELAY", "0.3")
+    fake.run("--containersec-runtime=docker,podman,nspawn", "-k", "not nspawn").assert_outcomes(
+        passed=6, deselected=3
+    )
+    reaps = fake.events("reap")
+    loop = fake.events("loop")[0]["t"]
+    assert sorted(r["runtime"] for r in reaps) == ["docker", "podman"]  # once each, as used
+    assert all(r["began"] < loop for r in reaps)  # before the test loop began
+
+
+def test_collect_only_makes_nothing_ready(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.run("--containersec-runtime=docker", "--collect-only").assert_outcomes()
+    assert fake.events("reap") == []
+
+
+def test_a_failed_reap_ahead_errors_the_first_test_there(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(MODULE)
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_REAP_FAIL", "podman")
+    r = fake.run("--containersec-runtime=docker,podman")
+    r.assert_outcomes(passed=5, errors=1)
+    r.stdout.fnmatch_lines(["*ERROR at setup of test_*podman*", "*lost its containers*"])
+    assert len(fake.events("reap")) == 2
