@@ -112,10 +112,16 @@ class ContainersecState:
 
     def runtime(self, name: str) -> Runtime:
         """The adapter of ``name``, made on first use and shared by this process's tests."""
-        with self._lock:
-            if name not in self._runtimes:
-                self._runtimes[name] = self.factories()[name]()
-            return self._runtimes[name]
+        with self._lock_of("runtime", name):  # not the state's lock: imports take a while
+            with self._lock:
+                found = self._runtimes.get(name)
+                factory = self.factories()[name] if found is None else None
+            if factory is not None:
+                found = factory()
+                with self._lock:
+                    self._runtimes[name] = found
+            assert found is not None
+            return found
 
     def availabilities(self, names: Iterable[str]) -> list[Availability]:
         """Each runtime's availability, asked concurrently (each may contact an engine)."""
