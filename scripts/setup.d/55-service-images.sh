@@ -70,7 +70,7 @@ if [ ${#si_missing[@]} -gt 0 ]; then
 fi
 
 si_import() {  # $1: label, rest: the engine command (docker -H URL | podman | as_rootless podman)
-  local label=$1 n have line
+  local label=$1 n have line t0=$SECONDS
   shift
   local -a changes imported=()
   for n in $si_names; do
@@ -84,12 +84,13 @@ si_import() {  # $1: label, rest: the engine command (docker -H URL | podman | a
       || die "importing containersec/$n into $label failed (log: $log)"
     imported+=("containersec/$n")
   done
-  [ ${#imported[@]} -eq 0 ] || did "service images: imported ${imported[*]} into $label"
+  [ ${#imported[@]} -eq 0 ] || did "service images: imported ${imported[*]} into $label in $((SECONDS - t0)) s"
 }
 
 si_nspawn_cache() {  # the nspawn runtime's rootfs cache (runtimes/nspawn/nspawn_image.py layout)
-  local n final tmp
+  local n final tmp t0
   for n in $si_names; do
+    t0=$SECONDS
     [ -f "$si_dir/$n.tar" ] && [ "$(cat "$si_dir/$n.stamp" 2>/dev/null)" = "$si_stamp" ] || continue
     final=$state/images/containersec_$n
     [ "$(cat "$final/stamp" 2>/dev/null)" != "$si_stamp" ] || [ ! -d "$final/rootfs" ] || continue
@@ -101,19 +102,42 @@ si_nspawn_cache() {  # the nspawn runtime's rootfs cache (runtimes/nspawn/nspawn
     echo "$si_stamp" >"$tmp/stamp"
     chmod 0755 "$tmp" "$tmp/rootfs"
     rm -rf "$final"; mv "$tmp" "$final"
-    did "service images: containersec/$n in the nspawn cache ($final)"
+    did "service images: containersec/$n in the nspawn cache ($final) in $((SECONDS - t0)) s"
   done
 }
 
+si_daemon_import() {  # $1: docker-userns | docker-rootless, up for the import only
+  local url
+  url=$(docker_daemons up "$1" --lease-pid $$) || die "cannot start the $1 daemon"
+  si_import "$1" /usr/bin/docker -H "$url"
+  docker_daemons down "$1" --lease-pid $$ || die "cannot stop the $1 daemon"
+}
+
+# Each store at once (its own daemon or folder; under TCG the imports take minutes each,
+# measured 55-109 s per store for all four images): each job's lines are shown when all end.
 if ls "$si_dir"/*.tar >/dev/null 2>&1; then
-  ! si_store docker || si_import docker /usr/bin/docker -H unix:///var/run/docker.sock
-  ! si_store podman || si_import "rootful podman" podman
-  ! si_store podman-rootless || si_import "rootless podman ($rootless_user)" as_rootless podman
-  for si_runtime in docker-userns docker-rootless; do
-    si_store "$si_runtime" || continue
-    si_url=$(docker_daemons up "$si_runtime" --lease-pid $$) || die "cannot start the $si_runtime daemon"
-    si_import "$si_runtime" /usr/bin/docker -H "$si_url"
-    docker_daemons down "$si_runtime" --lease-pid $$ || die "cannot stop the $si_runtime daemon"
+  si_out=$(mktemp -d)
+  si_pids=()
+  si_job() {  # si_job NAME CMD...: CMD in the background, its output in $si_out/NAME
+    local name=$1
+    shift
+    "$@" >"$si_out/$name" 2>&1 &
+    si_pids+=("$!")
+  }
+  ! si_store docker || si_job 1docker si_import docker /usr/bin/docker -H unix:///var/run/docker.sock
+  ! si_store podman || si_job 2podman si_import "rootful podman" podman
+  ! si_store podman-rootless \
+    || si_job 3podman-rootless si_import "rootless podman ($rootless_user)" as_rootless podman
+  ! si_store docker-userns || si_job 4docker-userns si_daemon_import docker-userns
+  ! si_store docker-rootless || si_job 5docker-rootless si_daemon_import docker-rootless
+  ! si_store nspawn || si_job 6nspawn si_nspawn_cache
+  si_failed=0
+  for si_pid in "${si_pids[@]}"; do wait "$si_pid" || si_failed=1; done
+  for si_file in "$si_out"/*; do
+    [ -s "$si_file" ] || continue
+    cat "$si_file"
+    grep -q '^setup: service images:' "$si_file" && changed=1
   done
-  ! si_store nspawn || si_nspawn_cache
+  rm -rf "$si_out"
+  [ $si_failed -eq 0 ] || die "service images: an import failed (above; log: $log)"
 fi
