@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pytest_containersec.linux import hostinfo
 from pytest_containersec.runtimes import close_all, get_runtime
+from pytest_containersec.runtimes.nspawn.nspawn_spec import register_args
 from pytest_containersec.spec import ContainerSpec
 
 IMAGE = "containersec/probe"
@@ -46,11 +47,13 @@ def cli_engine(engine: list[str], run_opts: tuple[str, ...] = ()) -> Callable[[]
 
 
 def cli_nspawn() -> None:
+    # registered with machined where systemd is PID 1, as the adapter does there
+    register = register_args(hostinfo.systemd_is_pid1())
     d = tempfile.mkdtemp(prefix="bench-nspawn-")
     try:
         run(["cp", "-a", "--reflink=auto", f"{CACHE}/.", d])
         subprocess.run(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--console=pipe",
+            ["systemd-nspawn", "--quiet", *register, "--console=pipe",
              "--private-users=pick", "--private-users-ownership=map", "--private-network",
              "-D", d, "/bin/true"],
             check=True, stdin=subprocess.DEVNULL, capture_output=True,

@@ -182,7 +182,7 @@ def nspawn_argv(
 ) -> list[str]:
     """The full command line (pure): fixed options, spec options, probe mounts, payload."""
     argv = [NSPAWN, "--quiet", "--console=pipe", "--as-pid2", f"--machine={name}"]
-    argv += ["--register=yes"] if systemd else ["--register=no", "--keep-unit"]
+    argv += register_args(systemd)
     argv += [f"--directory={rootfs}"]
     argv += [f"--setenv={k}={v}" for k, v in extra_env.items() if _ENV_NAME.match(k)]
     argv += options  # after the image's env: a later --setenv wins
@@ -194,6 +194,12 @@ def nspawn_argv(
     if spec.entrypoint is not None:  # the image's own entrypoint is not run by nspawn
         main = [*spec.entrypoint, *spec.command]
     return argv + agent.payload_argv(main)
+
+
+def register_args(systemd: bool) -> list[str]:
+    """Where systemd is PID 1, a scope of the container's own through machined (nspawn's
+    default); else no machined: the caller's cgroup, in which the adapter made one."""
+    return ["--register=yes"] if systemd else ["--register=no", "--keep-unit"]
 
 
 def declared_from_argv(argv: list[str], env: dict[str, str], spec: ContainerSpec) -> Declared:
