@@ -135,3 +135,13 @@ def test_compare_leaves_other_values_to_pytest() -> None:
         "capabilities: missing (expected, not observed): CAP_B",
         "capabilities: extra (observed, not expected): CAP_A",
     ]
+
+
+def test_the_packages_modules_are_imported_without_assertion_rewriting() -> None:
+    # imported after the plugin registered (this session's own plugin): pytest's rewriting
+    # would parse each module again in every process where bytecode is not written
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    from pytest_containersec.plugin import fixtures
+
+    assert not isinstance(fixtures.__loader__, AssertionRewritingHook)
