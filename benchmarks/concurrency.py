@@ -17,14 +17,13 @@ import argparse
 import functools
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from startup import as_user, cli_engine, cli_nspawn
+from startup import PYTEST, as_user, cli_engine, cli_nspawn
 
 from pytest_containersec.runtimes import close_all, get_runtime
 from pytest_containersec.runtimes.docker import docker_daemons as dd
@@ -80,7 +79,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def pytest_run(root: Path, extra: list[str]) -> Callable[[], object]:
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    argv = [*PYTEST, *extra]
 
     def run() -> object:
         proc = subprocess.run(argv, cwd=root, capture_output=True, text=True)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from startup import cli_engine, cli_nspawn
+from startup import PYTEST, cli_engine, cli_nspawn
 
 RUNTIMES = ("docker", "podman", "nspawn")
 CHECKS = [
@@ -64,7 +63,7 @@ def make_module(root: Path) -> None:
 
 
 def timed_pytest(root: Path, extra: list[str], expect_rc: int) -> float:
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    argv = [*PYTEST, *extra]
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=root, capture_output=True, text=True)
     elapsed = time.perf_counter() - start

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from startup import PYTEST
 
 MODULE = """
 import pytest
@@ -45,7 +46,7 @@ def make_suite(root: Path, tests: int) -> None:
 
 
 def run(root: Path, extra: list[str]) -> float:
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+    argv = [*PYTEST, *extra]
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=root, capture_output=True, text=True)
     elapsed = time.perf_counter() - start

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from startup import PYTEST
+
 CONTAINERS = (1, 10, 50)
 CHECKS = (1, 10, 100)
 XDIST_CELL = (20, 10)
@@ -84,8 +86,7 @@ def make_suite(root: Path, containers: int, checks: int) -> None:
 
 def run(root: Path, expected: int, extra: tuple[str, ...] = ()) -> Sample:
     """One pytest session; its wall time and peak RSS (os.wait4: this child only)."""
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "--containersec-runtime", "docker", *extra]  # fmt: skip
+    argv = [*PYTEST, "--containersec-runtime", "docker", *extra]
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=root, stdout=out, stderr=subprocess.STDOUT)
