@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import testinfra
+from startup import as_installed
 
 from pytest_containersec.runtimes import close_all, get_runtime
 from pytest_containersec.spec import ContainerSpec
@@ -36,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=10)
     n = ap.parse_args().n
+    as_installed()
     rt = get_runtime("docker")
     with rt.start(ContainerSpec(user="1000", cap_drop=["ALL"], memory="64m")) as c:
         host = testinfra.get_host(f"docker://{c.id}")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from startup import PYTEST, cli_engine, cli_nspawn
+from startup import PYTEST, as_installed, cli_engine, cli_nspawn
 
 RUNTIMES = ("docker", "podman", "nspawn")
 CHECKS = [
@@ -82,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5)
     n = parser.parse_args().n
+    as_installed()
     bare = {
         "docker": cli_engine(["docker", "-H", "unix:///var/run/docker.sock"]),
         "podman": cli_engine(["podman"]),

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from startup import PYTEST
+from startup import PYTEST, as_installed
 
 MODULE = """
 import pytest
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--tests", type=int, default=200)
     args = parser.parse_args()
+    as_installed()
     with tempfile.TemporaryDirectory(prefix="containersec-bench-") as tmp:
         root = Path(tmp)
         make_suite(root, args.tests)

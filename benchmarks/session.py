@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from startup import PYTEST
+from startup import PYTEST, as_installed
 
 CONTAINERS = (1, 10, 50)
 CHECKS = (1, 10, 100)
@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=None,
                         help="rounds (default: 1 for scaling and all, 3 otherwise)")  # fmt: skip
     args = parser.parse_args()
+    as_installed()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the docker runtime needs the daemon's socket)")
     rounds = args.n or (1 if args.what in ("scaling", "all") else 3)

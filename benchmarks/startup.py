@@ -40,6 +40,17 @@ PYTEST = [
 CACHE = "/var/lib/containersec/images/containersec_probe/rootfs"
 
 
+def as_installed() -> None:
+    """Compile the package's modules as pip does when it installs a wheel. This checkout is
+    an editable install, and where bytecode is not written (PYTHONDONTWRITEBYTECODE) every
+    process would compile them from source, which an installed plugin never does."""
+    import compileall
+
+    import pytest_containersec
+
+    compileall.compile_dir(Path(pytest_containersec.__file__).parent, quiet=1)
+
+
 def run(argv: list[str]) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, cwd="/").stdout
 
