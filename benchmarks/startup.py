@@ -73,19 +73,42 @@ def cli_engine(engine: list[str], run_opts: tuple[str, ...] = ()) -> Callable[[]
 
 
 def cli_nspawn() -> None:
-    # registered with machined where systemd is PID 1, as the adapter does there
+    """The same steps by hand: a rootfs copy, nspawn running a sleep in the background
+    (registered with machined where systemd is PID 1, as the adapter does there), one
+    `nsenter` into the container once its command runs, then nspawn stopped."""
     register = register_args(hostinfo.systemd_is_pid1())
     d = tempfile.mkdtemp(prefix="bench-nspawn-")
     try:
         run(["cp", "-a", "--reflink=auto", f"{CACHE}/.", d])
-        subprocess.run(
+        proc = subprocess.Popen(
             ["systemd-nspawn", "--quiet", *register, "--console=pipe",
              "--private-users=pick", "--private-users-ownership=map", "--private-network",
-             "-D", d, "/bin/true"],
-            check=True, stdin=subprocess.DEVNULL, capture_output=True,
+             "-D", d, "/bin/sleep", "3600"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        try:
+            inner = _running_child(proc, "sleep")
+            run(["nsenter", "-t", str(inner), "-a", "/bin/true"])
+        finally:
+            proc.terminate()
+            proc.wait(30)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _running_child(proc: subprocess.Popen[bytes], comm: str, timeout: float = 30) -> int:
+    """The pid of ``proc``'s child once it runs ``comm`` (polled, as a script would)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            for pid in children:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                    return int(pid)
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError(f"nspawn did not run {comm} (exit status {proc.poll()})")
 
 
 def cli_lxc() -> None:
