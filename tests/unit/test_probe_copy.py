@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import time
@@ -25,7 +26,9 @@ BUSYBOX = b"\x7fELF fake static busybox" + b"\0" * 4096
 @pytest.fixture(autouse=True)
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(session, "STATE_DIR", tmp_path / "state")
-    monkeypatch.setattr(probe_copy, "_busybox", lambda: (BUSYBOX, "x"))
+    monkeypatch.setattr(
+        probe_copy, "_busybox", lambda: (BUSYBOX, hashlib.sha256(BUSYBOX).hexdigest())
+    )
     return tmp_path / "state"
 
 
