@@ -114,14 +114,13 @@ class ContainersecState:
         """The adapter of ``name``, made on first use and shared by this process's tests."""
         with self._lock_of("runtime", name):  # not the state's lock: imports take a while
             with self._lock:
-                found = self._runtimes.get(name)
-                factory = self.factories()[name] if found is None else None
-            if factory is not None:
-                found = factory()
-                with self._lock:
-                    self._runtimes[name] = found
-            assert found is not None
-            return found
+                if name in self._runtimes:
+                    return self._runtimes[name]
+                factory = self.factories()[name]
+            made = factory()
+            with self._lock:
+                self._runtimes[name] = made
+            return made
 
     def availabilities(self, names: Iterable[str]) -> list[Availability]:
         """Each runtime's availability, asked concurrently (each may contact an engine)."""
