@@ -6,6 +6,7 @@ and runtime, shared by the module's tests."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip
 
-# every runtime that runs images (systemd-run runs units on its own root file system)
+# every runtime that runs images (systemd-run and portable run units on their own root
+# file systems; lxc and Incus run the nspawn cache's rootfs, containerd Docker's image).
+# Incus where it is installed (Debian 13+: the VM tier), as test_incus.py does.
 IMAGE_RUNTIMES = (
     "docker",
     "podman",
@@ -29,6 +32,9 @@ IMAGE_RUNTIMES = (
     "nspawn",
     "docker-userns",
     "docker-rootless",
+    "lxc",
+    "containerd",
+    *(("incus",) if shutil.which("incus") else ()),
 )
 NGINX = ContainerSpec(image="containersec/nginx", command=["nginx", "-g", "daemon off;"])
 POSTGRES = ContainerSpec(image="containersec/postgres", command=["postgres"])

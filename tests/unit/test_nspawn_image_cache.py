@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_containersec.runtimes.nspawn import nspawn_image as images
+from pytest_containersec.spec import ContainerSpec
 
 
 def test_cache_keys_differ_for_names_that_spell_alike() -> None:
@@ -86,3 +87,39 @@ def test_an_older_entry_without_an_id_is_checked(tmp_path: Path, store: dict[str
     store["app"] = "docker:sha256:eee"
     root, _ = images.rootfs("app", tmp_path, "nspawn")
     assert (root / "which").read_text() == "docker:sha256:eee"
+
+
+# -- the image config as Docker applies it (nspawn, lxc, Incus, containerd) ---------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "config", "user", "command"),
+    [
+        # a given command replaces CMD, the ENTRYPOINT stays in front (postgres' setpriv)
+        (ContainerSpec(command=["postgres"]), {"Entrypoint": ["/entry"], "Cmd": ["x"]},
+         None, ("/entry", "postgres")),
+        # no command: the idle payload, never the image's entrypoint
+        (ContainerSpec(), {"Entrypoint": ["/entry"]}, None, ()),
+        # the image's USER when the spec names none; the spec's own wins
+        (ContainerSpec(), {"User": "nonroot:nonroot"}, "nonroot:nonroot", ()),
+        (ContainerSpec(user="1000"), {"User": "nonroot"}, "1000", ()),
+        # malformed or empty fields change nothing
+        (ContainerSpec(command=["a"]), {"Entrypoint": "sh -c", "User": ""}, None, ("a",)),
+    ],
+)  # fmt: skip
+def test_with_image_config_follows_dockers_rules(
+    spec: ContainerSpec, config: dict[str, object], user: str | None, command: tuple[str, ...]
+) -> None:
+    out = images.with_image_config(spec, config)
+    assert out.user == user
+    assert tuple(out.command) == command
+
+
+def test_image_config_reads_the_cache_record_and_tolerates_junk(tmp_path: Path) -> None:
+    entry = tmp_path / "images" / images.cache_key("x/y")
+    entry.mkdir(parents=True)
+    assert images.image_config("x/y", tmp_path) is None
+    (entry / "config.json").write_text('{"User": "u"}')
+    assert images.image_config("x/y", tmp_path) == {"User": "u"}
+    (entry / "config.json").write_text("[1]")
+    assert images.image_config("x/y", tmp_path) is None

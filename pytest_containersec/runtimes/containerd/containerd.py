@@ -20,7 +20,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ...errors import ContainerStartError, ImageNotFound, ProbeError, RuntimeUnavailable
 from ...linux import hostinfo, session
@@ -110,6 +112,7 @@ class ContainerdContainer(Container):
         self.runtime = rt.name
         self.name = self.id = name
         self.spec = spec
+        self.run_spec = spec  # with the image config's USER and ENTRYPOINT (start)
         self.engine_rootless = False
         self.host_pid = 0
         self.sandbox = sandbox_of(rt.runc_binary)
@@ -124,14 +127,20 @@ class ContainerdContainer(Container):
         """Make the probe copy and the pids cgroup, run the task and read its pid file; raises
         ContainerStartError when ctr fails or the task exits at once. The caller stops us on any
         error."""
-        rt, spec = self._rt, self.spec
+        rt = self._rt
+        # The image's ENTRYPOINT stays in front of a given command, as on Docker (ctr's own
+        # `run IMAGE ID ARGS` would replace it). Its USER needs nothing: ctr applies it
+        # itself (oci.WithImageConfig) when the spec names none, so run_spec says so and
+        # only an explicit spec.user gets the setpriv prefix, from ctr's root.
+        spec = self.run_spec = images.with_image_config(self.spec, rt.image_config(self.spec.image))
         copy = self.probe_copy = ProbeCopy.create(self.name)
-        if spec.user is not None:
+        if self.spec.user is not None:
             self.prefix = self._user()
             copy.add_tools()  # the user switch runs the host's setpriv from tools/
         self.pids_cgroups = pids_cgroup(self.name, spec.pids_limit)
         self.argv = mapping.run_argv(
-            spec, name=self.name, log=self.state / "log", pid_file=self.state / "pid",
+            spec.replace(user=self.spec.user), name=self.name, log=self.state / "log",
+            pid_file=self.state / "pid",
             probe_dir=copy.path, tools=None, prefix=self.prefix,
             labels=session.current().labels, runc_binary=rt.runc_binary,
         )  # fmt: skip
@@ -144,9 +153,7 @@ class ContainerdContainer(Container):
             self._failed()
         # the user switch runs as root until it execs; under gVisor the pid is the Sentry
         wrappers = [self.prefix[:1]] if self.sandbox is None else None
-        if not oci.survived(
-            self.runtime, self.argv, self.spec, self.host_pid, wrappers, CTR_TIMEOUT
-        ):
+        if not oci.survived(self.runtime, self.argv, spec, self.host_pid, wrappers, CTR_TIMEOUT):
             self._failed()
 
     def _failed(self) -> None:
@@ -162,26 +169,41 @@ class ContainerdContainer(Container):
         )  # fmt: skip
 
     def _user(self) -> list[str]:
-        assert self.spec.user is not None
+        user = self.spec.user
+        assert user is not None
         passwd, group = self._rt.image_files(self.spec.image)
         try:
-            uid, gid, extra, _name, _home = agent.resolve_user(self.spec.user, passwd, group)
+            uid, gid, extra, _name, _home = agent.resolve_user(user, passwd, group)
         except ValueError as exc:
-            raise ContainerStartError(NAME, [f"user={self.spec.user}"], None, str(exc)) from None
+            raise ContainerStartError(NAME, [f"user={user}"], None, str(exc)) from None
         helpers = agent.HELPER_CAPS - mapping.capability_set(self.spec)
         return agent.drop_prefix(uid, gid, extra, helpers)
+
+    def image_user(self) -> str | None:
+        """The image config's USER ("" when it sets none), from the rootfs cache's record."""
+        return str(self._rt.image_config(self.spec.image).get("User") or "")
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """``ctr task exec`` behind the user-switch prefix, under the probe busybox's ``timeout``;
         on a host-side timeout the exec's own sessions in the container are killed too. ProbeError
         once stopped."""
+        return self._exec(argv, timeout, self.prefix)
+
+    def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """``ctr task exec --user 0`` without the user switch: root with the task's
+        capabilities (also where the image's USER made the task non-root)."""
+        return self._exec(argv, timeout, [], ["--user", "0"])
+
+    def _exec(
+        self, argv: list[str], timeout: float, prefix: list[str], opts: Sequence[str] = ()
+    ) -> ExecResult:
         self.guard_probe()
         if self._stopped:
             raise ProbeError(self.runtime, "the container is stopped")
         self._execs += 1
         exec_id = f"e{self._execs}-{os.getpid()}"
-        wrapped = oci.wrap_with_timeout([*self.prefix, *argv], timeout)
-        cmd = self._rt.ctr_argv("task", "exec", f"--exec-id={exec_id}", self.name, *wrapped)
+        wrapped = oci.wrap_with_timeout([*prefix, *argv], timeout)
+        cmd = self._rt.ctr_argv("task", "exec", f"--exec-id={exec_id}", *opts, self.name, *wrapped)
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True,
@@ -215,7 +237,11 @@ class ContainerdContainer(Container):
         out = self._rt.ctr("containers", "info", self.name)
         if out.returncode != 0:
             raise ProbeError(self.runtime, f"ctr containers info failed: {out.stderr.strip()}")
-        return mapping.declared_from_info(json.loads(out.stdout), self.spec, self.spec.pids_limit)
+        declared = mapping.declared_from_info(
+            json.loads(out.stdout), self.spec, self.spec.pids_limit
+        )
+        declared["user"] = self.run_spec.user  # the image's USER, which ctr applied
+        return declared
 
     def logs(self) -> str:
         """The tail of the task's log file (bounded)."""
@@ -377,6 +403,11 @@ class ContainerdRuntime:
                 raise ContainerStartError(self.name, argv, None, err)
             self.ctr("images", "label", ref, f"{IMAGE_LABEL}={source}")
         self._imported.add(image)
+
+    def image_config(self, image: str) -> dict[str, Any]:
+        """The image's config (Docker's ``Config``), from nspawn's rootfs cache ({} if none)."""
+        images.rootfs(image, state_root(), self.name)
+        return images.image_config(image, state_root()) or {}
 
     def image_files(self, image: str) -> tuple[str | None, str | None]:
         """The image's /etc/passwd and /etc/group (from nspawn's rootfs cache)."""

@@ -37,7 +37,7 @@ from ..base import (
     LiveContainers,
 )
 from ..lxc import lxc_spec
-from ..lxc.lxc import DEFAULT_PATH, init_ids, stream_pipes
+from ..lxc.lxc import DEFAULT_PATH, image_config, init_ids, stream_pipes
 from ..nspawn import nspawn_image as images
 from ..nspawn.nspawn import state_root
 from ..oci import oci
@@ -127,6 +127,8 @@ class IncusContainer(Container):
         self.runtime = NAME
         self.name = self.id = name
         self.spec = spec
+        # what runs: spec with the image config's USER and ENTRYPOINT (Docker's rules)
+        self.run_spec = images.with_image_config(spec, image_config(spec.image) or {})
         self.engine_rootless = False
         self.host_pid = 0
         self.state = state
@@ -135,25 +137,27 @@ class IncusContainer(Container):
 
     def start(self, alias: str, rootfs: Path, image_env: dict[str, str]) -> None:
         """Everything after the container's folder exists; the caller stops us on error."""
-        if self.spec.user is not None:
+        if self.run_spec.user is not None:
             no_groups = "nothing sets them for the main process"
-            self.ids = init_ids(NAME, self.spec.user, rootfs, no_groups)
-        env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.spec.env)}
+            self.ids = init_ids(NAME, self.run_spec.user, rootfs, no_groups)
+        env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.run_spec.env)}
         run = self.state / "run"
         run.mkdir(mode=0o755)
-        (run / "init").write_text(lxc_spec.init_script(self.spec))
+        (run / "init").write_text(lxc_spec.init_script(self.run_spec))
         (run / "init").chmod(0o644)
         copy = self.probe_copy = ProbeCopy.create(self.name)
         sess = session.current()
         config = mapping.instance_config(
-            self.spec, owner=sess.owner, session=sess.id, ids=self.ids, env=env
+            self.run_spec, owner=sess.owner, session=sess.id, ids=self.ids, env=env
         )
         kinds = {}
-        for vol in self.spec.volumes:
+        for vol in self.run_spec.volumes:
             v = vol if isinstance(vol, Volume) else Volume.parse(vol)
             if os.path.exists(v.source):
                 kinds[v.source] = os.path.isdir(v.source)
-        devs = mapping.devices(self.spec, probe_dir=str(copy.path), run_dir=str(run), is_dir=kinds)
+        devs = mapping.devices(
+            self.run_spec, probe_dir=str(copy.path), run_dir=str(run), is_dir=kinds
+        )
         body = json.dumps(mapping.create_request(self.name, alias, config, devs))
         argv = ["incus", "query", "--wait", "-X", "POST", "/1.0/instances", "--data", body]
         try:
@@ -162,7 +166,7 @@ class IncusContainer(Container):
             raise ContainerStartError(NAME, argv[:5], None, "incus did not create it") from None
         if made.returncode != 0:
             raise ContainerStartError(NAME, argv[:5], made.returncode, made.stderr.strip())
-        if self.spec.read_only:
+        if self.run_spec.read_only:
             self._mount_points(devs)
         argv = ["incus", "start", self.name]
         try:
@@ -173,7 +177,7 @@ class IncusContainer(Container):
         # the init script resolves the command, then execs it
         wrappers = [lxc_spec.init_argv()]
         if not self.host_pid or not oci.survived(
-            NAME, argv, self.spec, self.host_pid, wrappers, START_TIMEOUT
+            NAME, argv, self.run_spec, self.host_pid, wrappers, START_TIMEOUT
         ):
             why = [e for e in (out.stderr.strip(), self._show_log()) if e]
             why.append("the container's main process exited at once; output:\n" + self.logs())
@@ -226,12 +230,24 @@ class IncusContainer(Container):
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """``incus exec -T`` as the container's uid and gid (its ``environment.*`` set), under
         the probe busybox's ``timeout``. Raises RuntimeUnavailable once stopped."""
+        return self._exec(argv, timeout, self.ids)
+
+    def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """``incus exec`` as the container's root (the instance's capabilities)."""
+        return self._exec(argv, timeout, None)
+
+    def image_user(self) -> str | None:
+        """The cached image config's USER ("" when it sets none); None without a config."""
+        config = image_config(self.spec.image)
+        return None if config is None else str(config.get("User") or "")
+
+    def _exec(self, argv: list[str], timeout: float, ids: tuple[int, int] | None) -> ExecResult:
         self.guard_probe()
         if self._stopped:
             raise RuntimeUnavailable(NAME, f"container {self.name} is stopped")
         cmd = ["incus", "exec", "-T", "--cwd", "/"]
-        if self.ids is not None:
-            cmd += ["--user", str(self.ids[0]), "--group", str(self.ids[1])]
+        if ids is not None:
+            cmd += ["--user", str(ids[0]), "--group", str(ids[1])]
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
         proc = subprocess.Popen(
             [*cmd, self.name, "--", *wrapped],
@@ -246,7 +262,7 @@ class IncusContainer(Container):
 
     def declared(self) -> Declared:
         """The instance's expanded config and devices as Incus reports them, normalized."""
-        return mapping.declared_from_instance(query(f"/1.0/instances/{self.name}"), self.spec)
+        return mapping.declared_from_instance(query(f"/1.0/instances/{self.name}"), self.run_spec)
 
     def logs(self) -> str:
         """The main process's console output (``incus console --show-log``), bounded."""

@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ...errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ...linux import hostinfo, session
@@ -127,6 +128,11 @@ def init_ids(runtime: str, user: str, rootfs: Path, no_groups: str) -> tuple[int
     return uid, gid
 
 
+def image_config(image: str) -> dict[str, Any] | None:
+    """The image config recorded in the rootfs cache (nspawn's, shared)."""
+    return images.image_config(image, state_root())
+
+
 class LxcContainer(Container):
     """One LXC container on the private lxcpath, run detached by ``lxc-start``; execs are
     ``lxc-attach`` with the container's environment (and the user's uid and gid)."""
@@ -136,6 +142,8 @@ class LxcContainer(Container):
         self.runtime = NAME
         self.name = self.id = name
         self.spec = spec
+        # what runs: spec with the image config's USER and ENTRYPOINT (Docker's rules)
+        self.run_spec = images.with_image_config(spec, image_config(spec.image) or {})
         self.engine_rootless = False
         self.host_pid = 0
         self.state = state
@@ -152,18 +160,18 @@ class LxcContainer(Container):
         rootfs = self.state / "rootfs"
         images.prepare_copy(cache, rootfs)
         images.ensure_path(rootfs, PROBE_DIR, is_dir=True)
-        idmap = mapping.idmap_for(self.spec, *_subids())
-        if self.spec.user is not None:
+        idmap = mapping.idmap_for(self.run_spec, *_subids())
+        if self.run_spec.user is not None:
             no_groups = "LXC 5 sets none (lxc.init.groups is newer)"
-            self.ids = init_ids(NAME, self.spec.user, rootfs, no_groups)
-        self.env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.spec.env)}
+            self.ids = init_ids(NAME, self.run_spec.user, rootfs, no_groups)
+        self.env = {"PATH": DEFAULT_PATH, **image_env, **dict(self.run_spec.env)}
         run = self.state / "run"
         run.mkdir(mode=0o755)
-        (run / "init").write_text(mapping.init_script(self.spec))
+        (run / "init").write_text(mapping.init_script(self.run_spec))
         (run / "init").chmod(0o644)
         copy = self.probe_copy = ProbeCopy.create(self.name)
         self.config = mapping.config_lines(
-            self.spec, name=self.name, rootfs=rootfs, probe_dir=copy.path, run_dir=run,
+            self.run_spec, name=self.name, rootfs=rootfs, probe_dir=copy.path, run_dir=run,
             log=self.state / "console.log", idmap=idmap, cgroup_version=hostinfo.cgroup_version(),
             ids=self.ids, env=self.env, apparmor=apparmor_enabled(),
         )  # fmt: skip
@@ -177,7 +185,7 @@ class LxcContainer(Container):
         # the init script resolves the command, then execs it
         wrappers = [mapping.init_argv()]
         if not self.host_pid or not oci.survived(
-            NAME, argv, self.spec, self.host_pid, wrappers, START_TIMEOUT
+            NAME, argv, self.run_spec, self.host_pid, wrappers, START_TIMEOUT
         ):
             self._failed(argv, out.stderr)
 
@@ -202,13 +210,25 @@ class LxcContainer(Container):
         """``lxc-attach --clear-env`` with the container's environment (and the user's uid and gid),
         under the probe busybox's ``timeout``. Raises RuntimeUnavailable (not ProbeError) once
         stopped."""
+        return self._attach(argv, timeout, self.ids)
+
+    def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
+        """``lxc-attach`` as the container's root (uid and gid 0, the config's capabilities)."""
+        return self._attach(argv, timeout, None)
+
+    def image_user(self) -> str | None:
+        """The cached image config's USER ("" when it sets none); None without a config."""
+        config = image_config(self.spec.image)
+        return None if config is None else str(config.get("User") or "")
+
+    def _attach(self, argv: list[str], timeout: float, ids: tuple[int, int] | None) -> ExecResult:
         self.guard_probe()
         if self._stopped:
             raise RuntimeUnavailable(NAME, f"container {self.name} is stopped")
         cmd = self._lxc("lxc-attach", "--clear-env")
         cmd += [f"--set-var={k}={v}" for k, v in self.env.items()]
-        if self.ids is not None:
-            cmd += ["-u", str(self.ids[0]), "-g", str(self.ids[1])]
+        if ids is not None:
+            cmd += ["-u", str(ids[0]), "-g", str(ids[1])]
         wrapped = oci.wrap_with_timeout(list(argv), timeout)
         proc = subprocess.Popen(
             [*cmd, "--", *wrapped],
@@ -232,7 +252,7 @@ class LxcContainer(Container):
 
     def declared(self) -> Declared:
         """The container's LXC config as written (``lxc.*`` keys), normalized."""
-        return mapping.declared_from_config(self.config, self.spec)
+        return mapping.declared_from_config(self.config, self.run_spec)
 
     def logs(self) -> str:
         """The tail of the main process's console log (bounded)."""

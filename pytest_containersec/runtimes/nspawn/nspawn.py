@@ -15,7 +15,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ...errors import ContainerStartError, RuntimeUnavailable
 from ...linux import hostinfo, session
@@ -102,30 +101,6 @@ def remove_nspawn_files(name: str, rootfs: Path) -> None:
         (NSPAWN_RUN / "propagate" / name).rmdir()
 
 
-def _image_config(image: str) -> dict[str, Any] | None:
-    """The cached image's config (docker/podman inspect's ``Config``), if recorded."""
-    try:
-        path = state_root() / "images" / images.cache_key(image) / "config.json"
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def with_image_config(spec: ContainerSpec, config: dict[str, Any]) -> ContainerSpec:
-    """``spec`` as docker runs it on this image (pure): the image's USER when the spec
-    names none, and its ENTRYPOINT in front of a given command (a given command replaces
-    CMD; without one the idle sleep runs, as on every runtime)."""
-    changes: dict[str, Any] = {}
-    user = config.get("User")
-    if spec.user is None and isinstance(user, str) and user:
-        changes["user"] = user
-    entry = config.get("Entrypoint")
-    if spec.command and isinstance(entry, list) and all(isinstance(a, str) for a in entry):
-        changes["command"] = (*entry, *spec.command)
-    return spec.replace(**changes) if changes else spec
-
-
 class NspawnContainer(Container):
     """One systemd-nspawn process; its payload is the agent, which execs the main command
     (``host_pid``) and serves every exec beside it with the same confinement."""
@@ -163,7 +138,7 @@ class NspawnContainer(Container):
     def image_user(self) -> str | None:
         """The exported image config's USER ("" when it sets none); None when the export recorded no
         config."""
-        config = _image_config(self.spec.image)
+        config = images.image_config(self.spec.image, state_root())
         return None if config is None else str(config.get("User") or "")
 
     def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
@@ -327,7 +302,7 @@ class NspawnRuntime:
         systemd = hostinfo.systemd_is_pid1()
         root = state_root()
         cache, image_env = images.rootfs(spec.image, root, NAME)
-        run_spec = with_image_config(spec, _image_config(spec.image) or {})
+        run_spec = images.with_image_config(spec, images.image_config(spec.image, root) or {})
         options, env = spec_args(run_spec, systemd)
         if (spec.memory or spec.pids_limit or spec.cpus) and not systemd:
             cg.plan(hostinfo.cgroup_version(), "x")  # fails early if cgroupfs is unreadable

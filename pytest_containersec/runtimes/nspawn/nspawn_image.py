@@ -29,6 +29,7 @@ from typing import Any
 
 from ...errors import ImageNotFound
 from ...linux import session
+from ...spec import ContainerSpec
 
 EXPORT_TIMEOUT = 300
 LOOKUP_TIMEOUT = 8
@@ -83,6 +84,30 @@ def rootfs(image: str, state: Path, runtime: str) -> tuple[Path, dict[str, str]]
         config = json.loads((final / "config.json").read_text())
         env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
     return final / "rootfs", env
+
+
+def image_config(image: str, state: Path) -> dict[str, Any] | None:
+    """The cached image's config (docker/podman inspect's ``Config``), if recorded."""
+    try:
+        config = json.loads((state / "images" / cache_key(image) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def with_image_config(spec: ContainerSpec, config: dict[str, Any]) -> ContainerSpec:
+    """``spec`` as docker runs it on this image (pure): the image's USER when the spec
+    names none, and its ENTRYPOINT in front of a given command (a given command replaces
+    CMD; without one the idle sleep runs, as on every runtime). The runtimes that run
+    this cache's rootfs (nspawn, lxc, Incus) or its image (containerd) start this."""
+    changes: dict[str, Any] = {}
+    user = config.get("User")
+    if spec.user is None and isinstance(user, str) and user:
+        changes["user"] = user
+    entry = config.get("Entrypoint")
+    if spec.command and isinstance(entry, list) and all(isinstance(a, str) for a in entry):
+        changes["command"] = (*entry, *spec.command)
+    return spec.replace(**changes) if changes else spec
 
 
 def _stale(entry: Path, image: str) -> bool:
