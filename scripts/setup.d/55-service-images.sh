@@ -14,22 +14,6 @@ si_tool=$here/scripts/service-images
 si_dir=${CONTAINERSEC_SERVICE_IMAGES:-$state/images/service}
 si_stamp=$("$si_tool" stamp)
 si_names=$("$si_tool" names)
-# Only some images into only some stores (the VM's core tier: importing all of them into
-# every store takes longer under TCG than its whole budget); default: all, everywhere.
-si_stores=${CONTAINERSEC_SERVICE_IMAGE_STORES:-docker podman podman-rootless docker-userns docker-rootless nspawn}
-if [ -n "${CONTAINERSEC_SERVICE_IMAGE_NAMES:-}" ]; then
-  for si_name in $CONTAINERSEC_SERVICE_IMAGE_NAMES; do
-    case " $(echo $si_names) " in *" $si_name "*) ;; *) die "CONTAINERSEC_SERVICE_IMAGE_NAMES: no service image $si_name (there are: $(echo $si_names))" ;; esac
-  done
-  si_names=$CONTAINERSEC_SERVICE_IMAGE_NAMES
-fi
-for si_name in $si_stores; do
-  case " docker podman podman-rootless docker-userns docker-rootless nspawn " in
-    *" $si_name "*) ;;
-    *) die "CONTAINERSEC_SERVICE_IMAGE_STORES: no store $si_name (docker podman podman-rootless docker-userns docker-rootless nspawn)" ;;
-  esac
-done
-si_store() { case " $(echo $si_stores) " in *" $1 "*) return 0 ;; esac; return 1; }
 si_missing=()
 
 [ -d "$si_dir" ] || mkdir -p "$si_dir"  # the VM's share of the host's tarballs is read-only
@@ -124,13 +108,12 @@ if ls "$si_dir"/*.tar >/dev/null 2>&1; then
     "$@" >"$si_out/$name" 2>&1 &
     si_pids+=("$!")
   }
-  ! si_store docker || si_job 1docker si_import docker /usr/bin/docker -H unix:///var/run/docker.sock
-  ! si_store podman || si_job 2podman si_import "rootful podman" podman
-  ! si_store podman-rootless \
-    || si_job 3podman-rootless si_import "rootless podman ($rootless_user)" as_rootless podman
-  ! si_store docker-userns || si_job 4docker-userns si_daemon_import docker-userns
-  ! si_store docker-rootless || si_job 5docker-rootless si_daemon_import docker-rootless
-  ! si_store nspawn || si_job 6nspawn si_nspawn_cache
+  si_job 1docker si_import docker /usr/bin/docker -H unix:///var/run/docker.sock
+  si_job 2podman si_import "rootful podman" podman
+  si_job 3podman-rootless si_import "rootless podman ($rootless_user)" as_rootless podman
+  si_job 4docker-userns si_daemon_import docker-userns
+  si_job 5docker-rootless si_daemon_import docker-rootless
+  si_job 6nspawn si_nspawn_cache
   si_failed=0
   for si_pid in "${si_pids[@]}"; do wait "$si_pid" || si_failed=1; done
   for si_file in "$si_out"/*; do

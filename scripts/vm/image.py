@@ -10,11 +10,19 @@ happens in a temporary folder that is renamed at the end) and names its step and
 
 The chroot commands run in a private mount namespace (`unshare --mount`): /proc, /sys and
 /dev are mounted there only, so nothing stays mounted on the host whatever happens.
+
+The image's stores come filled: the project's own setup runs once in the chroot at native
+speed (its parts 50 and 55, in its own pid and network namespaces, so every daemon it
+starts dies with it) and imports the probe images and this host's service-image tarballs
+into Docker, rootful and rootless Podman, the docker-userns and docker-rootless daemons
+and the nspawn cache; the same imports inside the VM under TCG took 5-8 minutes. The
+setup inside the VM then finds them current (same stamps) and imports nothing.
 """
 
 from __future__ import annotations
 
 import ast
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -35,6 +43,32 @@ DISK_SIZE = "12G"
 MIN_FREE_BYTES = 10 * 1024**3  # rootfs (~2.5 GB) + disk image (~2.5 GB used) + margin
 VENV = "/opt/containersec-venv"
 CHECKOUT_IN_VM = "/root/src"
+# Where the VM mounts the host's service-image tarballs (guest.py) and the store step binds
+# them: the same path, so setup reads the same CONTAINERSEC_SERVICE_IMAGES in both.
+SERVICE_IMAGES_IN_VM = "/mnt/service-images"
+# The files of the checkout whose content decides what the store step puts in the image
+STORE_FILES: tuple[str, ...] = (
+    "scripts/setup",
+    "scripts/setup.d/50-docker-daemons.sh",
+    "scripts/setup.d/55-service-images.sh",
+    "scripts/service-images",
+)
+# The store step: setup's parts 50 (docker-userns, docker-rootless) and 55 (service
+# images) after its core (dockerd, Podman, the rootless user, the probe images); then the
+# dockerd setup started by hand (no systemd in a chroot) is stopped cleanly, so its store
+# is consistent, before the pid namespace ends and takes every other process with it.
+STORES_SCRIPT = """\
+set -eu
+CONTAINERSEC_SETUP_PARTS="50 55" /root/src/scripts/setup
+pid=$(cat /run/docker.pid 2>/dev/null || true)
+if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+  for _ in $(seq 1 300); do
+    grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" || exit 0
+    sleep 0.1
+  done
+  echo "dockerd did not stop within 30 s" >&2; exit 1
+fi
+"""
 ROOTLESS_USER = "containersec"
 
 # Everything the project's setup installs (scripts/setup, setup.d) plus what a systemd
@@ -227,9 +261,30 @@ def builder_ast(source: str | None = None) -> str:
     return "\n".join(ast.dump(n, annotate_fields=False) for n in kept)
 
 
-def recipe(pyproject: Path) -> dict[str, object]:
+def service_stamps(folder: Path | None) -> dict[str, str]:
+    """The service images in folder (scripts/setup.d/55-service-images.sh's tarballs) and
+    their recipe stamps: {name: stamp} of each tarball that has one."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {
+        tar.stem: stamp.read_text().strip()
+        for tar in sorted(folder.glob("*.tar"))
+        if (stamp := tar.with_suffix(".stamp")).is_file()
+    }
+
+
+def stores_recipe(checkout: Path, service_images: Path | None) -> dict[str, object]:
+    """What the filled stores depend on: the setup files that fill them, the tarballs' stamps."""
+    files = hashlib.sha256()
+    for name in STORE_FILES:
+        files.update(name.encode() + b"\0" + (checkout / name).read_bytes() + b"\0")
+    return {"setup": files.hexdigest()[:16], "service": service_stamps(service_images)}
+
+
+def recipe(pyproject: Path, service_images: Path | None = None) -> dict[str, object]:
     """Everything the image depends on; its hash names the image."""
     return {
+        "stores": stores_recipe(pyproject.parent, service_images),
         "version": RECIPE_VERSION,
         "suite": SUITE,
         "packages": list(PACKAGES),
@@ -313,12 +368,18 @@ class Builder:
     """One build into a temporary folder, logged to one file."""
 
     def __init__(
-        self, state: Path, checkout: Path, log: Path, warmup: Callable[[Path], None] | None
+        self,
+        state: Path,
+        checkout: Path,
+        log: Path,
+        warmup: Callable[[Path], None] | None,
+        service_images: Path | None = None,
     ) -> None:
         self.state = state
         self.checkout = checkout
         self.log = log
         self.warmup = warmup
+        self.service_images = service_images
 
     def step(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         t0 = time.monotonic()
@@ -347,11 +408,27 @@ class Builder:
         print(f"vm build: {name} done in {time.monotonic() - t0:.0f} s", flush=True)
 
     def in_chroot(
-        self, name: str, rootfs: Path, argv: Sequence[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        rootfs: Path,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        *,
+        isolated: bool = False,
+        binds: Sequence[tuple[Path, str]] = (),
     ) -> None:
-        """argv inside rootfs, with /proc, /sys, /dev mounted in a private namespace."""
+        """argv inside rootfs, with /proc, /sys, /dev mounted in a private namespace.
+
+        isolated: also in its own pid and network namespaces, with a tmpfs /run and cgroup2
+        at /sys/fs/cgroup (daemons started there end with argv; no host interface or
+        iptables rule is touched), rootfs made the namespace's root by pivot_root (rootless
+        engines make user namespaces). binds: host folders mounted read-only inside."""
         envfile = rootfs / "tmp/.containersec-env.json"
         envfile.write_text(json.dumps(chroot_env(env)))
+        ns = ["--pid", "--fork", "--net", "--kill-child"] if isolated else []
+        extra = ["--isolated"] if isolated else []
+        for src, dst in binds:
+            extra += ["--bind", f"{src}:{dst}"]
         self.step(
             name,
             [
@@ -359,11 +436,13 @@ class Builder:
                 "--mount",
                 "--propagation",
                 "private",
+                *ns,
                 "--",
                 sys.executable,
                 str(Path(__file__).resolve()),
                 "_chroot",
                 str(rootfs),
+                *extra,
                 "--",
                 *argv,
             ],
@@ -400,6 +479,7 @@ class Builder:
         )
         self._venv(rec, rootfs)
         self._configure(rootfs)
+        self._stores(rootfs)
         self._kernel(rootfs, tmp)
         self.step(
             "mkfs.ext4",
@@ -461,6 +541,40 @@ class Builder:
             ],
         )
         shutil.rmtree(src)
+
+    def _stores(self, rootfs: Path) -> None:
+        """Fill the image's stores with the project's own setup (module docstring)."""
+        src = rootfs / CHECKOUT_IN_VM.lstrip("/")
+        src.mkdir(parents=True)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(self.checkout / name, src / name)
+        for folder in ("scripts", "pytest_containersec"):
+            shutil.copytree(
+                self.checkout / folder,
+                src / folder,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        (src / ".venv").symlink_to(VENV)
+        marker = rootfs / VENV.lstrip("/") / ".containersec-installed"
+        marker.touch()  # setup: the venv is current (pip install -e happened above)
+        env = {"CONTAINERSEC_VM": "1", "CONTAINERSEC_VENV": VENV}
+        binds: list[tuple[Path, str]] = []
+        if service_stamps(self.service_images):
+            assert self.service_images is not None
+            binds.append((self.service_images, SERVICE_IMAGES_IN_VM))
+            env["CONTAINERSEC_SERVICE_IMAGES"] = SERVICE_IMAGES_IN_VM
+        try:
+            self.in_chroot(
+                "fill the stores (setup)",
+                rootfs,
+                ["/bin/bash", "-c", STORES_SCRIPT],
+                env,
+                isolated=True,
+                binds=binds,
+            )
+        finally:
+            shutil.rmtree(src)
+            marker.unlink(missing_ok=True)
 
     def _configure(self, rootfs: Path) -> None:
         sysd = rootfs / "etc/systemd/system"
@@ -544,18 +658,56 @@ def disable_absent_apparmor_profiles(rootfs: Path) -> list[str]:
 def chroot_main(argv: list[str]) -> int:
     """`_chroot ROOTFS -- CMD...`: run inside `unshare --mount --propagation private`."""
     rootfs = Path(argv[0])
+    opts = argv[1 : argv.index("--")]
     cmd = argv[argv.index("--") + 1 :]
-    mounts = [
+    # isolated: the rootfs a mount point of its own, so that / inside is one (dockerd's
+    # layer extraction makes / rprivate in its own namespace; a plain folder is EINVAL)
+    mounts = [["mount", "--bind", str(rootfs), str(rootfs)]] if "--isolated" in opts else []
+    mounts += [
         ["mount", "-t", "proc", "proc", str(rootfs / "proc")],
         ["mount", "-t", "sysfs", "-o", "ro", "sysfs", str(rootfs / "sys")],
         ["mount", "--rbind", "/dev", str(rootfs / "dev")],
     ]
+    if "--isolated" in opts:
+        mounts += [
+            ["mount", "-t", "cgroup2", "cgroup2", str(rootfs / "sys/fs/cgroup")],
+            ["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(rootfs / "run")],
+        ]
+    for i, opt in enumerate(opts):
+        if opt == "--bind":
+            src, dst = opts[i + 1].split(":", 1)
+            target = rootfs / dst.lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            mounts += [
+                ["mount", "--bind", src, str(target)],
+                ["mount", "-o", "remount,bind,ro", str(target)],
+            ]
     for m in mounts:
         subprocess.run(m, check=True)
     env = json.loads((rootfs / "tmp/.containersec-env.json").read_text())
-    os.chroot(rootfs)
+    if "--isolated" in opts:
+        pivot_into(rootfs)
+    else:
+        os.chroot(rootfs)
     os.chdir("/")
     os.execvpe(cmd[0], cmd, env)  # noqa: S606 (argv, no shell)
+
+
+SYS_PIVOT_ROOT = 155  # x86_64
+MNT_DETACH = 2
+
+
+def pivot_into(rootfs: Path) -> None:
+    """Make rootfs (a mount point) this mount namespace's root: pivot_root(".", ".") and a
+    lazy unmount of the old root stacked on it (runc's way). Unlike a chroot, a user
+    namespace can be made there (the kernel refuses one to a chrooted process), which
+    rootless Podman and rootlesskit need."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.chdir(rootfs)
+    if libc.syscall(SYS_PIVOT_ROOT, b".", b".") != 0:
+        raise OSError(ctypes.get_errno(), "pivot_root")
+    if libc.umount2(b".", MNT_DETACH) != 0:
+        raise OSError(ctypes.get_errno(), "umount2 of the old root")
 
 
 def image_dir(state: Path, digest: str) -> Path:
@@ -567,21 +719,27 @@ def ensure_image(
     checkout: Path,
     force: bool = False,
     warmup: Callable[[Path], None] | None = None,
+    service_images: Path | None = None,
 ) -> Path:
-    """The cached image for the current recipe, building it first if needed.
+    """The cached image for the current recipe, building it first if needed; its stores hold
+    the service images of the tarballs in service_images (their stamps are in the recipe).
 
     One build at a time: a second caller waits for the first one's image (flock).
     """
     state.mkdir(parents=True, exist_ok=True)
     with (state / "build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _ensure_image(state, checkout, force, warmup)
+        return _ensure_image(state, checkout, force, warmup, service_images)
 
 
 def _ensure_image(
-    state: Path, checkout: Path, force: bool, warmup: Callable[[Path], None] | None
+    state: Path,
+    checkout: Path,
+    force: bool,
+    warmup: Callable[[Path], None] | None,
+    service_images: Path | None,
 ) -> Path:
-    rec = recipe(checkout / "pyproject.toml")
+    rec = recipe(checkout / "pyproject.toml", service_images)
     digest = recipe_hash(rec)
     out = image_dir(state, digest)
     if not force and (out / "disk.img").is_file() and (out / "recipe.json").is_file():
@@ -607,7 +765,7 @@ def _ensure_image(
     log.write_text(f"build of image {digest} at {time.ctime()}\n")
     t0 = time.monotonic()
     print(f"vm build: building image {digest} (log: {log})", flush=True)
-    Builder(state, checkout, log, warmup).build(rec, digest, out)
+    Builder(state, checkout, log, warmup, service_images).build(rec, digest, out)
     # Keep the new image and the most recently used other one (two checkouts on different
     # recipes, e.g. branches, then do not rebuild each other's image on every run).
     others = sorted(

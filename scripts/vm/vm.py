@@ -39,19 +39,43 @@ import image
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CONTAINERSEC_VM_STATE", "/var/lib/containersec/vm"))
-# The service images this host built (scripts/setup.d/55-service-images.sh): the VM has no
-# mirror to build them, so their tarballs are shared read-only and imported there. The core
-# tier imports three of them into three stores (scripts/vm/inside); importing all four into
-# every store takes ~15-30 min under TCG (measured), more than the whole tier's budget, so
-# only the full tier or a run of CONTAINERSEC_TEST_PATHS does that.
-SERVICE_IMAGES = Path(
-    os.environ.get("CONTAINERSEC_SERVICE_IMAGES", "/var/lib/containersec/images/service")
-)
+# The service images (scripts/setup.d/55-service-images.sh): the VM has no mirror to build
+# them, so this host builds their tarballs (as its own setup does, into the same folder) and
+# the image build imports them into every store of the image at native speed (image.py;
+# importing them inside under TCG took 5-8 min, more than the tier's budget leaves). The
+# folder is also shared read-only, so a VM whose image is older imports what changed.
+# CONTAINERSEC_SERVICE_IMAGES names another folder (then used as it is, never built into).
+SERVICE_IMAGES_DEFAULT = Path("/var/lib/containersec/images/service")
+SERVICE_IMAGES = Path(os.environ.get("CONTAINERSEC_SERVICE_IMAGES", SERVICE_IMAGES_DEFAULT))
+SERVICE_TOOL = Path(__file__).resolve().parents[1] / "service-images"
 
 
 def service_images_share() -> Path | None:
     """The tarballs' folder, when this host has it (test_workload.py uses the images)."""
     return SERVICE_IMAGES if SERVICE_IMAGES.is_dir() else None
+
+
+def ensure_service_images() -> None:
+    """Build the service-image tarballs the default folder lacks or has of another recipe."""
+    if SERVICE_IMAGES != SERVICE_IMAGES_DEFAULT:
+        return
+    tool = str(SERVICE_TOOL)
+    stamp = subprocess.run([tool, "stamp"], check=True, capture_output=True, text=True).stdout
+    names = subprocess.run([tool, "names"], check=True, capture_output=True, text=True).stdout
+    for name in names.split():
+        have = SERVICE_IMAGES / f"{name}.stamp"
+        tar = SERVICE_IMAGES / f"{name}.tar"
+        if tar.is_file() and have.is_file() and have.read_text().strip() == stamp.strip():
+            continue
+        SERVICE_IMAGES.mkdir(parents=True, exist_ok=True)
+        log = STATE / "service-images.log"
+        print(f"vm setup: building the service image {name} (log: {log})", flush=True)
+        with log.open("a") as fh:
+            rc = subprocess.call([tool, "build", name, str(SERVICE_IMAGES)], stdout=fh,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        if rc != 0:
+            raise VMError(f"setup: building the service image {name} failed; log: {log}\n"
+                          + tail(log, 15))  # fmt: skip
 
 
 PR_SET_PDEATHSIG = 1
@@ -441,6 +465,7 @@ HOST_TOOLS: tuple[tuple[str, str], ...] = (
     ("debootstrap", "debootstrap"),
     ("mkfs.ext4", "e2fsprogs"),
     ("unshare", "util-linux"),
+    ("setcap", "libcap2-bin"),  # the service images' file capability (scripts/service-images)
 )
 
 
@@ -452,7 +477,7 @@ def host_setup() -> None:
     """Install what the VM tier needs on this host (idempotent; the host tier needs none)."""
     missing = missing_host_packages()
     if not missing:
-        print("vm setup: qemu-system-x86, debootstrap, e2fsprogs: installed", flush=True)
+        print("vm setup: qemu, debootstrap, e2fsprogs, libcap2-bin: installed", flush=True)
         return
     if os.geteuid() != 0:
         raise VMError(
@@ -538,8 +563,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"preflight: {QEMU} is missing (fix: apt-get install qemu-system-x86, "
                 "or scripts/vm/vm.py setup)"
             )
+        ensure_service_images()
         img = image.ensure_image(
-            STATE, CHECKOUT, force=getattr(args, "force", False), warmup=warmup_boot
+            STATE,
+            CHECKOUT,
+            force=getattr(args, "force", False),
+            warmup=warmup_boot,
+            service_images=service_images_share(),
         )
         if args.cmd == "build":
             return 0

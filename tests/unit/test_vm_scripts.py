@@ -178,3 +178,29 @@ def test_profiles_of_absent_programs_are_disabled_only(tmp_path: Path) -> None:
     assert image.disable_absent_apparmor_profiles(tmp_path) == ["brave"]
     assert (aa / "disable/brave").is_symlink()
     assert not (aa / "disable/crun").exists()
+
+
+def test_the_stores_in_the_recipe_follow_the_service_tarballs_stamps(tmp_path: Path) -> None:
+    """The image's stores hold the service images: a new tarball recipe rebuilds it."""
+    assert image.service_stamps(None) == {}
+    assert image.service_stamps(tmp_path / "missing") == {}
+    (tmp_path / "nginx.tar").write_bytes(b"")
+    (tmp_path / "nginx.stamp").write_text("abc\n")
+    (tmp_path / "half.tar").write_bytes(b"")  # no stamp: not a finished tarball
+    assert image.service_stamps(tmp_path) == {"nginx": "abc"}
+    before = image.recipe_hash(image.recipe(PYPROJECT, tmp_path))
+    assert before != image.recipe_hash(image.recipe(PYPROJECT))
+    (tmp_path / "nginx.stamp").write_text("abd\n")
+    assert image.recipe_hash(image.recipe(PYPROJECT, tmp_path)) != before
+
+
+def test_the_stores_in_the_recipe_follow_the_setup_files_that_fill_them(tmp_path: Path) -> None:
+    checkout = PYPROJECT.parent
+    for name in image.STORE_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((checkout / name).read_bytes())
+    same = image.stores_recipe(tmp_path, None)
+    assert same == image.stores_recipe(checkout, None)
+    with (tmp_path / "scripts/setup.d/55-service-images.sh").open("a") as fh:
+        fh.write("# changed\n")
+    assert image.stores_recipe(tmp_path, None)["setup"] != same["setup"]

@@ -6,9 +6,10 @@ and **no seccomp filter** unless asked. Each spec field:
 
 - image: imported into containerd's store from the local Docker (or Podman) store with
   ``docker save | ctr images import`` (never pulled); ``image`` is its ``docker.io/`` name.
-- command: the task's argv (replaces the image's entrypoint and cmd); empty -> an idle
-  busybox sleep.
-- user: ctr 1.6's ``run`` has no ``--user``: the payload drops to the user itself with
+- command: the task's argv, behind the image's ENTRYPOINT as on Docker (the adapter puts
+  it there: ctr's own ``run IMAGE ID ARGS`` replaces it); empty -> an idle busybox sleep.
+- user: none -> the image's USER, which ctr applies itself (``oci.WithImageConfig``).
+  ctr 1.6's ``run`` has no ``--user``: for a given user the payload drops to it with
   util-linux ``setpriv`` (bind-mounted with its loader, as for nspawn), resolved with
   docker's rules from the image's /etc files; execs go through the same prefix, so they
   match the main process (``ctr task exec --user`` would keep the capabilities).

@@ -12,6 +12,8 @@ run folder, and one disk per volume.
 - command: ``raw.lxc lxc.init.cmd`` runs LXC's generated init script (see
   :mod:`..lxc.lxc_spec`), which resolves the command on PATH and execs it: the main
   process is the container's PID 1; empty -> the idle busybox sleep.
+- The image config applies as on Docker: its ENTRYPOINT in front of a given command, its
+  USER when the spec names none.
 - user: docker's ``--user`` rules against the image's /etc files -> ``lxc.init.uid`` /
   ``lxc.init.gid`` (execs: ``incus exec --user/--group``); supplementary groups from
   /etc/group are UnsupportedSpec (nothing sets them for the main process).

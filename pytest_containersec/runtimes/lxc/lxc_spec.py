@@ -7,9 +7,10 @@ the default mounts, in a user namespace the full capability set), then each spec
 - image: the image's rootfs (exported once, like nspawn's cache), a private copy per
   container mounted with ``lxc.rootfs.options = idmap=container`` (no chown of the tree).
 - command: ``lxc.init.cmd`` runs a generated script that resolves the command on PATH and
-  ``exec``s it, so the main process is the container's PID 1 (``host_pid``); empty -> an
-  idle busybox sleep.
-- user: docker's ``--user`` rules against the image's /etc files -> ``lxc.init.uid`` /
+  ``exec``s it, so the main process is the container's PID 1 (``host_pid``); the image's
+  ENTRYPOINT stays in front of it, as on Docker; empty -> an idle busybox sleep.
+- user (or the image's USER when the spec names none, as on Docker): docker's ``--user``
+  rules against the image's /etc files -> ``lxc.init.uid`` /
   ``lxc.init.gid`` (execs: ``lxc-attach -u/-g``). LXC 5 sets no supplementary groups, so
   a user with groups in /etc/group is UnsupportedSpec rather than a different state.
 - cap_add/cap_drop: Docker's arithmetic over LXC's default set, written as an explicit
