@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.linux import caps
@@ -199,3 +200,14 @@ def test_an_apparmor_stack_across_a_namespace_is_seen_from_inside_as_its_own_par
     )
     inner = "a//&:ns:inner (enforce)"
     assert apparmor_ns_view(inner, "inner (enforce)") == "inner (enforce)"
+
+
+@pytest.mark.parametrize("image", ["containersec/nginx", "containersec/probe", "a'b: c\"d #e"])
+def test_metadata_yaml_parses_for_any_image_name(image: str) -> None:
+    """The description was `'containersec/nginx' exported by ...`: a quoted scalar with text
+    after it, which Incus's YAML parser refused ("did not find expected key")."""
+    meta = yaml.safe_load(m.metadata_yaml("x86_64", 1700000000, image))
+    assert meta["architecture"] == "x86_64"
+    assert meta["creation_date"] == 1700000000
+    assert meta["properties"]["description"] == f"{image} exported by pytest-containersec"
+    assert meta["properties"]["os"] == "containersec"

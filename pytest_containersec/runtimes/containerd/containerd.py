@@ -53,6 +53,9 @@ NAME = mapping.NAME
 SYSTEM_SOCKET = Path("/run/containerd/containerd.sock")
 ADDRESS_ENV = "CONTAINERSEC_CONTAINERD_ADDRESS"
 CTR_TIMEOUT = 60.0
+# `docker save | ctr images import` of a large image (postgres, 130 MB) took over 60 s on
+# the VM host under TCG; as Incus's image import
+IMPORT_TIMEOUT = 300.0
 FIX = "apt-get install containerd (make setup)"
 IMAGE_LABEL = "io.containersec.source"
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # + an empty SETTINGS frame
@@ -390,8 +393,11 @@ class ContainerdRuntime:
             argv = self.ctr_argv("images", "import", "--no-unpack", "-")
             try:
                 out = subprocess.run(argv, stdin=save.stdout, capture_output=True,
-                                     timeout=CTR_TIMEOUT)  # fmt: skip
+                                     timeout=IMPORT_TIMEOUT)  # fmt: skip
                 save.wait(CTR_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                why = f"importing {image} from Docker did not end within {IMPORT_TIMEOUT:.0f} s"
+                raise ContainerStartError(self.name, argv, None, why) from None
             finally:
                 if save.stdout is not None:
                     save.stdout.close()  # our end of the pipe: ctr had its own

@@ -41,6 +41,7 @@ run folder, and one disk per volume.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -85,10 +86,11 @@ def image_alias(cache_key: str, version: str) -> str:
 
 
 def metadata_yaml(architecture: str, created: int, image: str) -> str:
-    """The ``metadata.yaml`` of a unified image tarball (pure)."""
+    """The ``metadata.yaml`` of a unified image tarball (pure; the strings JSON-quoted, which
+    YAML reads as they are, whatever the image name holds)."""
     return (
-        f"architecture: {architecture}\ncreation_date: {created}\nproperties:\n"
-        f"  description: {image!r} exported by pytest-containersec\n"
+        f"architecture: {json.dumps(architecture)}\ncreation_date: {created}\nproperties:\n"
+        f"  description: {json.dumps(f'{image} exported by pytest-containersec')}\n"
         "  os: containersec\n  release: image\n"
     )
 
