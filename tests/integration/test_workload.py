@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +19,18 @@ from pytest_containersec import expect
 from pytest_containersec.expect import CheckFailed
 from pytest_containersec.model import Facts, ProcessRecord
 from pytest_containersec.runtimes import RUNTIME_NAMES, Container
+from pytest_containersec.runtimes.nspawn.nspawn import state_root
+from pytest_containersec.runtimes.nspawn.nspawn_image import cache_key
 from pytest_containersec.spec import ContainerSpec
 
 from .conftest import runtime_or_skip
 
-# every runtime that runs images (systemd-run and portable run units on their own root
-# file systems; lxc and Incus run the nspawn cache's rootfs, containerd Docker's image).
-# Incus where it is installed (Debian 13+: the VM tier), as test_incus.py does.
+# every runtime that runs images as docker does, image config included (lxc and Incus run
+# the nspawn cache's rootfs, containerd Docker's image; Incus where it is installed,
+# Debian 13+: the VM tier, as in test_incus.py). systemd-run runs units on the host's (or
+# the booted) root file system; portable runs an image's rootfs under its profile's
+# settings (DynamicUser=, its bounding set) without the image config, which these
+# expectations (a root master, the image's USER) do not describe: test_portable.py.
 IMAGE_RUNTIMES = (
     "docker",
     "podman",
@@ -218,6 +224,42 @@ def test_no_file_capabilities_fails_and_passes_with_allow(setuid: Container) -> 
     ping = next(c.path for c in f.file_capabilities if c.path.endswith("/ping"))
     expect.no_file_capabilities(setuid, allow={ping: ["NET_RAW"]})
     fails(expect.no_file_capabilities, setuid, allow={ping: ["NET_BIND_SERVICE"]})
+
+
+# the runtimes that run a rootfs the adapter exports from Docker or Podman (nspawn's cache)
+CACHE_RUNTIMES = ("nspawn", "lxc", *(("incus",) if shutil.which("incus") else ()))
+
+
+@pytest.fixture(scope="module")
+def exported_setuid() -> Iterator[str]:
+    """The setuid image under a name of this worker's own, which setup never put in the
+    rootfs cache: the adapters export it from Docker themselves."""
+    name = f"containersec-test/setuid-exported-{os.getpid()}"
+    tag = subprocess.run(["docker", "tag", "containersec/setuid", name], check=False)
+    if tag.returncode != 0:
+        pytest.fail("docker tag containersec/setuid failed (run make setup)")
+    entry = state_root() / "images" / cache_key(name)
+    shutil.rmtree(entry, ignore_errors=True)
+    yield name
+    subprocess.run(["docker", "rmi", name], check=False, capture_output=True)
+    shutil.rmtree(entry, ignore_errors=True)
+
+
+@pytest.mark.parametrize("runtime", CACHE_RUNTIMES)
+def test_file_capabilities_survive_the_export_into_the_rootfs_cache(
+    runtime: str, exported_setuid: str
+) -> None:
+    """`docker export` carries `setcap`'s xattr as a PAX record, which tar extracts only with
+    --xattrs: the copy had no capability, and no_file_capabilities passed on it."""
+    rt = runtime_or_skip(runtime)
+    with rt.start(ContainerSpec(image=exported_setuid)) as c:
+        f = c.facts()
+        assert f.file_capabilities is not None
+        ping = [fc for fc in f.file_capabilities if fc.path.endswith("/ping")]
+        assert [fc.permitted for fc in ping] == [("CAP_NET_RAW",)]
+        assert "CAP_NET_RAW" in fails(expect.no_file_capabilities, c)
+        st = os.lstat(f"/proc/{c.host_pid}/root/bin/su")  # and the setuid bit, from the host
+        assert st.st_mode & stat.S_ISUID
 
 
 def test_the_probe_image_has_no_setuid_files() -> None:

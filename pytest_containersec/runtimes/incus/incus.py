@@ -95,8 +95,9 @@ def ensure_image(image: str) -> tuple[str, Path, dict[str, str]]:
             meta = mapping.metadata_yaml(platform.machine(), int(time.time()), image)
             (Path(tmp) / "metadata.yaml").write_text(meta)
             tar = str(Path(tmp) / "image.tar")
-            argv = ["tar", "--numeric-owner", "-cf", tar, "-C", tmp, "metadata.yaml",
-                    "-C", str(entry), "rootfs"]  # fmt: skip
+            # file capabilities are xattrs: without them `setcap cap_net_raw+ep` was lost
+            argv = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability",
+                    "-cf", tar, "-C", tmp, "metadata.yaml", "-C", str(entry), "rootfs"]  # fmt: skip
             packed = _run(argv, IMPORT_TIMEOUT)
             if packed.returncode != 0:
                 raise ContainerStartError(NAME, argv, packed.returncode, packed.stderr)

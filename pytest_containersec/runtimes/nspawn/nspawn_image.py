@@ -35,7 +35,11 @@ EXPORT_TIMEOUT = 300
 LOOKUP_TIMEOUT = 8
 OS_RELEASE = b'ID=containersec-image\nNAME="image exported by pytest-containersec"\n'
 MOUNT_POINTS = ("usr", "dev", "proc", "sys", "run", "tmp", "var/tmp")
-TAR_X = ["tar", "--numeric-owner", "-xpf", "-", "-C"]
+# Owners, modes (setuid/setgid) and file capabilities (the security.capability xattr,
+# which docker and podman export as a PAX record) as in the image: without --xattrs a
+# `setcap`'d binary lost its capability in the copy, and no_file_capabilities passed.
+TAR_X = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability",
+         "-xpf", "-", "-C"]  # fmt: skip
 
 
 def cache_key(image: str) -> str:
