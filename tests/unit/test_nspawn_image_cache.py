@@ -38,6 +38,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         (dest / "rootfs" / "which").write_text(ids[image])
         (dest / "config.json").write_text(json.dumps({"Env": [f"ID={ids[image]}"]}))
         (dest / "image-id").write_text(ids[image])
+        (dest / "format").write_text(images.EXPORT_FORMAT + "\n")
 
     monkeypatch.setattr(images, "_store_id", store_id)
     monkeypatch.setattr(images, "_export", export)
@@ -87,6 +88,21 @@ def test_an_older_entry_without_an_id_is_checked(tmp_path: Path, store: dict[str
     store["app"] = "docker:sha256:eee"
     root, _ = images.rootfs("app", tmp_path, "nspawn")
     assert (root / "which").read_text() == "docker:sha256:eee"
+
+
+def test_an_export_of_an_older_format_is_exported_again(
+    tmp_path: Path, store: dict[str, str]
+) -> None:
+    """Entries exported before the file capabilities were kept (no ``format``) are stale,
+    even for the same image id: they may lack a setcap'd binary's capability."""
+    store["app"] = "docker:sha256:fff"
+    entry = tmp_path / "images" / images.cache_key("app")
+    (entry / "rootfs").mkdir(parents=True)
+    (entry / "rootfs" / "which").write_text("exported without xattrs")
+    (entry / "image-id").write_text("docker:sha256:fff")
+    root, _ = images.rootfs("app", tmp_path, "nspawn")
+    assert (root / "which").read_text() == "docker:sha256:fff"
+    assert (entry / "format").read_text().strip() == images.EXPORT_FORMAT
 
 
 # -- the image config as Docker applies it (nspawn, lxc, Incus, containerd) ---------------

@@ -124,9 +124,23 @@ def _stale(entry: Path, image: str) -> bool:
         if (entry / "stamp").exists():
             return False
         recorded = None
+    if recorded is not None and not _current_format(entry):
+        return True  # exported by an older version (without the file capabilities)
     store = recorded.partition(":")[0] if recorded else None
     current = _store_id(image, store)
     return current is not None and current != recorded
+
+
+# What an export writes besides the rootfs, as ``format``: an entry of another format is
+# exported again. 2: the security.capability xattrs kept (TAR_X).
+EXPORT_FORMAT = "2"
+
+
+def _current_format(entry: Path) -> bool:
+    try:
+        return (entry / "format").read_text().strip() == EXPORT_FORMAT
+    except OSError:
+        return False
 
 
 def _store_id(image: str, store: str | None) -> str | None:
@@ -227,6 +241,7 @@ def _export_docker(image: str, dest: Path) -> bool:
         _drop_engine_marker(dest / "rootfs")
         (dest / "config.json").write_text(json.dumps(img.attrs.get("Config") or {}))
         (dest / "image-id").write_text(f"docker:{img.id}")
+        (dest / "format").write_text(EXPORT_FORMAT + "\n")
         return True
 
 
@@ -277,6 +292,7 @@ def _export_podman(image: str, dest: Path) -> bool:
             found = json.loads(inspect.stdout)[0]
             (dest / "config.json").write_text(json.dumps(found["Config"]))
             (dest / "image-id").write_text(f"podman:{found['Id']}")
+            (dest / "format").write_text(EXPORT_FORMAT + "\n")
         return True
     finally:
         _podman("rm", "-f", cid)
