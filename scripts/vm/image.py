@@ -54,20 +54,44 @@ STORE_FILES: tuple[str, ...] = (
     "scripts/service-images",
 )
 # The store step: setup's parts 50 (docker-userns, docker-rootless) and 55 (service
-# images) after its core (dockerd, Podman, the rootless user, the probe images); then the
-# dockerd setup started by hand (no systemd in a chroot) is stopped cleanly, so its store
-# is consistent, before the pid namespace ends and takes every other process with it.
+# images) after its core (dockerd, Podman, the rootless user, the probe images). Then
+# containerd.service's store, which the containerd runtime uses in the VM: the runtime's
+# own import from Docker (ensure_image: docker save | ctr import, labelled with Docker's
+# image id, so the VM finds them current) and the unpack its first `ctr run` would do
+# (a mount and unmount of each image). Last, the daemons started by hand here (no
+# systemd in a chroot) are stopped cleanly, so their stores are consistent, before the
+# pid namespace ends and takes every other process with it.
 STORES_SCRIPT = """\
 set -eu
 CONTAINERSEC_SETUP_PARTS="50 55" /root/src/scripts/setup
-pid=$(cat /run/docker.pid 2>/dev/null || true)
-if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+images=$(docker image ls --format '{{.Repository}}' 'containersec/*' | sort -u)
+containerd >/var/lib/containersec/containerd-build.log 2>&1 &
+echo $! >/run/containerd-build.pid
+for _ in $(seq 1 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+cd /root/src
+/opt/containersec-venv/bin/python -c '
+import sys
+from pytest_containersec.runtimes import get_runtime
+rt = get_runtime("containerd")
+for image in sys.argv[1:]:
+    rt.ensure_image(image)
+print("containerd: imported", *sys.argv[1:])
+' $images
+mkdir -p /run/containersec-mnt
+for image in $images; do
+  ctr -n containersec images mount "docker.io/$image:latest" /run/containersec-mnt >/dev/null
+  ctr -n containersec images unmount --rm /run/containersec-mnt >/dev/null
+done
+stop() {  # stop PID (the daemon NAME) and wait until it is gone
+  kill -TERM "$1" 2>/dev/null || return 0
   for _ in $(seq 1 300); do
-    grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" || exit 0
+    grep -qs '^State:[[:space:]]*[^Z]' "/proc/$1/status" || return 0
     sleep 0.1
   done
-  echo "dockerd did not stop within 30 s" >&2; exit 1
-fi
+  echo "$2 did not stop within 30 s" >&2; exit 1
+}
+stop "$(cat /run/containerd-build.pid)" containerd
+stop "$(cat /run/docker.pid)" dockerd
 """
 ROOTLESS_USER = "containersec"
 
