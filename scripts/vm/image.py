@@ -12,7 +12,7 @@ The chroot commands run in a private mount namespace (`unshare --mount`): /proc,
 /dev are mounted there only, so nothing stays mounted on the host whatever happens.
 
 The image's stores come filled: the project's own setup runs once in the chroot at native
-speed (its parts 50 and 55, in its own pid and network namespaces, so every daemon it
+speed (its parts 50, 55 and 85, in its own pid and network namespaces, so every daemon it
 starts dies with it) and imports the probe images and this host's service-image tarballs
 into Docker, rootful and rootless Podman, the docker-userns and docker-rootless daemons
 and the nspawn cache; the same imports inside the VM under TCG took 5-8 minutes. The
@@ -51,10 +51,12 @@ STORE_FILES: tuple[str, ...] = (
     "scripts/setup",
     "scripts/setup.d/50-docker-daemons.sh",
     "scripts/setup.d/55-service-images.sh",
+    "scripts/setup.d/85-gvisor.sh",
     "scripts/service-images",
 )
-# The store step: setup's parts 50 (docker-userns, docker-rootless) and 55 (service
-# images) after its core (dockerd, Podman, the rootless user, the probe images). Then
+# The store step: setup's parts 50 (docker-userns, docker-rootless), 55 (service images)
+# and 85 (crun and runsc in dockerd's daemon.json) after its core (dockerd, Podman, the
+# rootless user, the probe images). Then
 # containerd.service's store, which the containerd runtime uses in the VM: the runtime's
 # own import from Docker (ensure_image: docker save | ctr import, labelled with Docker's
 # image id, so the VM finds them current) and the unpack its first `ctr run` would do
@@ -63,7 +65,7 @@ STORE_FILES: tuple[str, ...] = (
 # pid namespace ends and takes every other process with it.
 STORES_SCRIPT = """\
 set -eu
-CONTAINERSEC_SETUP_PARTS="50 55" /root/src/scripts/setup
+CONTAINERSEC_SETUP_PARTS="50 55 85" /root/src/scripts/setup
 images=$(docker image ls --format '{{.Repository}}' 'containersec/*' | sort -u)
 # without its CRI plugin, which wants a TCP listener (this network namespace has none up)
 printf 'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n' >/run/containerd-build.toml
@@ -618,6 +620,9 @@ class Builder:
         boot.write_text(BOOT_SCRIPT)
         boot.chmod(0o755)
         (rootfs / "etc/modules-load.d/containersec-9p.conf").write_text("9p\n9pnet_virtio\n")
+        # lxc-net is masked (above): without this, lxc.service's autostart waits 30 s for
+        # its bridge at every boot, the last unit before multi-user.target (measured)
+        (rootfs / "etc/default/lxc-net").write_text('USE_LXC_BRIDGE="false"\n')
         (rootfs / "etc/hostname").write_text("containersec-vm\n")
         (rootfs / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 containersec-vm\n")
         (rootfs / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
