@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_containersec.errors import ContainerStartError, ExecTimeout, ImageNotFound
-from pytest_containersec.linux import caps
+from pytest_containersec.linux import caps, session
 from pytest_containersec.runtimes.nspawn.nspawn import NspawnContainer, NspawnRuntime, state_root
 from pytest_containersec.runtimes.nspawn.nspawn_image import cache_key
 from pytest_containersec.spec import ContainerSpec
@@ -180,14 +180,18 @@ def test_privileged_and_unconfined(rt: NspawnRuntime) -> None:
 
 
 def test_payload_that_exits_at_once_is_a_start_error(rt: NspawnRuntime) -> None:
-    before = set((state_root() / "nspawn").iterdir())
+    def ours() -> set[Path]:  # this session's folders (another worker's come and go)
+        mine = f"containersec-{session.current().id}-"
+        return {p for p in (state_root() / "nspawn").iterdir() if p.name.startswith(mine)}
+
+    before = ours()
     with pytest.raises(ContainerStartError) as info:
         rt.start(ContainerSpec(command=["/.containersec/busybox", "false"]))
     assert info.value.runtime == "nspawn"
     assert info.value.exit_status not in (None, 0)
     with pytest.raises(ContainerStartError, match="not found"):
         rt.start(ContainerSpec(command=["no-such-binary"]))
-    assert set((state_root() / "nspawn").iterdir()) == before
+    assert ours() == before
 
 
 def test_unknown_image_is_image_not_found_quickly(rt: NspawnRuntime) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import docker
 import docker.errors
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .docker_daemons import DockerDaemon
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+FRAME_HEADER = struct.Struct(">BxxxI")  # stream (1 stdout, 2 stderr, 3 daemon error), size
 API_TIMEOUT = 60
 # What talking to the daemon can raise: SDK errors, and connection errors (a dead daemon).
 ENGINE_ERRORS = (docker.errors.DockerException, RequestException)
@@ -113,6 +115,44 @@ def host_config(
     return {**kw, **extra}
 
 
+def exec_stream(api: Any, exec_id: str) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """An exec's (stdout, stderr) chunks: ``POST /exec/ID/start`` upgraded to Docker's
+    multiplexed stream, read through the HTTP response's own buffered reader.
+
+    docker-py's ``exec_start`` reads the raw socket under that reader (docker-py#3332,
+    #425): whatever the reader took in past the ``101`` headers, the first frames when the
+    daemon is quick and we are slow, was lost, and the probe's output then came without its
+    first line ("missing the CSPROBE1 BEGIN header", seen under load). The response is
+    closed at the end (docker-py leaves it open: docker-py#3282)."""
+    res = api._post_json(
+        api._url("/exec/{0}/start", exec_id),
+        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        data={"Tty": False, "Detach": False},
+        stream=True,
+    )
+    try:
+        api._raise_for_status(res)
+        yield from read_frames(res.raw._fp.fp)
+    finally:
+        res.close()
+
+
+def read_frames(fp: BinaryIO) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Docker's multiplexed frames from a buffered reader, until EOF (a short frame ends it)."""
+    while True:
+        header = fp.read(FRAME_HEADER.size)
+        if len(header) < FRAME_HEADER.size:
+            return
+        kind, size = FRAME_HEADER.unpack(header)
+        data = fp.read(size) if size else b""
+        if kind == 1:
+            yield data, None
+        elif kind in (2, 3):
+            yield None, data
+        if len(data) < size:
+            return
+
+
 class DockerContainer(oci.EngineContainer):
     """A container of one dockerd (the default, userns-remapped or rootless daemon); ``host_pid`` is
     State.Pid as our pid, refused when a rootless daemon names another user's process."""
@@ -141,17 +181,7 @@ class DockerContainer(oci.EngineContainer):
         exec_id = api.exec_create(self.id, wrapped, stdout=True, stderr=True, user=user or "")["Id"]
 
         def stream() -> Iterator[tuple[bytes | None, bytes | None]]:
-            chunks = api.exec_start(exec_id, stream=True, demux=True)
-            try:
-                yield from chunks
-            finally:
-                # docker-py leaves the exec's socket open (docker-py#3282): close the
-                # stream and its response, whose file object holds the descriptor.
-                with contextlib.suppress(Exception):
-                    chunks.close()
-                response = getattr(chunks, "_response", None)
-                if response is not None:
-                    response.close()
+            return exec_stream(api, exec_id)
 
         def exit_code() -> int | None:
             info = api.exec_inspect(exec_id)
