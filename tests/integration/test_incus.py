@@ -21,7 +21,7 @@ import pytest
 
 from pytest_containersec import expect
 from pytest_containersec.errors import ExecTimeout, UnsupportedSpec
-from pytest_containersec.linux import caps
+from pytest_containersec.linux import caps, session
 from pytest_containersec.runtimes import get_runtime
 from pytest_containersec.runtimes.incus import incus_spec
 from pytest_containersec.runtimes.incus.incus import (
@@ -71,7 +71,9 @@ def host_bounding() -> set[str]:
 
 
 def instances() -> set[str]:
-    return {i["name"] for i in query("/1.0/instances?recursion=1")}
+    """This session's instances (another worker's come and go meanwhile)."""
+    mine = f"containersec-{session.current().id}-"
+    return {i["name"] for i in query("/1.0/instances?recursion=1") if i["name"].startswith(mine)}
 
 
 if INSTALLED:
