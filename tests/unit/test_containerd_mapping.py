@@ -177,17 +177,19 @@ def test_docker_store_lookup_tells_a_missing_image_from_a_docker_that_does_not_a
         done = subprocess.CompletedProcess([], rc, out, err)
         monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
 
-    answer(0, "sha256:abc\n")
-    assert containerd._docker_image_id("containersec/probe") == "sha256:abc"
+    answer(0, '{"Id": "sha256:abc", "Config": {"User": "nonroot"}}\n')
+    assert containerd._docker_image("containersec/probe") == ("sha256:abc", {"User": "nonroot"})
+    answer(0, '{"Id": "sha256:abc", "Config": null}\n')
+    assert containerd._docker_image("containersec/probe") == ("sha256:abc", {})
     answer(1, err="Error response from daemon: No such image: containersec/nope")
-    assert containerd._docker_image_id("containersec/nope") is None
+    assert containerd._docker_image("containersec/nope") is None
     answer(1, err="Cannot connect to the Docker daemon at unix:///var/run/docker.sock")
     with pytest.raises(RuntimeUnavailable, match="Cannot connect"):
-        containerd._docker_image_id("containersec/probe")
+        containerd._docker_image("containersec/probe")
 
     def slow(*a: object, **k: object) -> None:
         raise subprocess.TimeoutExpired(["docker"], 60)
 
     monkeypatch.setattr(subprocess, "run", slow)
     with pytest.raises(RuntimeUnavailable, match="timed out"):
-        containerd._docker_image_id("containersec/probe")
+        containerd._docker_image("containersec/probe")

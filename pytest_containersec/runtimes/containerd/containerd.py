@@ -319,6 +319,7 @@ class ContainerdRuntime:
         self._address: Path | None = None
         self.live: LiveContainers[ContainerdContainer] = LiveContainers(self.name)
         self._imported: set[str] = set()
+        self._configs: dict[str, dict[str, Any]] = {}
         self.version = ""
 
     # -- the daemon ---------------------------------------------------------------------
@@ -378,13 +379,14 @@ class ContainerdRuntime:
         if image in self._imported:
             return
         ref = mapping.image_ref(image)
-        source = _docker_image_id(image)
-        if source is None:
+        found = _docker_image(image)
+        if found is None:
             raise ImageNotFound(
                 self.name, image,
                 "not in the local Docker store, which containerd's copy is imported from; "
                 "build or import it locally (pytest-containersec never pulls)",
             )  # fmt: skip
+        source, self._configs[image] = found
         have = self.ctr("images", "ls", f"name=={ref}")
         if source not in have.stdout:
             save = subprocess.Popen(
@@ -411,9 +413,9 @@ class ContainerdRuntime:
         self._imported.add(image)
 
     def image_config(self, image: str) -> dict[str, Any]:
-        """The image's config (Docker's ``Config``), from nspawn's rootfs cache ({} if none)."""
-        images.rootfs(image, state_root(), self.name)
-        return images.image_config(image, state_root()) or {}
+        """The image's config (Docker's ``Config``, read when it was imported)."""
+        self.ensure_image(image)
+        return self._configs.get(image, {})
 
     def image_files(self, image: str) -> tuple[str | None, str | None]:
         """The image's /etc/passwd and /etc/group (from nspawn's rootfs cache)."""
@@ -490,17 +492,20 @@ def _docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def _docker_image_id(image: str) -> str | None:
-    """The image's id in the local Docker store; None when Docker does not have it. A
-    Docker that cannot answer is not "image not found": RuntimeUnavailable says so."""
-    argv = ["docker", "-H", _docker_host(), "image", "inspect", "--format", "{{.Id}}", image]
+def _docker_image(image: str) -> tuple[str, dict[str, Any]] | None:
+    """The image's id and config (``Config``: USER, ENTRYPOINT, ...) in the local Docker
+    store; None when Docker does not have it. A Docker that cannot answer is not "image
+    not found": RuntimeUnavailable says so."""
+    fmt = '{"Id": {{json .Id}}, "Config": {{json .Config}}}'
+    argv = ["docker", "-H", _docker_host(), "image", "inspect", "--format", fmt, image]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         why = f"cannot read {image} from the local Docker store ({' '.join(argv)}): {exc}"
         raise RuntimeUnavailable(NAME, why, "is dockerd running? (make setup)") from None
     if out.returncode == 0:
-        return out.stdout.strip()
+        data = json.loads(out.stdout)
+        return str(data["Id"]), data.get("Config") or {}
     if "no such" in out.stderr.lower():
         return None
     why = f"cannot read {image} from the local Docker store: {out.stderr.strip()[-300:]}"
