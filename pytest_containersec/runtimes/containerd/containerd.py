@@ -183,7 +183,7 @@ class ContainerdContainer(Container):
         return agent.drop_prefix(uid, gid, extra, helpers)
 
     def image_user(self) -> str | None:
-        """The image config's USER ("" when it sets none), from the rootfs cache's record."""
+        """The image config's USER ("" when it sets none), Docker's, read at import."""
         return str(self._rt.image_config(self.spec.image).get("User") or "")
 
     def exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:

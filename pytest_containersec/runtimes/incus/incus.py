@@ -37,7 +37,7 @@ from ..base import (
     LiveContainers,
 )
 from ..lxc import lxc_spec
-from ..lxc.lxc import DEFAULT_PATH, image_config, init_ids, stream_pipes
+from ..lxc.lxc import DEFAULT_PATH, init_ids, stream_pipes
 from ..nspawn import nspawn_image as images
 from ..nspawn.nspawn import state_root
 from ..oci import oci
@@ -129,7 +129,9 @@ class IncusContainer(Container):
         self.name = self.id = name
         self.spec = spec
         # what runs: spec with the image config's USER and ENTRYPOINT (Docker's rules)
-        self.run_spec = images.with_image_config(spec, image_config(spec.image) or {})
+        self.run_spec = images.with_image_config(
+            spec, images.image_config(spec.image, state_root()) or {}
+        )
         self.engine_rootless = False
         self.host_pid = 0
         self.state = state
@@ -239,8 +241,7 @@ class IncusContainer(Container):
 
     def image_user(self) -> str | None:
         """The cached image config's USER ("" when it sets none); None without a config."""
-        config = image_config(self.spec.image)
-        return None if config is None else str(config.get("User") or "")
+        return images.image_user(self.spec.image, state_root())
 
     def _exec(self, argv: list[str], timeout: float, ids: tuple[int, int] | None) -> ExecResult:
         self.guard_probe()

@@ -19,7 +19,6 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from ...errors import ContainerStartError, RuntimeUnavailable, UnsupportedSpec
 from ...linux import hostinfo, session
@@ -128,11 +127,6 @@ def init_ids(runtime: str, user: str, rootfs: Path, no_groups: str) -> tuple[int
     return uid, gid
 
 
-def image_config(image: str) -> dict[str, Any] | None:
-    """The image config recorded in the rootfs cache (nspawn's, shared)."""
-    return images.image_config(image, state_root())
-
-
 class LxcContainer(Container):
     """One LXC container on the private lxcpath, run detached by ``lxc-start``; execs are
     ``lxc-attach`` with the container's environment (and the user's uid and gid)."""
@@ -143,7 +137,9 @@ class LxcContainer(Container):
         self.name = self.id = name
         self.spec = spec
         # what runs: spec with the image config's USER and ENTRYPOINT (Docker's rules)
-        self.run_spec = images.with_image_config(spec, image_config(spec.image) or {})
+        self.run_spec = images.with_image_config(
+            spec, images.image_config(spec.image, state_root()) or {}
+        )
         self.engine_rootless = False
         self.host_pid = 0
         self.state = state
@@ -218,8 +214,7 @@ class LxcContainer(Container):
 
     def image_user(self) -> str | None:
         """The cached image config's USER ("" when it sets none); None without a config."""
-        config = image_config(self.spec.image)
-        return None if config is None else str(config.get("User") or "")
+        return images.image_user(self.spec.image, state_root())
 
     def _attach(self, argv: list[str], timeout: float, ids: tuple[int, int] | None) -> ExecResult:
         self.guard_probe()

@@ -138,8 +138,7 @@ class NspawnContainer(Container):
     def image_user(self) -> str | None:
         """The exported image config's USER ("" when it sets none); None when the export recorded no
         config."""
-        config = images.image_config(self.spec.image, state_root())
-        return None if config is None else str(config.get("User") or "")
+        return images.image_user(self.spec.image, state_root())
 
     def root_exec(self, argv: list[str], timeout: float = DEFAULT_EXEC_TIMEOUT) -> ExecResult:
         """As the agent itself: the container's root, before the user switch of ``user``."""

@@ -83,10 +83,8 @@ def rootfs(image: str, state: Path, runtime: str) -> tuple[Path, dict[str, str]]
                     os.rename(tmp, final)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-    env: dict[str, str] = {}
-    with contextlib.suppress(OSError, ValueError):
-        config = json.loads((final / "config.json").read_text())
-        env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
+    config = image_config(image, state) or {}
+    env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
     return final / "rootfs", env
 
 
@@ -97,6 +95,12 @@ def image_config(image: str, state: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def image_user(image: str, state: Path) -> str | None:
+    """The cached image config's USER ("" when it sets none); None without a config."""
+    config = image_config(image, state)
+    return None if config is None else str(config.get("User") or "")
 
 
 def with_image_config(spec: ContainerSpec, config: dict[str, Any]) -> ContainerSpec:
