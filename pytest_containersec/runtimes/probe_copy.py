@@ -10,8 +10,8 @@ Nothing the container can write is trusted. Before and after each probe exec (an
 container stops) :meth:`ProbeCopy.problems` checks, as root on the host:
 
 - the host folder: the same entries, types, owners, modes, inodes, sizes, mtime and ctime
-  as written, no extra entry, and the files' SHA-256 (a rewrite restored afterwards still
-  changes the ctime);
+  as written, no extra entry, and the files' bytes, compared with what was written (a
+  rewrite restored afterwards still changes the ctime);
 - what the container sees: ``/proc/<pid>/root/.containersec`` and the files in it are
   the very inodes of that folder (nothing mounted over them, no symlink in their place).
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import shutil
 import stat
@@ -78,9 +77,10 @@ def _tool_files() -> tuple[tuple[str, bytes], ...]:
 
 
 @functools.cache
-def _busybox() -> tuple[bytes, str]:
-    data = Path(hostinfo.static_busybox()).read_bytes()
-    return data, hashlib.sha256(data).hexdigest()
+def _busybox() -> bytes:
+    """The host's static busybox, read once per process: every copy is compared with these
+    bytes (a comparison, not a hash: SHA-256 of its 2 MB costs ~17 ms under TCG)."""
+    return Path(hostinfo.static_busybox()).read_bytes()
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class ProbeCopy:
         self.root = root
         self.path = root / "probe"
         self._stats: dict[str, _Stat] = {}
-        self._digests: dict[str, str] = {}
+        self._contents: dict[str, bytes] = {}  # what was written to each file
         self._owned = True
 
     @property
@@ -131,7 +131,7 @@ class ProbeCopy:
         """A handle on the same folder for a container that shares it (the units of one
         booted systemd, whose user namespace cannot write it): checks it, never removes it."""
         other = ProbeCopy(self.root)
-        other._stats, other._digests, other._owned = self._stats, self._digests, False
+        other._stats, other._contents, other._owned = self._stats, self._contents, False
         other._tools = self._tools
         return other
 
@@ -166,8 +166,7 @@ class ProbeCopy:
             probe.mkdir()
             for sub in DIRS:
                 (probe / sub).mkdir()
-            data, digest = _busybox()
-            contents = {"busybox": data, "notamodule.ko": NOT_A_MODULE}
+            contents = {"busybox": _busybox(), "notamodule.ko": NOT_A_MODULE}
             for fname, mode in FILES.items():
                 fd = os.open(probe / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
                 with os.fdopen(fd, "wb") as f:
@@ -179,22 +178,20 @@ class ProbeCopy:
             shutil.rmtree(root, ignore_errors=True)
             raise
         copy = cls(base / name)
-        copy._record({"busybox": digest})
+        copy._record(contents)
         return copy
 
-    def _record(self, known: dict[str, str]) -> None:
-        """Remember the folder's entries and the files' digests; ``known``: the digests of
-        what this process just wrote (read and hashed once per process: under TCG hashing
-        the 2 MB busybox costs ~55 ms each time)."""
+    def _record(self, written: dict[str, bytes]) -> None:
+        """Remember the folder's entries as they are now and ``written``, the bytes just
+        written to its files."""
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             self._stats["."] = _Stat.of(os.fstat(fd))
             for name in (*FILES, *DIRS, *self._tools):
                 self._stats[name] = _Stat.of(os.stat(name, dir_fd=fd, follow_symlinks=False))
-            for name in (*FILES, *self._tools):
-                self._digests[name] = known.get(name) or _digest(fd, name)
         finally:
             os.close(fd)
+        self._contents.update(written)
 
     _tools: tuple[str, ...] = ()  # "tools/NAME" entries, once add_tools() wrote them
 
@@ -205,7 +202,7 @@ class ProbeCopy:
         if self._tools or not self._owned or self.host_problems():
             return
         tools = self.path / "tools"
-        names = []
+        names, written = [], {}
         for name, data in _tool_files():
             mode = 0o644 if ".so." in name and name != TOOLS_LOADER else 0o755
             fd = os.open(tools / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -213,8 +210,9 @@ class ProbeCopy:
                 f.write(data)
             os.chmod(tools / name, mode)
             names.append(f"tools/{name}")
+            written[f"tools/{name}"] = data
         self._tools = tuple(names)
-        self._record(dict(self._digests))  # the files checked intact just now
+        self._record(written)  # the other files were checked intact just now
 
     # -- checks -------------------------------------------------------------------------
 
@@ -247,7 +245,7 @@ class ProbeCopy:
                     continue
                 if now != want:
                     out.append(_describe(name, want, now))
-                elif name in self._digests and _digest(fd, name) != self._digests[name]:
+                elif name in self._contents and not _holds(fd, name, self._contents[name]):
                     out.append(f"{name}: content changed")
         finally:
             os.close(fd)
@@ -297,10 +295,11 @@ class ProbeCopy:
             shutil.rmtree(self.root, ignore_errors=True)  # fd-based: never follows links
 
 
-def _digest(dir_fd: int, name: str) -> str:
+def _holds(dir_fd: int, name: str, want: bytes) -> bool:
+    """Whether the file ``name`` holds exactly ``want`` (read at most one byte past it)."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return f.read(len(want) + 1) == want
 
 
 def reap() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
@@ -26,9 +25,7 @@ BUSYBOX = b"\x7fELF fake static busybox" + b"\0" * 4096
 @pytest.fixture(autouse=True)
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(session, "STATE_DIR", tmp_path / "state")
-    monkeypatch.setattr(
-        probe_copy, "_busybox", lambda: (BUSYBOX, hashlib.sha256(BUSYBOX).hexdigest())
-    )
+    monkeypatch.setattr(probe_copy, "_busybox", lambda: BUSYBOX)
     return tmp_path / "state"
 
 
@@ -62,6 +59,18 @@ def test_rewriting_the_busybox_in_place_is_noticed_even_when_restored() -> None:
     assert any(p.startswith("busybox:") for p in c.host_problems())
     bb.write_bytes(BUSYBOX)  # content restored: the ctime still tells
     assert any("ctime_ns" in p for p in c.host_problems())
+
+
+def test_the_bytes_are_compared_with_what_was_written_whatever_the_file_times_say() -> None:
+    c = ProbeCopy.create("c")
+    assert c.host_problems() == []
+    # as if the file had changed while its size, inode and times stayed as recorded
+    c._contents["busybox"] = BUSYBOX[:-1] + b"X"
+    assert c.host_problems() == ["busybox: content changed"]
+    c._contents["busybox"] = BUSYBOX[:-1]  # the file is one byte longer than that
+    assert c.host_problems() == ["busybox: content changed"]
+    c._contents["busybox"] = BUSYBOX
+    assert c.shared().host_problems() == []
 
 
 def test_a_replaced_file_a_symlink_an_added_file_and_a_removed_one_are_noticed() -> None:
@@ -168,3 +177,20 @@ def test_tampered_facts_give_no_access_verdict_and_count_as_exposed() -> None:
     assert score(t).value > score(f).value
     assert type(t).from_json(t.to_json()).probe_modified == t.probe_modified
     assert mark_probe_tampered(t, ("again",)) == t
+
+
+def test_the_tools_written_later_are_checked_like_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tools = (("setpriv", b"\x7fELF setpriv"), ("libc.so.6", b"\x7fELF libc"), ("ld.so", b"ld"))
+    monkeypatch.setattr(probe_copy, "_tool_files", lambda: tools)
+    c = ProbeCopy.create("c")
+    c.add_tools()
+    assert (c.path / "tools" / "setpriv").read_bytes() == b"\x7fELF setpriv"
+    assert stat.S_IMODE((c.path / "tools" / "libc.so.6").stat().st_mode) == 0o644
+    assert c.host_problems() == []
+    c._contents["tools/setpriv"] = b"\x7fELF setprix"
+    assert c.host_problems() == ["tools/setpriv: content changed"]
+    c._contents["tools/setpriv"] = b"\x7fELF setpriv"
+    (c.path / "tools" / "extra").write_bytes(b"x")
+    assert c.host_problems()[0] == "tools/extra: added"
