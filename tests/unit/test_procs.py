@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from pytest_containersec.linux import session
-from pytest_containersec.runtimes.procs import tool_output, wait_past
+from pytest_containersec.runtimes.procs import tool_output, wait, wait_past
 
 
 def test_tool_output_never_raises_for_a_missing_or_slow_tool() -> None:
@@ -56,3 +57,16 @@ def test_wait_past_waits_while_the_oci_runtime_has_not_execd(tmp_path: Path) -> 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_wait_returns_the_status_once_the_process_exits_and_times_out_while_it_runs() -> None:
+    quick = subprocess.Popen(["sh", "-c", "exit 3"])
+    assert wait(quick, 10) == 3
+    assert wait(quick, 10) == 3  # reaped already: answered without its (reusable) pid
+    slow = subprocess.Popen(["sleep", "30"])
+    t = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        wait(slow, 0.2)
+    assert 0.2 <= time.monotonic() - t < 5
+    slow.kill()
+    assert wait(slow, 10) == -9

@@ -39,7 +39,6 @@ from ..nspawn import nspawn_cgroup as cg
 from ..nspawn import nspawn_image as images
 from ..nspawn.nspawn import state_root
 from ..oci import oci
-from ..probe_copy import ProbeCopy
 from . import lxc_spec as mapping
 
 NAME = mapping.NAME
@@ -154,7 +153,7 @@ class LxcContainer(Container):
     def start(self, cache: Path, image_env: dict[str, str]) -> None:
         """Everything after the container's folder exists; the caller stops us on error."""
         rootfs = self.state / "rootfs"
-        images.prepare_copy(cache, rootfs)
+        images.prepare_copy(cache, rootfs, meanwhile=self.new_probe_copy)
         images.ensure_path(rootfs, PROBE_DIR, is_dir=True)
         idmap = mapping.idmap_for(self.run_spec, *_subids())
         if self.run_spec.user is not None:
@@ -165,7 +164,8 @@ class LxcContainer(Container):
         run.mkdir(mode=0o755)
         (run / "init").write_text(mapping.init_script(self.run_spec))
         (run / "init").chmod(0o644)
-        copy = self.probe_copy = ProbeCopy.create(self.name)
+        copy = self.probe_copy
+        assert copy is not None
         self.config = mapping.config_lines(
             self.run_spec, name=self.name, rootfs=rootfs, probe_dir=copy.path, run_dir=run,
             log=self.state / "console.log", idmap=idmap, cgroup_version=hostinfo.cgroup_version(),

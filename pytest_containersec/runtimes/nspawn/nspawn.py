@@ -33,7 +33,6 @@ from ..base import (
 )
 from ..oci import oci
 from ..oci.oci import start_wait
-from ..probe_copy import ProbeCopy
 from . import nspawn_agent as agent
 from . import nspawn_cgroup as cg
 from . import nspawn_image as images
@@ -167,7 +166,7 @@ class NspawnContainer(Container):
             if self.proc is not None and self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)  # nspawn kills the container
                 try:
-                    self.proc.wait(STOP_TIMEOUT)
+                    procs.wait(self.proc, STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     procs.kill_tree(self.proc.pid)
                     self.proc.wait(STOP_TIMEOUT)
@@ -181,7 +180,7 @@ class NspawnContainer(Container):
     def start(self, cache: Path, image_env: dict[str, str], options: list[str]) -> None:
         """Everything after the spec checked out; the caller stops us on any error."""
         rootfs, systemd = self.state / "rootfs", hostinfo.systemd_is_pid1()
-        images.prepare_copy(cache, rootfs)
+        images.prepare_copy(cache, rootfs, meanwhile=self.new_probe_copy)
         for rel, is_dir in [
             (PROBE_DIR, True),
         ] + [(v.target, os.path.isdir(v.source)) for v in _volumes(self.run_spec)]:
@@ -193,7 +192,8 @@ class NspawnContainer(Container):
             if home and "HOME" not in dict(_env(self.run_spec)):
                 env["HOME"] = home
         self.agent.prepare(prefix)
-        copy = self.probe_copy = ProbeCopy.create(self.name)
+        copy = self.probe_copy
+        assert copy is not None
         if prefix:
             copy.add_tools()  # the user switch runs the host's setpriv from tools/
         if not systemd:
