@@ -9,6 +9,7 @@ import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -69,16 +70,19 @@ class ContainersecState:
         self._runtimes: dict[str, Runtime] = {}
         self._availability: dict[str, Availability] = {}
         self._reaped: set[str] = set()
+        self._warmed: set[str] = set()
         self._reap_errors: dict[str, Exception] = {}  # a reap ahead failed: the next use raises
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self.pools: list[Pool] = []
-        self.kept: list[str] = []  # messages not yet attached to a report
+        self.kept: list[str] = []  # messages not yet attached to a report (say/take_kept)
         self.current_runtime: str | None = None
         self.usage_error = False
         self._old_sigterm: Any = None
         self._handlers = False
         self._lock = threading.RLock()
         self._prestart: Prestart | None = None
+        self._stopper: ThreadPoolExecutor | None = None
+        self._stopping: list[Future[None]] = []
 
     # -- runtimes ----------------------------------------------------------------------
 
@@ -238,8 +242,11 @@ class ContainersecState:
             return
         self.install_handlers()
         for name in names:
-            if name is not None:
-                self.prestart.ahead(self._warm_one, name)
+            with self._lock:
+                if name is None or name in self._warmed:
+                    continue
+                self._warmed.add(name)
+            self.prestart.ahead(self._warm_one, name)
 
     def _warm_one(self, name: str) -> None:
         self._ready_runtime(name, ahead=True)  # the reap connects the engine's client
@@ -259,17 +266,64 @@ class ContainersecState:
                 wanted.append((info.runtime, info.spec))
         self.prestart.plan(scope, wanted)
 
+    # -- stopping ------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        """A message about a container kept or not stopped, for the next teardown report."""
+        with self._lock:
+            self.kept.append(message)
+
+    def take_kept(self) -> list[str]:
+        """The messages said since the last call."""
+        with self._lock:
+            out, self.kept = self.kept, []
+        return out
+
+    def release_pool(self, pool: Pool, later: bool = False) -> None:
+        """Stop ``pool``'s containers (the keep policy applies). ``later``: in the background,
+        ``--containersec-parallel`` at a time, while the next tests run (a stop costs 0.1-0.3
+        s and nothing waits for it); :meth:`join_stops` waits for them, at the end of the
+        last test's teardown and at the session's end."""
+        with self._lock:
+            if pool not in self.pools:
+                return
+            self.pools.remove(pool)
+        for message in pool.release(self.settings.keep, later):
+            self.say(message)
+
+    def stop_later(self, stops: list[Callable[[], None]]) -> None:
+        """Run ``stops`` (each never raises) in the background; see :meth:`release_pool`."""
+        with self._lock:
+            if self._stopper is None:
+                self._stopper = ThreadPoolExecutor(
+                    self.settings.parallel, thread_name_prefix="containersec-stop"
+                )
+            self._stopping += [self._stopper.submit(stop) for stop in stops]
+
+    def join_stops(self) -> None:
+        """Wait for the stops running in the background."""
+        while True:
+            with self._lock:
+                pending, self._stopping = self._stopping, []
+            if not pending:
+                return
+            for future in pending:
+                future.result()
+
     def close(self) -> None:
         """Stop every container still pooled (keep policy applies) and every runtime."""
         with self._lock:
             prestart, self._prestart = self._prestart, None
         if prestart is not None:
             prestart.close()  # first: a warm-up still running may yet make a runtime
+        for pool in list(self.pools):
+            self.release_pool(pool)
+        self.join_stops()
         with self._lock:
-            pools, self.pools = self.pools, []
+            stopper, self._stopper = self._stopper, None
             runtimes, self._runtimes = self._runtimes, {}
-        for pool in pools:
-            self.kept += pool.release(self.settings.keep)
+        if stopper is not None:
+            stopper.shutdown(wait=True)
         for rt in runtimes.values():
             with contextlib.suppress(Exception):
                 rt.close()
@@ -358,11 +412,15 @@ class Pool:
         info.entries.append(entry)
         return entry.container
 
-    def release(self, keep: str) -> list[str]:
+    def release(self, keep: str, later: bool = False) -> list[str]:
         """Stop the containers, except those the keep policy retains; the messages about
-        those kept and those that could not be stopped."""
-        kept = []
+        those kept and those that could not be stopped. ``later``: the stops run in the
+        background (:meth:`ContainersecState.stop_later`), their messages said to the state."""
+        kept: list[str] = []
         entries, self.entries = list(self.entries.values()), {}
+        st = self.state
+        background = later and st is not None and st.settings.parallel >= 2
+        say = st.say if background and st is not None else kept.append
         stops = []
         for e in entries:
             c = e.container
@@ -370,23 +428,25 @@ class Pool:
                 self.runtime.forget(c)
                 kept.append(keep_message(e))
                 continue
-            stops.append(_quiet_stop(c, kept))
-        parallel = self.state.settings.parallel if self.state is not None else 1
-        if self.scope is not None and self.state is not None:
-            self.state.prestart.discard(self.scope, self.runtime.name)
-        stop_all(parallel, stops)
+            stops.append(_quiet_stop(c, say))
+        if self.scope is not None and st is not None:
+            st.prestart.discard(self.scope, self.runtime.name)
+        if background and st is not None:
+            st.stop_later(stops)
+        else:
+            stop_all(st.settings.parallel if st is not None else 1, stops)
         return kept
 
 
-def _quiet_stop(c: Container, messages: list[str]) -> Callable[[], None]:
-    """Stop ``c``; a failure does not fail the test that used it, but is said (in
-    ``messages``, shown like a kept container's) and left to the next session's reap."""
+def _quiet_stop(c: Container, say: Callable[[str], None]) -> Callable[[], None]:
+    """Stop ``c``; a failure does not fail the test that used it, but is said (shown like a
+    kept container's message) and left to the next session's reap."""
 
     def stop() -> None:
         try:
             c.stop()
         except Exception as exc:  # any engine error: report it, never raise
-            messages.append(
+            say(
                 f"[{c.runtime}] could not stop container {c.name} (host pid {c.host_pid}): "
                 f"{exc}; the next session's reap removes it"
             )
@@ -408,8 +468,10 @@ def keep_message(e: Entry) -> str:
     )
 
 
-def parametrize(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``containersec_runtime`` (indirect, session scope) for one test."""
+def parametrize(metafunc: pytest.Metafunc, warm_early: bool) -> None:
+    """Parametrize ``containersec_runtime`` (indirect, session scope) for one test;
+    ``warm_early``: make its runtimes ready in the background right away (see
+    :meth:`ContainersecState.warm`), not after collection."""
     st = state(metafunc.config)
     selected = st.selected()
     wanted = marker_fields(metafunc.definition).get("runtimes")
@@ -424,6 +486,8 @@ def parametrize(metafunc: pytest.Metafunc) -> None:
         why = f"containersec(runtimes={wanted!r}): none of them is selected ({', '.join(selected)})"
         params = [pytest.param(None, id="no-runtime", marks=pytest.mark.skip(reason=why))]
     metafunc.parametrize(RUNTIME_FIXTURE, params, indirect=True, scope="session")
+    if warm_early:
+        st.warm(names)  # while the rest is collected (Podman's service takes ~0.4 s)
 
 
 def _manifest_runtimes(metafunc: pytest.Metafunc) -> tuple[str, ...]:
@@ -473,9 +537,7 @@ def _containersec_pool(
     pool = Pool(containersec_runtime, scope, st)
     st.pools.append(pool)
     yield pool
-    if pool in st.pools:
-        st.pools.remove(pool)
-        st.kept += pool.release(st.settings.keep)
+    st.release_pool(pool, later=True)
 
 
 @pytest.fixture

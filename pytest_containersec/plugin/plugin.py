@@ -98,11 +98,14 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each test that uses ``containersec_runtime`` once per selected runtime (see
-    ``fixtures.parametrize``)."""
+    ``fixtures.parametrize``); their runtimes are made ready from here on, unless some
+    tests may be deselected (``-k``, ``-m``, ``--deselect``: then after collection)."""
     if RUNTIME_FIXTURE in metafunc.fixturenames:
         from .fixtures import parametrize
 
-        parametrize(metafunc)
+        opt = metafunc.config.option
+        selects = any(getattr(opt, n, None) for n in ("keyword", "markexpr", "deselect"))
+        parametrize(metafunc, warm_early=_runs_tests(metafunc.config) and not selects)
 
 
 @pytest.hookimpl(trylast=True)
@@ -236,6 +239,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """After the last test's teardown, wait for the containers stopping in the background
+    (``ContainersecState.release_pool``): what a failed stop says goes with its report."""
+    try:
+        return (yield)
+    finally:
+        if nextitem is None and _has_state(item.config):
+            from .fixtures import STATE_KEY
+
+            item.config.stash[STATE_KEY].join_stops()
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
@@ -250,7 +266,7 @@ def pytest_runtest_makereport(
         report.containersec_usage_error = item.stash[USAGE_ERROR_KEY]  # type: ignore[attr-defined]
     st = item.config.stash.get(STATE_KEY, None)
     if st is not None and st.kept and report.when == "teardown":
-        report.containersec_kept, st.kept = list(st.kept), []  # type: ignore[attr-defined]
+        report.containersec_kept = st.take_kept()  # type: ignore[attr-defined]
     info = item.stash.get(ITEM_KEY, None)
     if info is None or st is None:
         return report

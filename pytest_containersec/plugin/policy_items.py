@@ -92,9 +92,7 @@ class PolicyFile(pytest.File):
 
         st = state(self.config)
         for pool in getattr(self, "_pools", {}).values():
-            if pool in st.pools:
-                st.pools.remove(pool)
-                st.kept += pool.release(st.settings.keep)
+            st.release_pool(pool, later=True)
         self._pools = {}
 
 

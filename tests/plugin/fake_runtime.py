@@ -10,6 +10,7 @@ runtimes with fakes, so no engine is contacted. Environment knobs (set by the ou
 - ``CONTAINERSEC_FAKE_FAIL_USER``: a spec ``user`` whose start fails (ContainerStartError).
 - ``CONTAINERSEC_FAKE_STOP_FAILS``: a runtime whose containers' stop raises (its engine
   stopped answering).
+- ``CONTAINERSEC_FAKE_STOP_DELAY``: seconds each stop takes (events carry the times).
 - ``CONTAINERSEC_FAKE_MORE``: comma-separated names of more fake runtimes (wide matrices).
 - ``CONTAINERSEC_FAKE_IGNORE_MEMORY``: a runtime that ignores ``memory`` (no limit, and a
   ``spec`` mismatch in its Facts, as rootless engines on cgroup v1).
@@ -67,12 +68,15 @@ class FakeContainer(Container):
         return ExecResult(1, "", f"fake: {script}: not found\n")
 
     def stop(self) -> None:
+        began = time.monotonic()
+        time.sleep(float(os.environ.get("CONTAINERSEC_FAKE_STOP_DELAY") or 0))
         if self.runtime == os.environ.get("CONTAINERSEC_FAKE_STOP_FAILS"):
             raise RuntimeUnavailable(self.runtime, "the fake engine stopped answering")
         if not self.stopped:
             self.stopped = True
             self._rt.live.pop(self.id, None)
-            _event(op="stop", runtime=self.runtime, name=self.name)
+            _event(op="stop", runtime=self.runtime, name=self.name, began=began,
+                   ended=time.monotonic())  # fmt: skip
 
     def declared(self) -> Declared:
         return {"engine": "fake"}

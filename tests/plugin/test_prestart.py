@@ -78,6 +78,43 @@ def test_d(containersec_container):
     assert started == {e["name"] for e in fake.events("stop")}
 
 
+SESSION_END_CONFTEST = """
+
+def pytest_sessionfinish(session):
+    with open(os.environ["CONTAINERSEC_FAKE_EVENTS"], "a") as fh:
+        fh.write(json.dumps({"op": "sessionfinish", "t": time.monotonic()}) + "\\n")
+"""
+
+
+def test_a_scopes_containers_stop_in_the_background_while_the_next_scope_runs(
+    fake: FakeEnv,
+) -> None:
+    fake.pytester.makepyfile(test_one=MODULE, test_two=MODULE.replace('mark("', 'mark("2'))
+    fake.pytester.makeconftest(fake.conftest() + SESSION_END_CONFTEST)
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_STOP_DELAY", "0.4")
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_STOP_FAILS", "podman")
+    r = fake.run("--containersec-runtime=podman,docker")
+    r.assert_outcomes(passed=12)
+    stops = fake.events("stop")
+    assert len(stops) == 6  # docker's; podman's six failed, each said (below)
+    tests = {e["name"]: e["t"] for e in fake.events("test")}  # docker's: the later ones
+    # test_one's docker containers were still stopping when test_two's docker tests ran
+    assert min(e["ended"] for e in stops) > min(tests[n] for n in ("2a", "2b", "2c"))
+    # ... and every stop was over before the session ended
+    assert max(e["ended"] for e in stops) < fake.events("sessionfinish")[0]["t"]
+    assert r.stdout.str().count("containersec: [podman] could not stop container") == 6
+
+
+def test_parallel_1_stops_a_scopes_containers_before_the_next_test(fake: FakeEnv) -> None:
+    fake.pytester.makepyfile(test_one=MODULE, test_two=MODULE.replace('mark("', 'mark("2'))
+    fake.monkeypatch.setenv("CONTAINERSEC_FAKE_STOP_DELAY", "0.1")
+    fake.run("--containersec-runtime=docker", "--containersec-parallel=1").assert_outcomes(passed=6)
+    stops = fake.events("stop")
+    first_of_two = min(e["t"] for e in fake.events("test") if e["name"].startswith("2"))
+    assert len(stops) == 6
+    assert sorted(e["ended"] for e in stops)[2] < first_of_two
+
+
 def test_unsupported_and_unavailable_still_skip_with_their_reason(fake: FakeEnv) -> None:
     fake.pytester.makepyfile(MODULE)
     fake.unavailable("podman")
@@ -120,6 +157,27 @@ def test_the_runtimes_of_collected_tests_are_made_ready_before_the_first_test(
     loop = fake.events("loop")[0]["t"]
     assert sorted(r["runtime"] for r in reaps) == ["docker", "podman"]  # once each, as used
     assert all(r["began"] < loop for r in reaps)  # before the test loop began
+
+
+SLOW_MODULE = """
+import json, os, time
+time.sleep(0.4)  # collected after test_a.py, slowly
+with open(os.environ["CONTAINERSEC_FAKE_EVENTS"], "a") as fh:
+    fh.write(json.dumps({"op": "collected", "t": time.monotonic()}) + "\\n")
+
+def test_plain():
+    pass
+"""
+
+
+def test_without_deselection_the_runtimes_are_made_ready_while_tests_are_collected(
+    fake: FakeEnv,
+) -> None:
+    fake.pytester.makepyfile(test_a=MODULE, test_z=SLOW_MODULE)
+    fake.run("--containersec-runtime=docker,podman").assert_outcomes(passed=7)
+    reaps = fake.events("reap")
+    assert sorted(r["runtime"] for r in reaps) == ["docker", "podman"]
+    assert all(r["began"] < fake.events("collected")[0]["t"] for r in reaps)
 
 
 def test_collect_only_makes_nothing_ready(fake: FakeEnv) -> None:
