@@ -1,2 +1,2 @@
-"""The pytest plugin: hooks (plugin.py), fixtures, options, policy-file items and the
-session's reports."""
+"""The pytest plugin: hooks (hooks.py, registered by the entry point plugin.py), fixtures,
+options, policy-file items and the session's reports."""

@@ -142,6 +142,8 @@ def test_the_packages_modules_are_imported_without_assertion_rewriting() -> None
     # would parse each module again in every process where bytecode is not written
     from _pytest.assertion.rewrite import AssertionRewritingHook
 
-    from pytest_containersec.plugin import fixtures
+    from pytest_containersec.plugin import fixtures, hooks, options, plugin
 
-    assert not isinstance(fixtures.__loader__, AssertionRewritingHook)
+    for module in (fixtures, hooks, options):  # all but the small entry point module
+        assert not isinstance(module.__loader__, AssertionRewritingHook), module.__name__
+    assert plugin.pytest_runtest_makereport is hooks.pytest_runtest_makereport
