@@ -8,7 +8,7 @@ R runtimes. Baselines from the same run, interleaved: pytest's own start and col
 another, the same all at once (a shell starting them in parallel), and the slowest single
 bare start. Target: plugin <= 1.3 x (pytest start + slowest single bare start + checks).
 
-    .venv/bin/python benchmarks/concurrency.py [-n 3] [--runtimes docker,podman,...]
+    .venv/bin/python benchmarks/concurrency.py [-n 3] [--runtimes docker,podman,...] [--specs 1,5]
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=3)
     ap.add_argument("--runtimes", default="", help="only these (comma-separated)")
+    ap.add_argument("--specs", default="1,5", help="the S values (comma-separated)")
     args = ap.parse_args()
     as_installed()
     only = [r for r in args.runtimes.split(",") if r]
@@ -121,7 +122,7 @@ def main() -> None:
             print(f"| {r} x - | skipped: {', '.join(missing)} unavailable | | | | |")
             continue
         clis = {n: bare_cli(n) for n in names}
-        for s in (1, 5):
+        for s in [int(x) for x in args.specs.split(",") if x]:
             with tempfile.TemporaryDirectory(prefix="containersec-conc-") as tmp:
                 root = Path(tmp)
                 make_module(root, s)

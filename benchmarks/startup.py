@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_containersec.linux import hostinfo
-from pytest_containersec.runtimes import close_all, get_runtime
+from pytest_containersec.runtimes import close_all, get_runtime, procs
 from pytest_containersec.runtimes.nspawn.nspawn_spec import register_args
 from pytest_containersec.spec import ContainerSpec
 
@@ -91,7 +91,7 @@ def cli_nspawn() -> None:
             run(["nsenter", "-t", str(inner), "-a", "/bin/true"])
         finally:
             proc.terminate()
-            proc.wait(30)
+            procs.wait(proc, 30)  # woken when it exits, as a shell's `wait` is
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
