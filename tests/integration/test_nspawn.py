@@ -14,6 +14,7 @@ import pytest
 
 from pytest_containersec.errors import ContainerStartError, ExecTimeout, ImageNotFound
 from pytest_containersec.linux import caps, session
+from pytest_containersec.runtimes import probe_copy
 from pytest_containersec.runtimes.nspawn.nspawn import NspawnContainer, NspawnRuntime, state_root
 from pytest_containersec.runtimes.nspawn.nspawn_image import cache_key
 from pytest_containersec.spec import ContainerSpec
@@ -57,6 +58,8 @@ def processes_mentioning(name: str) -> list[int]:
 def leftovers(c: NspawnContainer) -> list[str]:
     left = [str(d) for d in c.cgroups if d.exists()]
     left += [str(c.state)] if c.state.exists() else []
+    probe = probe_copy.copies_root() / c.name
+    left += [str(probe)] if probe.exists() else []
     left += [f"pid {p}" for p in processes_mentioning(c.name)]
     if os.path.exists(f"/proc/{c.host_pid}"):
         left.append(f"host_pid {c.host_pid}")
@@ -247,7 +250,10 @@ def test_reap_removes_leftovers_of_a_dead_owner(rt: NspawnRuntime) -> None:
     assert isinstance(c, NspawnContainer)
     rt.forget(c)  # as if this process had been killed
     (c.state / "owner").write_text("1.0")  # pid 1 with another start time: dead
+    assert c.probe_copy is not None
+    (c.probe_copy.root / "owner").write_text("1.0")
     assert rt.reap() >= 1
+    assert probe_copy.reap() >= 1  # what every session's reap does after the runtime's
     assert c.proc is not None
     c.proc.wait(timeout=10)  # our child, killed by the reaper: collect it
     time.sleep(0.1)
