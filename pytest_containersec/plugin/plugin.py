@@ -5,8 +5,8 @@ pytest rewrites the asserts of every module of an installed plugin's package as 
 imported, and where bytecode is not written (``PYTHONDONTWRITEBYTECODE``, common in CI
 images) it parses, rewrites and compiles each of them again in every pytest process and
 xdist worker (~24 ms for the hooks and options alone, more for the engines' modules: ~0.35
-s of CPU measured for a module on three runtimes). Only this small module is; the others
-raise their own errors (their few ``assert`` statements are invariants for the type
+s of CPU measured for a module on three runtimes). Only this small module still is; the
+others raise their own errors (their few ``assert`` statements are invariants for the type
 checker). A pytest without the rewriting hook's internals: no change.
 """
 
