@@ -5,6 +5,7 @@ host's /proc and cgroup files, so the tests hold where systemd enforces everythi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pytest_containersec import expect
 from pytest_containersec.errors import ExecTimeout
 from pytest_containersec.model import Facts
 from pytest_containersec.report import report
-from pytest_containersec.runtimes import Container, get_runtime
+from pytest_containersec.runtimes import Container, get_runtime, probe_copy
 from pytest_containersec.runtimes.systemd.systemd_run import SystemdRunContainer, SystemdRunRuntime
 from pytest_containersec.runtimes.systemd.systemd_run_host import PROPAGATE, base_dir
 from pytest_containersec.spec import ContainerSpec
@@ -298,6 +299,8 @@ def leftovers(state: Path, machine: str, pids: list[int]) -> list[str]:
             left.append(str(top / "containersec" / machine))
     if (PROPAGATE / machine).exists():
         left.append(str(PROPAGATE / machine))
+    if (probe_copy.copies_root() / machine).exists():
+        left.append(str(probe_copy.copies_root() / machine))
     return left
 
 
@@ -334,6 +337,10 @@ def test_reap_removes_what_a_killed_session_left(rt: SystemdRunRuntime) -> None:
     assert state.exists()
     assert Path(f"/proc/{pid}").exists()
     assert rt.reap() >= 1
+    probe_copy.reap()  # what every session's reap does after the runtime's
+    session_prefix = "-".join(state.name.split("-")[:2]) + "-"  # containersec-SESSION-
+    assert re.fullmatch(r"containersec-[0-9a-f]+-", session_prefix), state.name
+    assert not [p for p in probe_copy.copies_root().iterdir() if p.name.startswith(session_prefix)]
     if kind == "booted":
         assert leftovers(state, state.name, [int(leader), int(pid)]) == []
     else:  # the host's systemd: the unit is gone from the host's manager
