@@ -13,6 +13,7 @@ import pytest
 
 from pytest_containersec import expect
 from pytest_containersec.errors import ImageNotFound, UnsupportedSpec
+from pytest_containersec.runtimes import probe_copy
 from pytest_containersec.runtimes.containerd.containerd import ContainerdRuntime, containers_root
 from pytest_containersec.spec import ContainerSpec
 
@@ -114,6 +115,8 @@ def test_a_killed_session_is_reaped(rt: ContainerdRuntime) -> None:
     assert (containers_root() / name).is_dir()
     assert Path(f"/proc/{pid}").exists()
     assert rt.reap() >= 1
+    probe_copy.reap()  # what every session's reap does after the runtime's
+    assert not (probe_copy.copies_root() / name).exists()
     assert not (containers_root() / name).exists()
     assert not Path(f"/proc/{pid}").exists()
     assert name not in rt.ctr("containers", "ls", "-q").stdout

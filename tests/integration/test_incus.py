@@ -22,7 +22,7 @@ import pytest
 from pytest_containersec import expect
 from pytest_containersec.errors import ExecTimeout, UnsupportedSpec
 from pytest_containersec.linux import caps, session
-from pytest_containersec.runtimes import get_runtime
+from pytest_containersec.runtimes import get_runtime, probe_copy
 from pytest_containersec.runtimes.incus import incus_spec
 from pytest_containersec.runtimes.incus.incus import (
     IncusContainer,
@@ -281,5 +281,7 @@ if INSTALLED:
         assert name, out.stderr
         assert instance_exists(name)
         assert rt.reap() >= 1
+        probe_copy.reap()  # what every session's reap does after the runtime's
+        assert not (probe_copy.copies_root() / name).exists()
         assert not instance_exists(name)
         assert not (incus_dir() / name).exists()

@@ -15,6 +15,7 @@ import pytest
 from pytest_containersec import expect
 from pytest_containersec.errors import UnsupportedSpec
 from pytest_containersec.linux import session
+from pytest_containersec.runtimes import probe_copy
 from pytest_containersec.runtimes.lxc.lxc import LxcContainer, LxcRuntime, cgroup_dirs, lxcpath
 from pytest_containersec.runtimes.lxc.lxc_spec import parse_subids
 from pytest_containersec.spec import ContainerSpec
@@ -170,6 +171,8 @@ def test_a_killed_session_is_reaped(rt: LxcRuntime) -> None:
     assert Path(f"/proc/{pid}").exists()
     assert cgroup_dirs(name)
     assert rt.reap() >= 1
+    probe_copy.reap()  # what every session's reap does after the runtime's
+    assert not (probe_copy.copies_root() / name).exists()
     assert not (lxcpath() / name).exists()
     assert not Path(f"/proc/{pid}").exists() or status(pid).get("State", "").startswith("Z")
     assert cgroup_dirs(name) == []
