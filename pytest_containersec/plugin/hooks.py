@@ -20,23 +20,6 @@ if TYPE_CHECKING:
     from ..report.matrix import Matrix
     from .session_report import SessionResults
 
-__all__ = [
-    "pytest_addhooks",
-    "pytest_addoption",
-    "pytest_assertrepr_compare",
-    "pytest_collect_file",
-    "pytest_collection_modifyitems",
-    "pytest_configure",
-    "pytest_generate_tests",
-    "pytest_report_collectionfinish",
-    "pytest_report_header",
-    "pytest_runtest_makereport",
-    "pytest_runtest_setup",
-    "pytest_runtest_teardown",
-    "pytest_sessionstart",
-    "pytest_unconfigure",
-]
-
 RUNTIME_FIXTURE = "containersec_runtime"
 USAGE_ERROR_KEY = pytest.StashKey[str]()
 

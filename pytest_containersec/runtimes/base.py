@@ -135,12 +135,13 @@ class Container(abc.ABC):
     # modified, nothing the probe reports is trusted again).
     probe_tampered: tuple[str, ...] = ()
 
-    def new_probe_copy(self) -> None:
-        """Write this container's fresh probe folder (``probe_copy``; release_probe removes
-        it)."""
+    def new_probe_copy(self) -> ProbeCopy:
+        """Write this container's fresh probe folder (``probe_copy``, also returned;
+        release_probe removes it)."""
         from .probe_copy import ProbeCopy
 
-        self.probe_copy = ProbeCopy.create(self.name)
+        copy = self.probe_copy = ProbeCopy.create(self.name)
+        return copy
 
     def check_probe(self) -> tuple[str, ...]:
         """Verify the container's probe folder, host side and as the container sees it;

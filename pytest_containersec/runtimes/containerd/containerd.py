@@ -46,7 +46,6 @@ from ..nspawn.nspawn import state_root
 from ..oci import oci
 from ..oci.oci_variants import sandbox_of
 from ..podman import podman_service as svc
-from ..probe_copy import ProbeCopy
 from . import containerd_spec as mapping
 
 NAME = mapping.NAME
@@ -136,7 +135,7 @@ class ContainerdContainer(Container):
         # itself (oci.WithImageConfig) when the spec names none, so run_spec says so and
         # only an explicit spec.user gets the setpriv prefix, from ctr's root.
         spec = self.run_spec = images.with_image_config(self.spec, rt.image_config(self.spec.image))
-        copy = self.probe_copy = ProbeCopy.create(self.name)
+        copy = self.new_probe_copy()
         if self.spec.user is not None:
             self.prefix = self._user()
             copy.add_tools()  # the user switch runs the host's setpriv from tools/

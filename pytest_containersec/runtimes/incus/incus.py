@@ -41,7 +41,6 @@ from ..lxc.lxc import DEFAULT_PATH, init_ids, stream_pipes
 from ..nspawn import nspawn_image as images
 from ..nspawn.nspawn import state_root
 from ..oci import oci
-from ..probe_copy import ProbeCopy
 from . import incus_spec as mapping
 
 NAME = mapping.NAME
@@ -148,7 +147,7 @@ class IncusContainer(Container):
         run.mkdir(mode=0o755)
         (run / "init").write_text(lxc_spec.init_script(self.run_spec))
         (run / "init").chmod(0o644)
-        copy = self.probe_copy = ProbeCopy.create(self.name)
+        copy = self.new_probe_copy()
         sess = session.current()
         config = mapping.instance_config(
             self.run_spec, owner=sess.owner, session=sess.id, ids=self.ids, env=env

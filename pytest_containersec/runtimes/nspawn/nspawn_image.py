@@ -377,7 +377,7 @@ def ensure_path(root: Path, rel: str, is_dir: bool) -> None:
         os.close(fd)
 
 
-def prepare_copy(cache: Path, dest: Path, meanwhile: Callable[[], None] = lambda: None) -> None:
+def prepare_copy(cache: Path, dest: Path, meanwhile: Callable[[], object] = lambda: None) -> None:
     """Private copy of the cached rootfs that nspawn accepts as an OS tree (never of an
     entry being replaced: the swap waits for the copies). ``meanwhile`` runs while ``cp``
     copies (e.g. the probe copy: under TCG each costs ~0.15 s, on two CPUs at once); the

@@ -304,7 +304,7 @@ class PodmanService:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(STOP_TIMEOUT)
+                procs.wait(proc, STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(STOP_TIMEOUT)
