@@ -151,6 +151,26 @@ def kill_tree(pid: int) -> None:
         time.sleep(0.01)
 
 
+def kill_and_wait(pid: int, ppid: int, timeout: float) -> bool:
+    """SIGKILL ``pid`` while ``ppid`` is its parent (a pid namespace's init: the kernel kills
+    the rest of the namespace), then wait up to ``timeout`` seconds for it to exit. The pidfd
+    is taken before the parent is checked, so a pid reused after ``pid`` was reaped is never
+    signalled. True when it is gone (or was not ``ppid``'s child)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return True
+    try:
+        if parent(pid) != ppid:
+            return True
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return bool(select.select([fd], [], [], timeout)[0])
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def running(pid: int, token: str) -> bool:
     """``token`` is ``pid``'s own and still names it, alive (a zombie left for init to reap
     is dead). A token of another process never vouches for ``pid``: a record naming pid 1

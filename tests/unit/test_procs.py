@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_containersec.linux import session
-from pytest_containersec.runtimes.procs import tool_output, wait, wait_past
+from pytest_containersec.runtimes.procs import kill_and_wait, tool_output, wait, wait_past
 
 
 def test_tool_output_never_raises_for_a_missing_or_slow_tool() -> None:
@@ -70,3 +72,18 @@ def test_wait_returns_the_status_once_the_process_exits_and_times_out_while_it_r
     assert 0.2 <= time.monotonic() - t < 5
     slow.kill()
     assert wait(slow, 10) == -9
+
+
+def test_kill_and_wait_kills_only_the_named_parents_child_and_waits_for_its_exit() -> None:
+    proc, _ = _spawn("exec sleep 30")
+    try:
+        assert kill_and_wait(proc.pid, proc.pid + 1, timeout=5) is True  # not that parent's
+        assert proc.poll() is None  # so left alone
+        assert kill_and_wait(proc.pid, os.getpid(), timeout=5) is True
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        assert stat[stat.rfind(")") + 2] == "Z"  # exited before it returned, not yet reaped
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    assert kill_and_wait(proc.pid, os.getpid(), timeout=5) is True  # reaped: nothing to do

@@ -34,6 +34,7 @@ from ..base import PROBE_DIR
 from ..nspawn import nspawn_cgroup as cg
 from ..nspawn.nspawn import reap_state_dirs, state_root
 from ..probe_copy import ProbeCopy
+from ..procs import STOP_TIMEOUT
 
 NAME = "systemd-run"
 ROOTFS_KEY = "systemd-bookworm-container"  # the folder changes with what the rootfs must hold
@@ -234,12 +235,15 @@ class SystemdInstance:
         """Kill the booted system (its PID 1 first: the whole pid namespace goes with it),
         remove its cgroups, rootfs copy and state folder. The host kind has nothing."""
         if self.kind == "booted":
-            if self.leader:
-                procs.kill_tree(self.leader)
+            if self.leader and self.proc is not None:  # nspawn reaps its PID 1, then exits
+                procs.kill_and_wait(self.leader, self.proc.pid, STOP_TIMEOUT)
             if self.proc is not None:
-                procs.kill_tree(self.proc.pid)
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(5)
+                    procs.wait(self.proc, STOP_TIMEOUT)
+                if self.proc.poll() is None:  # not reaped yet: its pid is still its own
+                    procs.kill_tree(self.proc.pid)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        procs.wait(self.proc, STOP_TIMEOUT)
             cg.kill_and_remove(self.cgroups)
             remove_propagation(self.name)
         if self.probe is not None:
