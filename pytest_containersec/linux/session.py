@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 LABEL_SESSION = "io.containersec.session"
 LABEL_OWNER = "io.containersec.owner"
 NAME_PREFIX = "containersec"
 STATE_DIR = Path(os.environ.get("CONTAINERSEC_STATE", "/var/lib/containersec"))
+OWNER_FILE = "owner"
+# a folder without its owner file is one being made (by a live session) until this old
+YOUNG_SECONDS = 60.0
 
 
 def _start_time(pid: int) -> str | None:
@@ -34,6 +38,30 @@ def owner_alive(token: str) -> bool:
     if not pid_s.isdigit():
         return False
     return _start_time(int(pid_s)) == start
+
+
+def claim(folder: Path) -> None:
+    """Mark ``folder`` (just made) as this session's: ``folder/owner`` holds the owner token,
+    written whole under a temporary name and renamed, so a reaper never reads it empty."""
+    tmp = folder / f".{OWNER_FILE}.tmp"
+    tmp.write_text(current().owner)
+    tmp.rename(folder / OWNER_FILE)
+
+
+def orphaned(folder: Path) -> bool:
+    """Whether ``folder`` (made and :func:`claim` -ed by some session) belongs to a dead
+    session. Without an owner file it is being made right now, unless older than
+    YOUNG_SECONDS; a folder gone meanwhile (another reaper) is not ours to remove."""
+    try:
+        owner = (folder / OWNER_FILE).read_text().strip()
+    except OSError:
+        owner = ""
+    if owner:
+        return not owner_alive(owner)
+    try:
+        return time.time() - folder.stat().st_mtime >= YOUNG_SECONDS
+    except OSError:
+        return False
 
 
 class Session:

@@ -28,7 +28,6 @@ import os
 import shutil
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +160,7 @@ class ProbeCopy:
         root.mkdir(mode=0o755)  # FileExistsError: never reuse a folder
         try:
             root.chmod(0o755)
-            (root / "owner").write_text(session.current().owner)
+            session.claim(root)
             probe = root / "probe"
             probe.mkdir()
             for sub in DIRS:
@@ -310,19 +309,8 @@ def reap() -> int:
     except OSError:
         return 0
     for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
+        if not entry.is_dir(follow_symlinks=False) or not session.orphaned(Path(entry.path)):
             continue
-        try:
-            owner = Path(entry.path, "owner").read_text().strip()
-        except OSError:
-            owner = ""
-        if owner and session.owner_alive(owner):
-            continue
-        try:
-            if not owner and time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
-                continue  # being written right now
-        except FileNotFoundError:
-            continue  # another session's reaper removed it meanwhile
         shutil.rmtree(entry.path, ignore_errors=True)
         n += 1
     return n

@@ -432,7 +432,7 @@ class ContainerdRuntime:
         name = session.current().next_name(NAME)
         state = containers_root() / name
         state.mkdir(parents=True, mode=0o700)
-        (state / "owner").write_text(session.current().owner)
+        session.claim(state)
         c = ContainerdContainer(self, spec, name, state)
         try:
             return self.live.launch(c, c.start, lambda: c.argv)
@@ -466,13 +466,7 @@ class ContainerdRuntime:
         dead = []
         base = containers_root()
         for d in sorted(base.iterdir()) if base.is_dir() else []:
-            try:
-                owner = (d / "owner").read_text().strip()
-            except OSError:
-                owner = ""
-                if time.time() - d.stat().st_mtime < 60:
-                    continue
-            if not (owner and session.owner_alive(owner)):
+            if session.orphaned(d):
                 dead.append(d.name)
         if dead and self.availability().available:
             for name in dead:

@@ -331,7 +331,7 @@ class IncusRuntime:
         state = incus_dir() / name
         incus_dir().mkdir(parents=True, exist_ok=True)
         state.mkdir(mode=0o755)
-        (state / "owner").write_text(sess.owner)
+        session.claim(state)
         c = IncusContainer(self, spec, name, state)
         return self.live.launch(
             c, lambda: c.start(alias, rootfs, image_env), lambda: ["incus", "start", name]
@@ -355,13 +355,7 @@ class IncusRuntime:
                 gone.add(inst["name"])
         base = incus_dir()
         for d in sorted(base.iterdir()) if base.is_dir() else []:
-            try:
-                owner = (d / "owner").read_text().strip()
-            except OSError:
-                owner = ""
-                if time.time() - d.stat().st_mtime < 60:
-                    continue  # being created right now
-            if owner and session.owner_alive(owner):
+            if not session.orphaned(d):
                 continue
             destroy(d.name)
             gone.add(d.name)

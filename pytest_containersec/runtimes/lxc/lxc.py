@@ -356,7 +356,7 @@ class LxcRuntime:
         lxcpath().mkdir(parents=True, exist_ok=True)
         lxcpath().chmod(0o755)  # the idmapped root walks it
         state.mkdir(mode=0o755)
-        (state / "owner").write_text(session.current().owner)
+        session.claim(state)
         c = LxcContainer(self, spec, name, state)
         return self.live.launch(c, lambda: c.start(cache, image_env), lambda: ["lxc-start", name])
 
@@ -369,13 +369,7 @@ class LxcRuntime:
         n = 0
         base = lxcpath()
         for d in sorted(base.iterdir()) if base.is_dir() else []:
-            try:
-                owner = (d / "owner").read_text().strip()
-            except OSError:
-                owner = ""
-                if time.time() - d.stat().st_mtime < 60:
-                    continue  # being created right now
-            if owner and session.owner_alive(owner):
+            if not session.orphaned(d):
                 continue
             destroy(d.name)
             n += 1

@@ -65,16 +65,7 @@ def reap_state_dirs(base: Path, finish: Callable[[Path], None]) -> int:
     process tree, remove its cgroups, then ``finish(dir)``. Returns how many."""
     n = 0
     for d in sorted(base.iterdir()) if base.is_dir() else []:
-        try:
-            owner = (d / "owner").read_text().strip()
-        except OSError:
-            owner = ""
-            try:
-                if time.time() - d.stat().st_mtime < 60:
-                    continue  # being created right now
-            except FileNotFoundError:
-                continue  # another session's reaper removed it meanwhile
-        if owner and session.owner_alive(owner):
+        if not session.orphaned(d):
             continue
         with contextlib.suppress(OSError, ValueError):
             token = (d / "nspawn.pid").read_text().strip()
@@ -308,7 +299,7 @@ class NspawnRuntime:
         name = session.current().next_name(NAME)[:MACHINE_NAME_MAX]
         state = root / "nspawn" / name
         state.mkdir(parents=True, mode=0o700)
-        (state / "owner").write_text(session.current().owner)
+        session.claim(state)
         c = NspawnContainer(self, spec, name, state, [], env)
         c.run_spec = run_spec
         return self.live.launch(c, lambda: c.start(cache, image_env, options), lambda: c.argv)

@@ -293,7 +293,7 @@ def start_instance(base: Path | None = None, runtime: str = NAME) -> SystemdInst
     name = sess.next_name("systemd")[:64]
     state = (base or base_dir()) / name
     state.mkdir(parents=True, mode=0o700)
-    (state / "owner").write_text(sess.owner)
+    session.claim(state)
     kind = "host" if hostinfo.systemd_is_pid1() else "booted"
     inst = SystemdInstance(kind, state, runtime)
     inst.run_host.mkdir(mode=0o711)
