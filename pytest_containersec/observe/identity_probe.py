@@ -66,8 +66,9 @@ def _one(
     try:
         out = probe.parse(result.stdout, keys)
         return out, procfs.parse_status(out.status_text), (), result
-    except ContainerSecError as exc:
-        raise ProbeError(runtime, str(exc)) from None
+    except ContainerSecError as exc:  # what came back names the cause (an engine's message?)
+        got = f"stdout began {result.stdout[:300]!r}, stderr ended {result.stderr[-300:]!r}"
+        raise ProbeError(runtime, f"{exc}; {got}") from None
 
 
 def run(

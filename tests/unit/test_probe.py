@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_containersec.errors import ProbeParseError, SpecError
+from pytest_containersec.errors import ProbeError, ProbeParseError, SpecError
 from pytest_containersec.model import AccessResult
-from pytest_containersec.observe import probe
+from pytest_containersec.observe import identity_probe, probe
+from pytest_containersec.runtimes.base import ExecResult
 
 DATA = Path(__file__).parent.parent / "data" / "probe"
 KEYS = (*probe.DEFAULT_ACCESS, "/etc/passwd:w", "/bin/sh:x", "/nonexist:x")
@@ -129,3 +130,21 @@ def test_argv_passes_paths_as_arguments_not_script_text() -> None:
     argv = probe.argv((hostile,))
     assert argv[-1] == hostile
     assert hostile not in argv[2]
+
+
+def test_a_probe_output_that_does_not_parse_is_reported_with_what_came_back() -> None:
+    class Garbled:
+        runtime = "fake"
+
+        def exec(self, argv: list[str], timeout: float = 30.0) -> ExecResult:
+            return ExecResult(0, "tail of the output\nCSPROBE1 END\n", "shim: fifo closed\n")
+
+        def check_probe(self) -> tuple[str, ...]:
+            return ()
+
+    with pytest.raises(ProbeError) as info:
+        identity_probe._one(Garbled(), ["probe"], (), 5.0, False)  # type: ignore[arg-type]
+    msg = str(info.value)
+    assert "missing the CSPROBE1 BEGIN header" in msg
+    assert "stdout began 'tail of the output\\nCSPROBE1 END\\n'" in msg
+    assert "shim: fifo closed" in msg
