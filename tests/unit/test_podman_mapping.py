@@ -354,3 +354,45 @@ def test_unavailable_without_rootless_user(
     a = PodmanRuntime(rootless=True).availability()
     assert not a.available
     assert "does not exist" in a.reason
+
+
+def test_the_client_takes_podmans_version_from_ping_and_never_asks_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/version makes Podman run conmon and the OCI runtime for their versions (~0.45 s a
+    request, on the critical path of every session); /_ping's headers name it."""
+    import socket
+    import threading
+
+    from pytest_containersec.runtimes.podman import podman as pm
+    from pytest_containersec.runtimes.podman import podman_service as ps
+
+    sock = tmp_path / "api.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock))
+    server.listen()
+    paths: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                paths.append(conn.recv(4096).split(b" ")[1].decode())
+                conn.sendall(b"HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\n"
+                             b"Libpod-Api-Version: 4.9.7\r\nContent-Length: 2\r\n\r\nOK")  # fmt: skip
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(pm, "check_host", lambda name, rootless: None)
+    monkeypatch.setattr(ps.PodmanService, "ensure",
+                        classmethod(lambda cls, *a: cls("podman", sock)))  # fmt: skip
+    rt = pm.PodmanRuntime(rootless=False)
+    try:
+        rt.client  # noqa: B018 - connects
+        assert rt.version == "4.9.7"
+        assert rt.availability().version == "Podman 4.9.7"
+        assert paths == ["/_ping"]
+    finally:
+        server.close()

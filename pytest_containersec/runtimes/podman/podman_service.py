@@ -152,12 +152,9 @@ def answers(sock: Path, timeout: float = 2.0, owner: int | None = None) -> bool:
     return head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
 
 
-def ping_api_version(sock: Path, timeout: float = 2.0) -> str | None:
-    """The API version a Docker-compatible engine names in its ``/_ping`` headers, or None.
-
-    Clients that pass it need no ``/version`` request: rootless Docker 26 with RootlessKit's
-    host network and no port driver panics serving ``/version`` (a nil port driver in
-    ``fillRootlessVersion``, moby#47085), so docker-py's ``version="auto"`` cannot connect."""
+def ping_headers(sock: Path, timeout: float = 2.0) -> dict[str, str] | None:
+    """The headers (names in lower case) of a Docker-compatible engine's ``/_ping`` answer,
+    or None when it does not answer 200."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
@@ -174,11 +171,21 @@ def ping_api_version(sock: Path, timeout: float = 2.0) -> str | None:
     lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     if not lines[0].startswith(("HTTP/1.0 200", "HTTP/1.1 200")):
         return None
+    headers = {}
     for line in lines[1:]:
         key, _, value = line.partition(":")
-        if key.strip().lower() == "api-version" and value.strip():
-            return value.strip()
-    return None
+        headers[key.strip().lower()] = value.strip()
+    return headers
+
+
+def ping_api_version(sock: Path, timeout: float = 2.0) -> str | None:
+    """The API version a Docker-compatible engine names in its ``/_ping`` headers, or None.
+
+    Clients that pass it need no ``/version`` request: rootless Docker 26 with RootlessKit's
+    host network and no port driver panics serving ``/version`` (a nil port driver in
+    ``fillRootlessVersion``, moby#47085), so docker-py's ``version="auto"`` cannot connect."""
+    headers = ping_headers(sock, timeout)
+    return (headers or {}).get("api-version") or None
 
 
 class PodmanService:
