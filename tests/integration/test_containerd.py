@@ -114,7 +114,7 @@ def test_a_killed_session_is_reaped(rt: ContainerdRuntime) -> None:
     name, pid = out.stdout.split()
     assert (containers_root() / name).is_dir()
     assert Path(f"/proc/{pid}").exists()
-    assert rt.reap() >= 1
+    rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
     probe_copy.reap()  # what every session's reap does after the runtime's
     assert not (probe_copy.copies_root() / name).exists()
     assert not (containers_root() / name).exists()

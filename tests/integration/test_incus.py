@@ -280,7 +280,7 @@ if INSTALLED:
         name = out.stdout.strip()
         assert name, out.stderr
         assert instance_exists(name)
-        assert rt.reap() >= 1
+        rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
         probe_copy.reap()  # what every session's reap does after the runtime's
         assert not (probe_copy.copies_root() / name).exists()
         assert not instance_exists(name)

@@ -170,7 +170,7 @@ def test_a_killed_session_is_reaped(rt: LxcRuntime) -> None:
     assert (lxcpath() / name).is_dir()
     assert Path(f"/proc/{pid}").exists()
     assert cgroup_dirs(name)
-    assert rt.reap() >= 1
+    rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
     probe_copy.reap()  # what every session's reap does after the runtime's
     assert not (probe_copy.copies_root() / name).exists()
     assert not (lxcpath() / name).exists()

@@ -252,11 +252,13 @@ def test_reap_removes_leftovers_of_a_dead_owner(rt: NspawnRuntime) -> None:
     (c.state / "owner").write_text("1.0")  # pid 1 with another start time: dead
     assert c.probe_copy is not None
     (c.probe_copy.root / "owner").write_text("1.0")
-    assert rt.reap() >= 1
-    assert probe_copy.reap() >= 1  # what every session's reap does after the runtime's
+    rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
+    probe_copy.reap()  # what every session's reap does after the runtime's
     assert c.proc is not None
     c.proc.wait(timeout=10)  # our child, killed by the reaper: collect it
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10  # a concurrent reaper may still be removing it
+    while leftovers(c) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert leftovers(c) == []
 
 

@@ -123,7 +123,7 @@ def test_reap_removes_dead_owners_containers(rt: PodmanRuntime) -> None:
     )
     orphan.start()
     with rt.start(ContainerSpec()) as mine:
-        assert rt.reap() >= 1
+        rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
         names = podman_cli(rt.rootless, "ps", "-a", "--format", "{{.Names}}").split()
         assert orphan.name not in names
         assert mine.name in names  # a live owner's container stays

@@ -259,7 +259,7 @@ def test_reap_removes_what_a_killed_session_left(rt: PortableRuntime) -> None:
     state = Path(state_s)
     assert state.exists()
     assert Path(f"/proc/{pid}").exists()
-    assert rt.reap() >= 1
+    rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
     probe_copy.reap()  # what every session's reap does after the runtime's
     if kind == "booted":  # the whole booted system, its images and drop-ins in its rootfs
         assert leftovers(state, state.name, [int(leader), int(pid)]) == []

@@ -336,7 +336,7 @@ def test_reap_removes_what_a_killed_session_left(rt: SystemdRunRuntime) -> None:
     state = Path(state_s)
     assert state.exists()
     assert Path(f"/proc/{pid}").exists()
-    assert rt.reap() >= 1
+    rt.reap()  # another session's reap (xdist) may get there first: what counts is that it is gone
     probe_copy.reap()  # what every session's reap does after the runtime's
     session_prefix = "-".join(state.name.split("-")[:2]) + "-"  # containersec-SESSION-
     assert re.fullmatch(r"containersec-[0-9a-f]+-", session_prefix), state.name
