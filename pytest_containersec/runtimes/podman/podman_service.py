@@ -142,15 +142,7 @@ def answers(sock: Path, timeout: float = 2.0, owner: int | None = None) -> bool:
     user must not point root at the rootful engine's socket)."""
     if owner is not None and not host_files.socket_owned_by(sock, owner):
         return False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(sock))
-            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n")
-            head = s.recv(64)
-    except OSError:
-        return False
-    return head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
+    return ping_headers(sock, timeout) is not None
 
 
 def ping_headers(sock: Path, timeout: float = 2.0) -> dict[str, str] | None:
